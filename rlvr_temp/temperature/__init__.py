@@ -1,0 +1,1 @@
+"""The one home of temperature logic (entropy window, token rule, mixtures, schedules)."""
