@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a policy from a recipe YAML")
     s.add_argument("recipe", help="recipe YAML")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=50")
-    s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)")
+    s.add_argument(
+        "--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)"
+    )
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="avg@k / pass@k of a model or run on benchmarks")

@@ -48,12 +48,16 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype of the rollout engine and of the learner's compute."
     )
-    max_model_len: int = Field(512, ge=16, description="Prompt + response token budget of the rollout engine.")
+    max_model_len: int = Field(
+        512, ge=16, description="Prompt + response token budget of the rollout engine."
+    )
     trust_remote_code: bool = Field(False, description="Passed to transformers and vLLM.")
 
 
 class SyntheticDataConfig(Section):
-    levels: list[int] = Field([1, 2, 3], min_length=1, description="Difficulty levels of the arithmetic task.")
+    levels: list[int] = Field(
+        [1, 2, 3], min_length=1, description="Difficulty levels of the arithmetic task."
+    )
     n_train: int = Field(2000, ge=1, description="Number of generated training problems.")
     n_test: int = Field(200, ge=1, description="Number of held-out problems (never in the train split).")
     seed: int = Field(0, description="Generator seed.")
@@ -75,7 +79,8 @@ class DataConfig(Section):
         "tokenizer's chat template when it has one (see `use_chat_template`).",
     )
     prompt_suffix: str = Field(
-        DEFAULT_SUFFIX, description="Boxed-answer instruction appended to questions (SPEC §6, the paper's suffix)."
+        DEFAULT_SUFFIX,
+        description="Boxed-answer instruction appended to questions (SPEC §6, the paper's suffix).",
     )
     use_chat_template: bool | None = Field(
         None, description="Apply the tokenizer's chat template: None = when the tokenizer has one."
@@ -87,10 +92,14 @@ class EngineConfig(Section):
     enforce_eager: bool = Field(True, description="Disable CUDA graphs / compilation (faster start-up).")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory share (GPU only).")
     kv_cache_gib: float = Field(
-        1.0, gt=0, description="KV-cache size in GiB on CPU (`VLLM_CPU_KVCACHE_SPACE`); auto would take most RAM."
+        1.0,
+        gt=0,
+        description="KV-cache size in GiB on CPU (`VLLM_CPU_KVCACHE_SPACE`); auto would take most RAM.",
     )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per rollout worker.")
-    enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (reset after each weight sync).")
+    enable_prefix_caching: bool = Field(
+        True, description="vLLM prefix caching (reset after each weight sync)."
+    )
     max_num_seqs: int = Field(256, ge=1, description="Maximum concurrent sequences in the engine.")
 
 
@@ -107,7 +116,9 @@ class RolloutConfig(Section):
 
 class TokenRuleConfig(Section):
     t_low: float = Field(1.2, gt=0, description="Temperature of low-entropy (knowledge) tokens (paper: 1.2).")
-    t_high: float = Field(1.6, gt=0, description="Temperature of high-entropy (reasoning) tokens (paper: 1.6).")
+    t_high: float = Field(
+        1.6, gt=0, description="Temperature of high-entropy (reasoning) tokens (paper: 1.6)."
+    )
     hot_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of tokens above the entropy threshold (paper: top 20%)."
     )
@@ -173,12 +184,15 @@ class AlgorithmConfig(Section):
     )
     loss: Literal["grpo", "dapo", "drgrpo"] = Field("dapo", description="Policy loss from the loss registry.")
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] | None = Field(
-        None, description="Loss aggregation; None = the loss's own (dapo: token-mean, grpo: seq-mean-token-mean)."
+        None,
+        description="Loss aggregation; None = the loss's own (dapo: token-mean, grpo: seq-mean-token-mean).",
     )
     clip_eps_low: float = Field(0.2, ge=0, description="PPO clip lower epsilon (DAPO: 0.2).")
     clip_eps_high: float = Field(0.28, ge=0, description="PPO clip upper epsilon, clip-higher (DAPO: 0.28).")
     dual_clip_c: float | None = Field(None, gt=1, description="Dual-clip constant for negative advantages.")
-    kl_coef: float = Field(0.0, ge=0, description="`low_var_kl` coefficient against the frozen base (paper: 0).")
+    kl_coef: float = Field(
+        0.0, ge=0, description="`low_var_kl` coefficient against the frozen base (paper: 0)."
+    )
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (paper: 0).")
     archer: bool = Field(False, description="Archer dual-token constraint (arXiv 2507.15778).")
     dynamic_sampling: bool = Field(True, description="DAPO: drop groups whose rewards are all equal, refill.")
@@ -200,7 +214,9 @@ class LearnerConfig(Section):
     )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps log-probs deterministic).")
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, description="LoRA dropout (0 keeps log-probs deterministic)."
+    )
     lora_targets: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Modules that get LoRA adapters.",
@@ -210,7 +226,9 @@ class LearnerConfig(Section):
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="After warm-up.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (paper: 0.1).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping (paper: 1.0).")
-    mini_batch_size: int = Field(64, ge=1, description="Responses per optimizer step (paper: 64-128 prompts).")
+    mini_batch_size: int = Field(
+        64, ge=1, description="Responses per optimizer step (paper: 64-128 prompts)."
+    )
     micro_batch_size: int = Field(16, ge=1, description="Responses per forward/backward (grad accumulation).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
 
@@ -230,13 +248,16 @@ class CheckpointConfig(Section):
 
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars beside metrics.jsonl.")
-    wandb: bool = Field(False, description="Log to Weights & Biases (needs `wandb` installed and configured).")
+    wandb: bool = Field(
+        False, description="Log to Weights & Biases (needs `wandb` installed and configured)."
+    )
     progress: bool = Field(True, description="Rich progress bar with reward and ETA.")
 
 
 class RayConfig(Section):
     address: str | None = Field(
-        None, description="Ray cluster to join (`auto`, `ray://...`); None starts a local one (or RAY_ADDRESS)."
+        None,
+        description="Ray cluster to join (`auto`, `ray://...`); None starts a local one (or RAY_ADDRESS).",
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster (None: all).")
     rollout_cpus: float = Field(1.0, ge=0, description="CPUs reserved per rollout worker.")
@@ -387,8 +408,13 @@ def _describe(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
         desc = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{prefix}{name}` | `{type_name}` | `{json.dumps(default)}` | {desc} |")
     if rows:
-        lines += [f"## `{prefix.rstrip('.') or 'root'}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        lines += rows + [""]
+        lines += [
+            f"## `{prefix.rstrip('.') or 'root'}`",
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+        ]
+        lines += [*rows, ""]
     for name, sub in nested:
         _describe(sub, f"{name}.", lines)
 

@@ -6,8 +6,22 @@ import importlib
 import sys
 
 MODULES = [
-    "torch", "transformers", "tokenizers", "peft", "bitsandbytes", "ray", "datasets", "math_verify",
-    "pydantic", "omegaconf", "matplotlib", "rich", "safetensors", "pyarrow", "vllm", "rlvr_temp",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "bitsandbytes",
+    "ray",
+    "datasets",
+    "math_verify",
+    "pydantic",
+    "omegaconf",
+    "matplotlib",
+    "rich",
+    "safetensors",
+    "pyarrow",
+    "vllm",
+    "rlvr_temp",
 ]
 
 
@@ -16,11 +30,11 @@ def main() -> int:
     for name in MODULES:
         try:
             importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - report every broken import
+        except Exception as exc:
             bad.append(f"{name}: {type(exc).__name__}: {exc}")
     try:  # the trap of PyPI's torchvision beside a +cpu torch (STACK_NOTES)
         from transformers import Qwen2ForCausalLM  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         bad.append(f"transformers.Qwen2ForCausalLM: {exc}")
     if bad:
         print("install check failed:\n  " + "\n  ".join(bad), file=sys.stderr)

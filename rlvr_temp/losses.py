@@ -1,0 +1,213 @@
+"""Advantage estimators, policy losses, loss aggregation and reward shaping — pure torch, registry-based.
+
+Registries (verl style) map a recipe name to a function, so a new estimator or loss is one decorated function:
+
+* ``ADVANTAGES``: ``grpo`` (Shao et al. 2024, arXiv 2402.03300): ``(r - mean) / (std + eps)`` within a prompt's
+  group (all of its rollout temperatures together, SPEC §3); ``drgrpo`` (Liu et al. 2025, arXiv 2503.20783):
+  ``r - mean``.
+* ``POLICY_LOSSES``: ``grpo`` (PPO clip, symmetric eps, ``seq-mean-token-mean``), ``dapo`` (Yu et al. 2025,
+  arXiv 2503.14476: clip-higher, ``token-mean``), ``drgrpo`` (``seq-mean-token-sum-norm``). Each takes the
+  per-token log-probs under the current and the old policy, per-token advantages and a response mask, and returns
+  the loss and its statistics. Optional dual-clip (Ye et al. 2020) and the Archer dual-token constraint
+  (arXiv 2507.15778: per response, tokens under the 80th entropy percentile get a tighter clip and a KL term).
+
+All tensors are ``[batch, response_len]`` with a 0/1 ``mask`` of real response tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, float]]]] = {}
+DEFAULT_AGG = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "drgrpo": "seq-mean-token-sum-norm"}
+
+
+def register(table: dict, name: str) -> Callable:
+    def wrap(fn: Callable) -> Callable:
+        if name in table:
+            raise ValueError(f"{name!r} is already registered")
+        table[name] = fn
+        return fn
+
+    return wrap
+
+
+# --------------------------------------------------------------------------------------------------- advantages
+def _group_stats(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-response mean and (unbiased, as torch.std) std of its group's rewards."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    count = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, inverse, torch.ones_like(rewards))
+    total = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, inverse, rewards)
+    mean = total / count
+    sq = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, inverse, (rewards - mean[inverse]) ** 2)
+    std = torch.sqrt(sq / (count - 1).clamp(min=1))
+    return mean[inverse], std[inverse]
+
+
+@register(ADVANTAGES, "grpo")
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``A_i = (r_i - mean(r_group)) / (std(r_group) + eps)`` (one scalar per response)."""
+    mean, std = _group_stats(rewards.double(), group_ids)
+    centred = rewards.double() - mean
+    adv = torch.where(
+        std > 0, centred / (std + eps), torch.zeros_like(centred)
+    )  # equal rewards: 0, never NaN
+    return adv.to(rewards.dtype)
+
+
+@register(ADVANTAGES, "drgrpo")
+def drgrpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``A_i = r_i - mean(r_group)`` (Dr.GRPO: no std division)."""
+    mean, _ = _group_stats(rewards.double(), group_ids)
+    return (rewards.double() - mean).to(rewards.dtype)
+
+
+def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """DAPO dynamic-sampling filter: True for responses whose group's rewards are not all equal."""
+    _, std = _group_stats(rewards.double(), group_ids)
+    return std > 0
+
+
+# --------------------------------------------------------------------------------------------------- shaping
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO soft overlong punishment: 0 up to ``max_len - buffer``, then linear down to ``-penalty`` at
+    ``max_len`` (and beyond)."""
+    start = max_len - buffer
+    over = (lengths.double() - start).clamp(min=0) / buffer
+    return (-penalty * over.clamp(max=1.0)).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------- aggregation
+def aggregate(
+    values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int | None = None
+) -> torch.Tensor:
+    """Reduce ``[B, L]`` per-token values to a scalar.
+
+    ``token-mean``: mean over all real tokens of the batch (DAPO). ``seq-mean-token-mean``: mean over tokens
+    of each response, then over responses (GRPO). ``seq-mean-token-sum-norm``: sum over each response's tokens
+    divided by a constant ``norm_len`` (default: the padded length), then mean over responses (Dr.GRPO).
+    """
+    mask = mask.to(values.dtype)
+    if mode == "token-mean":
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    if mode == "seq-mean-token-mean":
+        per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return per_seq.mean()
+    if mode == "seq-mean-token-sum-norm":
+        denom = norm_len if norm_len is not None else values.shape[-1]
+        return ((values * mask).sum(-1) / denom).mean()
+    raise ValueError(f"unknown loss aggregation {mode!r}; known: {', '.join(AGG_MODES)}")
+
+
+def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token, clamped to [-10, 10] as in verl."""
+    log_ratio = (ref_logp - logp).clamp(-20, 20)
+    return (torch.exp(log_ratio) - log_ratio - 1).clamp(-10, 10)
+
+
+# --------------------------------------------------------------------------------------------------- losses
+@dataclass
+class ClipSettings:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip_c: float | None = None
+
+
+def _ppo_token_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, eps_low, eps_high, dual_clip_c
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate; ``eps_low``/``eps_high`` may be tensors (Archer)."""
+    ratio = torch.exp((logp - old_logp).clamp(-20, 20))
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    loss = torch.maximum(unclipped, clipped)
+    is_clipped = (clipped > unclipped).float()
+    if dual_clip_c is not None:
+        lower = -adv * dual_clip_c
+        loss = torch.where(adv < 0, torch.minimum(loss, lower), loss)
+    return loss, ratio, is_clipped
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    agg: str,
+    clip: ClipSettings,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    archer_entropy: torch.Tensor | None = None,
+    norm_len: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped policy-gradient loss with optional KL, entropy bonus and Archer's dual-token constraint.
+
+    ``advantages`` is ``[B]`` (one per response) or ``[B, L]``. ``archer_entropy`` (the rollout's per-token
+    entropies) switches Archer on: tokens under their response's 80th entropy percentile get clip 0.2 and KL
+    weight 0.001 (ref log-probs required), the others clip 0.5 and no KL.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1).expand_as(logp)
+    mask_f = mask.to(logp.dtype)
+    eps_low, eps_high = clip.eps_low, clip.eps_high
+    kl_weight: torch.Tensor | float = kl_coef
+    if archer_entropy is not None:
+        ent = archer_entropy.masked_fill(mask == 0, float("nan"))
+        q80 = torch.nanquantile(ent.float(), 0.8, dim=-1, keepdim=True)
+        low = (archer_entropy < q80) & (mask > 0)
+        eps_low = torch.where(low, 0.2, 0.5)
+        eps_high = eps_low
+        kl_weight = torch.where(low, 0.001, 0.0) + kl_coef
+    loss_tok, ratio, is_clipped = _ppo_token_loss(
+        logp, old_logp, advantages, eps_low, eps_high, clip.dual_clip_c
+    )
+    stats: dict[str, float] = {}
+    if ref_logp is not None and (archer_entropy is not None or kl_coef > 0):
+        kl = low_var_kl(logp, ref_logp)
+        loss_tok = loss_tok + kl_weight * kl
+        stats["actor/kl"] = float(aggregate(kl.detach(), mask, "token-mean"))
+    if entropy is not None and entropy_coef > 0:
+        loss_tok = loss_tok - entropy_coef * entropy
+    loss = aggregate(loss_tok, mask, agg, norm_len)
+    with torch.no_grad():
+        n = mask_f.sum().clamp(min=1)
+        stats["actor/clip_frac"] = float((is_clipped * mask_f).sum() / n)
+        stats["actor/ratio_mean"] = float((ratio * mask_f).sum() / n)
+        stats["actor/ratio_max"] = float(ratio.masked_fill(mask == 0, 0).max()) if mask.any() else 1.0
+        stats["actor/approx_kl_old"] = float(((old_logp - logp) * mask_f).sum() / n)
+    return loss, stats
+
+
+def _make(name: str) -> Callable[..., tuple[torch.Tensor, dict[str, float]]]:
+    def fn(logp, old_logp, advantages, mask, *, agg: str | None = None, **kw):
+        return policy_loss(logp, old_logp, advantages, mask, agg=agg or DEFAULT_AGG[name], **kw)
+
+    fn.__name__ = f"{name}_loss"
+    fn.__doc__ = f"Clipped policy loss with the {name} default aggregation ({DEFAULT_AGG[name]})."
+    return fn
+
+
+for _name in DEFAULT_AGG:
+    register(POLICY_LOSSES, _name)(_make(_name))
+
+
+def get_advantage(name: str) -> Callable[..., torch.Tensor]:
+    if name not in ADVANTAGES:
+        raise ValueError(f"unknown advantage estimator {name!r}; known: {', '.join(sorted(ADVANTAGES))}")
+    return ADVANTAGES[name]
+
+
+def get_policy_loss(name: str) -> Callable[..., tuple[torch.Tensor, dict[str, float]]]:
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r}; known: {', '.join(sorted(POLICY_LOSSES))}")
+    return POLICY_LOSSES[name]
