@@ -1,0 +1,233 @@
+"""Rollout worker: a vLLM engine (CPU or CUDA build) that samples groups of responses with per-token and
+per-response temperatures and returns, for every generated token, its temperature, entropy and log-prob.
+
+`RolloutWorker` is a plain class (usable in-process in tests and benchmarks); :func:`remote_worker` wraps it as
+a Ray actor with the recipe's resources. The engine runs inside the worker's process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the learner must live in another process (its own actor): vLLM binds
+OpenMP threads and replaces ``torch.set_num_threads`` in the process that hosts the engine (STACK_NOTES).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODES = ("fixed", "token", "mixture", "token+mixture")
+
+
+@dataclass
+class Rollout:
+    """One response. Per-token lists all have ``len(token_ids)`` entries."""
+
+    prompt_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    token_temperatures: list[float]
+    token_entropies: list[float]
+    token_logprobs: list[float]
+    finish_reason: str
+    temperature: float  # the response's rollout-level temperature
+    text: str = ""
+    reward: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_temperature(t: float, what: str) -> float:
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {t!r}")
+    return float(t)
+
+
+class RolloutWorker:
+    """Owns one vLLM engine with the rlvr_temp temperature processor installed."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_model_len: int = 512,
+        seed: int = 0,
+        kv_cache_gib: float = 1.0,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        enable_prefix_caching: bool = True,
+        max_num_seqs: int = 256,
+        tensor_parallel_size: int = 1,
+        num_threads: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(kv_cache_gib))))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if num_threads:
+            os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
+        from vllm import LLM
+
+        from rlvr_temp import vllm_processor
+
+        before = set(map(id, vllm_processor.instances()))
+        kwargs: dict[str, Any] = {}
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size,
+            trust_remote_code=trust_remote_code,
+            logits_processors=[vllm_processor.TemperatureProcessor],
+            logprobs_mode="processed_logprobs",
+            **kwargs,
+        )
+        mine = [p for p in vllm_processor.instances() if id(p) not in before]
+        if len(mine) != 1:
+            raise RuntimeError(f"expected one rlvr_temp processor in the new engine, found {len(mine)}")
+        self.processor = mine[0]
+        self.tokenizer = self.llm.get_tokenizer()
+        self.model_path = model_path
+        self.max_model_len = max_model_len
+        self.seed = seed
+        self.weights_version = 0
+        self._uid = 0
+
+    # ------------------------------------------------------------------------------------------ generation
+    def generate(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        temperatures: Sequence[Sequence[float]],
+        *,
+        prompt_ids: Sequence[str] | None = None,
+        max_tokens: int = 64,
+        token_rule: Mapping[str, Any] | None = None,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        seed: int | None = None,
+    ) -> list[list[Rollout]]:
+        """Sample ``len(temperatures[i])`` responses for prompt ``i``, the j-th at ``temperatures[i][j]``.
+
+        ``token_rule`` (kwargs of :class:`rlvr_temp.temperature.TokenTemperatureRule`) switches on the
+        entropy rule (mode ``token``); the rollout temperature then shifts both of its temperatures. A
+        temperature of 0 means greedy decoding (recorded as 0; its log-probs are at temperature 1).
+        ``seed`` makes sampling reproducible (one derived seed per response). Invalid settings raise
+        ``ValueError`` before anything is generated.
+        """
+        from vllm import SamplingParams
+
+        from rlvr_temp.temperature import TokenTemperatureRule
+
+        if len(prompts) != len(temperatures):
+            raise ValueError(f"{len(prompts)} prompts but {len(temperatures)} temperature lists")
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if token_rule is not None:
+            token_rule = dict(token_rule)
+            TokenTemperatureRule(**token_rule)  # validates
+        ids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(prompts))]
+        requests, params, meta = [], [], []
+        for i, (prompt, temps) in enumerate(zip(prompts, temperatures)):
+            if len(temps) == 0:
+                raise ValueError(f"prompt {i}: no temperatures given")
+            request = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
+            for j, t in enumerate(temps):
+                t = _check_temperature(t, f"prompt {i} response {j} temperature")
+                if token_rule is not None and t == 0:
+                    raise ValueError("greedy (temperature 0) cannot be combined with the token rule")
+                self._uid += 1
+                uid = f"r{self._uid}"
+                common = dict(max_tokens=max_tokens, logprobs=0, top_p=top_p, top_k=top_k)
+                if seed is not None:
+                    common["seed"] = (seed * 1_000_003 + i * 1009 + j) % (2**31)
+                if t == 0:
+                    sp = SamplingParams(temperature=0.0, **common)
+                else:
+                    spec = {"uid": uid, "temperature": t, "token_rule": token_rule}
+                    sp = SamplingParams(temperature=1.0, extra_args={"rlvr_temp": spec}, **common)
+                requests.append(request)
+                params.append(sp)
+                meta.append((i, uid, t))
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        records = self.processor.drain()
+        groups: list[list[Rollout]] = [[] for _ in prompts]
+        for out, (i, uid, t) in zip(outputs, meta):
+            comp = out.outputs[0]
+            n = len(comp.token_ids)
+            logprobs = [float(lp[tok].logprob) for lp, tok in zip(comp.logprobs or [], comp.token_ids)]
+            if t == 0:
+                temps_t, ents = [0.0] * n, [float("nan")] * n
+            else:
+                temps_t, ents = records.get(uid, ([], []))
+                if len(temps_t) != n:
+                    raise RuntimeError(f"recorded {len(temps_t)} temperatures for {n} tokens (request {uid})")
+            groups[i].append(
+                Rollout(
+                    prompt_id=ids[i],
+                    prompt_token_ids=list(out.prompt_token_ids),
+                    token_ids=list(comp.token_ids),
+                    token_temperatures=list(temps_t),
+                    token_entropies=list(ents),
+                    token_logprobs=logprobs,
+                    finish_reason=str(comp.finish_reason),
+                    temperature=t,
+                    text=comp.text,
+                )
+            )
+        return groups
+
+    # ------------------------------------------------------------------------------------------ weights
+    def update_weights(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Load new weights (HF names, plain dtype) into the live engine; prefix cache is invalidated."""
+        items = weights.items() if isinstance(weights, Mapping) else weights
+        t0 = time.perf_counter()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(items))})
+        self.llm.reset_prefix_cache()
+        self.weights_version += 1
+        self.last_sync_s = time.perf_counter() - t0
+        return self.weights_version
+
+    # ------------------------------------------------------------------------------------------ state
+    def temperature_state(self) -> dict[str, Any]:
+        return self.processor.state_dict()
+
+    def load_temperature_state(self, state: dict[str, Any]) -> None:
+        self.processor.load_state_dict(state)
+
+    def ping(self) -> str:
+        return "ok"
+
+
+def write_rollout_dump(path: str | Path, groups: Sequence[Sequence[Rollout]], step: int) -> Path:
+    """One jsonl line per response (researchers inspect these); written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for group in groups:
+            for r in group:
+                row = {"step": step, **r.to_json()}
+                f.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def remote_worker(num_cpus: float = 1.0, num_gpus: float = 0.0) -> Any:
+    """The worker as a Ray actor class with these resources (``.remote(...)`` to start one)."""
+    import ray
+
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env})(RolloutWorker)
