@@ -72,6 +72,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rlvr_temp.compare import compare_runs
+
+    try:
+        paths = compare_runs(args.runs, args.out, metrics=args.metric or None, smooth=args.smooth)
+    except FileNotFoundError as exc:
+        return _fail(str(exc))
+    print(f"plot:  {paths['plot']}\ntable: {paths['table']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-temp",
@@ -92,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_not_built("eval", "the evaluation issue"))
 
     s = sub.add_parser("compare", help="plot and tabulate runs side by side")
-    s.set_defaults(func=_not_built("compare", "the evaluation issue"))
+    s.add_argument("runs", nargs="+", help="run directories (with metrics.jsonl)")
+    s.add_argument("--metric", action="append", help="metric to plot (repeatable; default: reward, acc, ...)")
+    s.add_argument("--smooth", type=int, default=1, help="moving-average window")
+    s.add_argument("--out", default="runs/compare", help="output directory")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("demo", help="build the tiny model, train the demo arms, compare them")
     s.add_argument("--out", default="runs/demo", help="output directory")

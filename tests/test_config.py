@@ -146,5 +146,5 @@ def test_help_lists_commands(capsys):
 
 
 def test_unbuilt_command_says_so(capsys):
-    code, _, err = _run_cli(["compare"], capsys)
+    code, _, err = _run_cli(["eval"], capsys)
     assert code == 3 and "not built yet" in err

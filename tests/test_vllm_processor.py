@@ -1,0 +1,124 @@
+"""The vLLM logits processor driven by hand-made batch updates (no engine): row bookkeeping, NaN safety,
+rejection of bad settings, recording by output position."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+from rlvr_temp.vllm_processor import TemperatureProcessor, parse_request
+
+RULE = {"t_low": 0.7, "t_high": 1.3, "hot_fraction": 0.25, "window": 64, "scope": "sequence"}
+
+
+def _params(uid: str, t: float, rule: dict | None = None) -> SamplingParams:
+    return SamplingParams(temperature=1.0, extra_args={"rlvr_temp": {"uid": uid, "temperature": t, "token_rule": rule}})
+
+
+def _proc() -> TemperatureProcessor:
+    return TemperatureProcessor(None, torch.device("cpu"), False)
+
+
+def test_fixed_rows_divided_by_their_request_temperature_others_untouched():
+    proc = _proc()
+    outs = [[], [], []]
+    proc.update_state(BatchUpdate(3, [], [(0, _params("a", 0.5), [1], outs[0]), (2, _params("c", 2.0), [1], outs[2]),
+                                         (1, SamplingParams(temperature=0.8), [1], outs[1])], []))  # fmt: skip
+    logits = torch.randn(3, 11)
+    expected = logits.clone()
+    out = proc.apply(logits.clone())
+    assert torch.allclose(out[0], expected[0] / 0.5)
+    assert torch.equal(out[1], expected[1])  # not ours: untouched
+    assert torch.allclose(out[2], expected[2] / 2.0)
+    outs[0].append(5)
+    outs[2].append(6)
+    proc.apply(torch.randn(3, 11))
+    rec = proc.drain()
+    assert rec["a"][0] == [0.5, 0.5] and rec["c"][0] == [2.0, 2.0]
+    assert "b" not in rec and proc.drain() == {}
+
+
+def test_nan_and_inf_logits_give_finite_outputs_and_temperatures():
+    proc = _proc()
+    proc.update_state(BatchUpdate(2, [], [(0, _params("a", 1.0, RULE), [1], []), (1, _params("b", 1.0), [1], [])], []))
+    logits = torch.randn(2, 7)
+    logits[0, 2] = float("nan")
+    logits[0, 3] = float("inf")
+    logits[1, :] = float("-inf")
+    out = proc.apply(logits)
+    assert torch.isfinite(out).all()
+    temps, ents = proc.drain()["a"]
+    assert all(math.isfinite(t) and t >= 1e-4 for t in temps) and all(math.isfinite(h) for h in ents)
+
+
+def test_moves_swaps_and_removals_keep_rows_attached_to_their_requests():
+    proc = _proc()
+    oa, ob = [], []
+    proc.update_state(BatchUpdate(2, [], [(0, _params("a", 0.5), [1], oa), (1, _params("b", 2.0), [1], ob)], []))
+    proc.update_state(BatchUpdate(2, [], [], [(0, 1, MoveDirectionality.SWAP)]))
+    x = torch.ones(2, 4)
+    out = proc.apply(x.clone())
+    assert torch.allclose(out[0], x[0] / 2.0) and torch.allclose(out[1], x[1] / 0.5)
+    proc.update_state(BatchUpdate(1, [0], [], [(1, 0, MoveDirectionality.UNIDIRECTIONAL)]))
+    out = proc.apply(torch.ones(2, 4))
+    assert torch.allclose(out[0], torch.ones(4) / 0.5)
+    assert torch.equal(out[1], torch.ones(4))
+
+
+def test_token_rule_rows_take_two_values_shifted_by_request_temperature():
+    proc = _proc()
+    out_ids: list[int] = []
+    proc.update_state(BatchUpdate(1, [], [(0, _params("a", 1.2, RULE), [1], out_ids)], []))
+    torch.manual_seed(0)
+    for _ in range(40):
+        proc.apply(torch.randn(1, 9) * 3)
+        out_ids.append(1)
+    temps, _ = proc.drain()["a"]
+    assert len(temps) == 40
+    assert {round(t, 6) for t in temps} <= {round(0.7 + 0.2, 6), round(1.3 + 0.2, 6)}
+    assert len(set(temps)) == 2
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [({"uid": "x", "temperature": -1.0}, "finite number > 0"), ({"uid": "x", "temperature": float("nan")}, "finite"),
+     ({"temperature": 1.0}, "uid"), ({"uid": "x", "token_rule": {"t_low": 0}}, "t_low"),
+     ({"uid": "x", "token_rule": {"bogus": 1}}, "unknown keys")],
+)  # fmt: skip
+def test_invalid_settings_rejected(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_request({"rlvr_temp": spec})
+
+
+def test_request_temperature_must_be_one():
+    with pytest.raises(ValueError, match=r"temperature=1\.0"):
+        TemperatureProcessor.validate_params(
+            SamplingParams(temperature=0.7, extra_args={"rlvr_temp": {"uid": "x", "temperature": 0.7}})
+        )
+
+
+def test_state_round_trip_restores_window():
+    rule = {**RULE, "scope": "global"}
+    a = _proc()
+    out_ids: list[int] = []
+    a.update_state(BatchUpdate(1, [], [(0, _params("a", 1.0, rule), [1], out_ids)], []))
+    torch.manual_seed(1)
+    for _ in range(30):
+        a.apply(torch.randn(1, 9) * 2)
+        out_ids.append(1)
+    b = _proc()
+    b.load_state_dict(a.state_dict())
+    ob: list[int] = list(out_ids)
+    b.update_state(BatchUpdate(1, [], [(0, _params("a", 1.0, rule), [1], ob)], []))
+    a.drain()
+    for _ in range(20):
+        x = torch.randn(1, 9) * 2
+        a.apply(x.clone())
+        b.apply(x.clone())
+        out_ids.append(1)
+        ob.append(1)
+    assert a.drain()["a"][0] == b.drain()["a"][0]
