@@ -127,7 +127,7 @@ class TokenRuleConfig(Section):
         "global", description="`global`: one window per engine (paper); `sequence`: one window per response."
     )
     warmup_tokens: int = Field(
-        0, ge=0, description="While the window holds fewer entropies than this, tokens use the base rule."
+        0, ge=0, description="While the window holds fewer entropies than this, every token is cold (t_low); 0 = authors'."
     )
 
     @model_validator(mode="after")

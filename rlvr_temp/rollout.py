@@ -207,6 +207,10 @@ class RolloutWorker:
     def load_temperature_state(self, state: dict[str, Any]) -> None:
         self.processor.load_state_dict(state)
 
+    def version(self) -> int:
+        """How many weight updates this engine has received."""
+        return self.weights_version
+
     def ping(self) -> str:
         return "ok"
 

@@ -15,7 +15,12 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    """Path of the embedded tiny model (built on first use, then reused from the cache)."""
+    """Path of the embedded tiny model (built on first use, then reused from the cache).
+
+    ``RLVR_TEMP_TEST_MODEL`` points the tests at another model directory instead.
+    """
     from rlvr_temp.tiny_model import ensure_tiny_model
 
+    if os.environ.get("RLVR_TEMP_TEST_MODEL"):
+        return os.environ["RLVR_TEMP_TEST_MODEL"]
     return str(ensure_tiny_model())

@@ -94,7 +94,7 @@ def test_fixed_and_mixture_logprobs_match_transformers(ray_cluster, worker, tiny
     )
     for g in groups:
         for r, t in zip(g, (0.6, 1.0, 1.5)):
-            assert r.temperature == t and set(r.token_temperatures) == {t}
+            assert r.temperature == t and {round(x, 6) for x in r.token_temperatures} == {t}
     ours, ref, _, _ = _hf_logprobs(tiny_model_path, groups)
     assert np.mean(np.abs(np.array(ours) - np.array(ref))) <= 1e-3
 
@@ -135,7 +135,7 @@ def test_greedy_after_update_weights_equals_fresh_engine(ray_cluster, tiny_model
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.05 * p.std() * torch.randn(p.shape, generator=gen))
+            p.add_(0.3 * p.std() * torch.randn(p.shape, generator=gen))
     new_dir = tmp_path / "perturbed"
     model.save_pretrained(new_dir)
     AutoTokenizer.from_pretrained(tiny_model_path).save_pretrained(new_dir)

@@ -1,1 +1,58 @@
-"""The one home of temperature logic (entropy window, token rule, mixtures, schedules)."""
+"""The one home of temperature logic: entropy windows, the token rule, rollout mixtures and schedules.
+
+Pure torch / numpy, vectorised over the batch; used by the vLLM logits processor (one call per decode step)
+and by the learner (log-probs at the per-token temperatures the rollout used). Method: Wu et al., "Exploring
+Multi-Temperature Strategies for Token- and Rollout-Level Control in RLVR" (arXiv 2510.08892); see SPEC §1-§4.
+"""
+
+from .mixture import (
+    authors_offsets,
+    expand_counts,
+    group_by_temperature,
+    offset_pattern,
+    rollout_temperatures,
+)
+from .schedule import (
+    SCHEDULES,
+    ConstantSchedule,
+    CosineSchedule,
+    LinearSchedule,
+    Schedule,
+    SpikeSchedule,
+    make_schedule,
+    register_schedule,
+)
+from .token_rule import (
+    MIN_TEMPERATURE,
+    TokenTemperatureRule,
+    entropy_from_logits,
+    sanitize_logits,
+    token_entropies,
+    token_logprobs,
+)
+from .window import GlobalEntropyWindow, SequenceEntropyWindows, quantile_index
+
+__all__ = [
+    "MIN_TEMPERATURE",
+    "SCHEDULES",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "GlobalEntropyWindow",
+    "LinearSchedule",
+    "Schedule",
+    "SequenceEntropyWindows",
+    "SpikeSchedule",
+    "TokenTemperatureRule",
+    "authors_offsets",
+    "entropy_from_logits",
+    "expand_counts",
+    "group_by_temperature",
+    "make_schedule",
+    "offset_pattern",
+    "quantile_index",
+    "register_schedule",
+    "rollout_temperatures",
+    "sanitize_logits",
+    "token_entropies",
+    "token_logprobs",
+]

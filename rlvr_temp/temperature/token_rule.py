@@ -1,0 +1,350 @@
+"""The entropy-guided token temperature rule and the logits helpers the rollout and the learner share.
+
+Rule (Wu et al., arXiv 2510.08892, SPEC §1): at each decode step every sequence's next-token entropy ``H``
+(of ``softmax(logits)`` at temperature 1, after penalties) is pushed into an entropy window; the window's
+upper-tail quantile ``H_th`` splits tokens into *hot* ("forking" / reasoning tokens, ``H >= H_th``, sampled at
+``t_high``) and *cold* (knowledge tokens, ``t_low``). A rollout-level (request) temperature shifts both:
+``T = (t_high if H >= H_th else t_low) + (T_req - base_temperature)``, clamped to ``>= 1e-4``.
+
+Warm-up rule (ours; the paper has none): while a window holds fewer than ``warmup_tokens`` entropies --
+counted *after* the current step's push, over the whole engine for scope ``global`` and over the sequence's
+own window for scope ``sequence`` -- every token is treated as cold (``t_low`` + shift). Cold is the majority
+class (``1 - hot_fraction`` of tokens), so this is the guess that is right most often while the quantile is
+still noise. ``warmup_tokens = 0`` (the default) is the authors' behaviour: the quantile of whatever the
+window holds, which always includes the current step's entropies. For scope ``sequence`` a warm-up of a few
+dozen tokens is advisable: with a one-token window every token is its own threshold, so the first tokens are
+all hot.
+
+Helpers (pure functions, fp32 math, row-chunked so that no full ``[N, V]`` fp32 copy is made):
+:func:`sanitize_logits`, :func:`entropy_from_logits`, :func:`token_logprobs` (``log_softmax(logits / T)`` at
+the sampled token with a custom backward that recomputes the softmax chunk by chunk) and
+:func:`token_entropies`. A scalar temperature is expanded to a tensor and goes through the same code as
+per-token temperatures, so the two agree bit for bit when all temperatures are equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .window import GlobalEntropyWindow, SequenceEntropyWindows
+
+__all__ = [
+    "MIN_TEMPERATURE",
+    "TokenTemperatureRule",
+    "entropy_from_logits",
+    "sanitize_logits",
+    "token_entropies",
+    "token_logprobs",
+]
+
+MIN_TEMPERATURE = 1e-4
+"""Lower clamp of every temperature (SPEC §2: the learner clamps ``T_t >= 1e-4``)."""
+
+_CHUNK_ELEMENTS = 1 << 24  # rows per chunk = this // vocab: ~64 MiB of fp32 temporaries
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _row_chunk(vocab: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return chunk_size
+    return max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+
+
+# ------------------------------------------------------------------------------------------ logits helpers
+def sanitize_logits(logits: torch.Tensor, clamp: float = 50.0, inplace: bool = False) -> torch.Tensor:
+    """Make logits safe to sample from: NaN -> ``-clamp``; +-inf and the rest clipped to ``[-clamp, clamp]``.
+
+    The guard of the TGR / Quasar seed's ``ClampLogits`` processor (logits clamped to [-50, 50]). A row that
+    is all NaN becomes uniform (finite entropy ``log V``, finite temperatures). The dtype is kept.
+    """
+    if clamp <= 0 or not math.isfinite(clamp):
+        raise ValueError(f"clamp must be a positive finite number, got {clamp}")
+    out = logits if inplace else logits.clone()
+    torch.nan_to_num_(out, nan=-clamp, posinf=clamp, neginf=-clamp)
+    return out.clamp_(-clamp, clamp)
+
+
+def _entropy_rows(z: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(z)`` over the last dim; NaN entries are ignored; no usable entry gives 0."""
+    z = torch.nan_to_num(z, nan=-math.inf, posinf=torch.finfo(z.dtype).max)
+    logp = torch.log_softmax(z, dim=-1)
+    p = logp.exp()
+    plogp = torch.where(p > 0, p * logp, torch.zeros((), dtype=z.dtype, device=z.device))
+    h = -plogp.sum(dim=-1)
+    return torch.nan_to_num(h, nan=0.0).clamp_min(0.0)
+
+
+def _as_temperatures(
+    temperatures: torch.Tensor | float, shape: torch.Size, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    t = torch.as_tensor(temperatures, device=device).detach()
+    t = t.to(dtype).broadcast_to(shape).reshape(-1)
+    return t.clamp_min(MIN_TEMPERATURE)
+
+
+def entropy_from_logits(logits: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """Entropy ``-sum p log p`` of ``softmax(logits)`` at temperature 1 over the last dim: ``logits[..., 0]``.
+
+    The quantity the token rule thresholds (arXiv 2510.08892: logits after penalties, before temperature).
+    fp32 (fp64 for fp64 input), via ``log_softmax`` (numerically stable); NaN logits count as masked, ``-inf``
+    entries contribute 0, a row with no usable logit has entropy 0, so the result is always finite and >= 0.
+    """
+    return token_entropies(logits, 1.0, chunk_size=chunk_size)
+
+
+def token_entropies(
+    logits: torch.Tensor, temperatures: torch.Tensor | float = 1.0, chunk_size: int | None = None
+) -> torch.Tensor:
+    """Entropy of ``softmax(logits / T)`` per position; ``temperatures``: a float or ``[...]`` broadcastable.
+
+    Computed in row chunks with plain ops (differentiable); ``T`` is clamped to ``>= 1e-4``. With ``T = 1``
+    this equals :func:`entropy_from_logits` exactly.
+    """
+    vocab = logits.shape[-1]
+    lead = logits.shape[:-1]
+    flat = logits.reshape(-1, vocab)
+    cdt = _compute_dtype(logits.dtype)
+    t = _as_temperatures(temperatures, lead, cdt, logits.device)
+    step = _row_chunk(vocab, chunk_size)
+    outs = [_entropy_rows(flat[i : i + step].to(cdt) / t[i : i + step, None]) for i in range(0, flat.shape[0], step)]
+    if not outs:
+        return torch.empty(lead, dtype=cdt, device=logits.device)
+    return torch.cat(outs).reshape(lead)
+
+
+class _TokenLogprob(torch.autograd.Function):
+    """``log_softmax(x / T)[token]`` with a chunked forward and a backward that recomputes the softmax.
+
+    Saves only the logits (which the model keeps anyway), the token ids, the temperatures and ``logsumexp``
+    (``[N]``), so training memory does not grow by an fp32 ``[N, V]`` copy.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, token_ids, temps, step):  # type: ignore[override]
+        cdt = _compute_dtype(logits.dtype)
+        n = logits.shape[0]
+        out = torch.empty(n, dtype=cdt, device=logits.device)
+        lse = torch.empty(n, dtype=cdt, device=logits.device)
+        for i in range(0, n, step):
+            z = logits[i : i + step].to(cdt) / temps[i : i + step, None]
+            lse[i : i + step] = torch.logsumexp(z, dim=-1)
+            out[i : i + step] = z.gather(1, token_ids[i : i + step, None]).squeeze(1) - lse[i : i + step]
+        ctx.save_for_backward(logits, token_ids, temps, lse)
+        ctx.step = step
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        logits, token_ids, temps, lse = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        step = ctx.step
+        cdt = lse.dtype
+        grad = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], step):
+            t = temps[i : i + step, None]
+            g = grad_out[i : i + step, None].to(cdt)
+            p = torch.exp(logits[i : i + step].to(cdt) / t - lse[i : i + step, None])
+            chunk = -(g / t) * p
+            chunk.scatter_add_(1, token_ids[i : i + step, None], g / t)
+            grad[i : i + step] = chunk.to(grad.dtype)
+        return grad, None, None, None
+
+
+def token_logprobs(
+    logits: torch.Tensor,
+    token_ids: torch.Tensor,
+    temperatures: torch.Tensor | float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """``log_softmax(logits / T)`` gathered at ``token_ids``: the learner's on-policy log-probs (SPEC §2).
+
+    Args:
+        logits: ``[..., V]`` (any float dtype; math in fp32, fp64 for fp64 input).
+        token_ids: ``[...]`` integer ids.
+        temperatures: per-token ``T_t`` broadcastable to ``token_ids`` (on-policy, arXiv 2510.08892), or one
+            float (off-policy / plain sampling). Clamped to ``>= 1e-4``; treated as data (no gradient).
+        chunk_size: rows per chunk (default: ~64 MiB of fp32 temporaries).
+
+    Returns:
+        ``[...]`` log-probs, differentiable with respect to ``logits``. A scalar and an all-equal per-token
+        tensor give bit-identical results.
+    """
+    vocab = logits.shape[-1]
+    if token_ids.shape != logits.shape[:-1]:
+        raise ValueError(f"token_ids shape {tuple(token_ids.shape)} != logits shape {tuple(logits.shape)}[:-1]")
+    lead = token_ids.shape
+    flat = logits.reshape(-1, vocab)
+    ids = token_ids.reshape(-1).to(device=logits.device, dtype=torch.long)
+    t = _as_temperatures(temperatures, lead, _compute_dtype(logits.dtype), logits.device).contiguous()
+    out = _TokenLogprob.apply(flat, ids, t, _row_chunk(vocab, chunk_size))
+    return out.reshape(lead)
+
+
+# ------------------------------------------------------------------------------------------ the rule
+class TokenTemperatureRule:
+    """Per-token temperature from an entropy window (arXiv 2510.08892; SPEC §1).
+
+    Args:
+        t_low: temperature of cold (low-entropy, knowledge) tokens (paper: 1.2).
+        t_high: temperature of hot (high-entropy, reasoning) tokens (paper: 1.6).
+        hot_fraction: share of the window at or above the threshold (paper: 0.2, "top 20%").
+        window: window capacity (paper: 100,000 for scope ``global``; 2 x max_response_len for ``sequence``).
+        scope: ``"global"`` (one window per engine, the paper's default) or ``"sequence"`` (one per sequence).
+        base_temperature: the request temperature at which ``t_low`` / ``t_high`` apply as is (paper: 1.0).
+        warmup_tokens: while the (relevant) window holds fewer entropies than this, tokens are cold; see the
+            module docstring. 0 = the authors' behaviour.
+        device: where per-sequence windows live (default: the device of the first entropies).
+
+    Attributes set by :meth:`step` (for metrics): ``last_hot`` (bool ``[B]``) and ``last_threshold``
+    (``[B]``, ``nan`` during warm-up).
+    """
+
+    def __init__(
+        self,
+        t_low: float = 1.2,
+        t_high: float = 1.6,
+        hot_fraction: float = 0.2,
+        window: int = 100_000,
+        scope: Literal["global", "sequence"] = "global",
+        base_temperature: float = 1.0,
+        warmup_tokens: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        for name, value in (("t_low", t_low), ("t_high", t_high), ("base_temperature", base_temperature)):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(hot_fraction, (int, float)) or not 0.0 < hot_fraction < 1.0:
+            raise ValueError(f"hot_fraction must lie strictly between 0 and 1, got {hot_fraction!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        if scope not in ("global", "sequence"):
+            raise ValueError(f"scope must be 'global' or 'sequence', got {scope!r}")
+        if isinstance(warmup_tokens, bool) or not isinstance(warmup_tokens, int) or warmup_tokens < 0:
+            raise ValueError(f"warmup_tokens must be an integer >= 0, got {warmup_tokens!r}")
+        self.t_low = float(t_low)
+        self.t_high = float(t_high)
+        self.hot_fraction = float(hot_fraction)
+        self.window_size = window
+        self.scope = scope
+        self.base_temperature = float(base_temperature)
+        self.warmup_tokens = warmup_tokens
+        self.window: GlobalEntropyWindow | SequenceEntropyWindows
+        if scope == "global":
+            self.window = GlobalEntropyWindow(window, hot_fraction)
+        else:
+            self.window = SequenceEntropyWindows(window, hot_fraction, device=device)
+        self.last_hot: torch.Tensor | None = None
+        self._last_th: torch.Tensor | float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenTemperatureRule(t_low={self.t_low}, t_high={self.t_high}, "
+            f"hot_fraction={self.hot_fraction}, window={self.window_size}, scope={self.scope!r}, "
+            f"base_temperature={self.base_temperature}, "
+            f"warmup_tokens={self.warmup_tokens})"
+        )
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (without ``device``)."""
+        return {
+            "t_low": self.t_low,
+            "t_high": self.t_high,
+            "hot_fraction": self.hot_fraction,
+            "window": self.window_size,
+            "scope": self.scope,
+            "base_temperature": self.base_temperature,
+            "warmup_tokens": self.warmup_tokens,
+        }
+
+    def step(
+        self,
+        entropies: torch.Tensor,
+        request_temperatures: torch.Tensor | float | None = None,
+        seq_ids: Sequence[Hashable] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One decode step: push the entropies, take the threshold(s), return the temperatures ``[B]``.
+
+        Args:
+            entropies: ``[B]`` entropies at temperature 1 (e.g. :func:`entropy_from_logits`); NaN counts as 0.
+            request_temperatures: ``[B]`` tensor or one float: each row's rollout-level temperature;
+                ``None`` = ``base_temperature`` (no shift).
+            seq_ids: ``[B]`` hashable ids (request ids, ints); required for scope ``sequence``, ignored for
+                ``global``. Call :meth:`release` when a sequence finishes.
+
+        Returns:
+            float32 ``[B]`` on the device of ``entropies``:
+            ``(t_high if H >= H_th else t_low) + (T_req - base_temperature)``, clamped to ``>= 1e-4``.
+        """
+        h = torch.as_tensor(entropies).detach().reshape(-1)
+        if h.dtype != torch.float32:
+            h = h.float()
+        h = torch.nan_to_num(h, nan=0.0)
+        b = h.shape[0]
+        if isinstance(self.window, GlobalEntropyWindow):
+            self.window.push(h)
+            th = self.window.threshold() if len(self.window) >= max(self.warmup_tokens, 1) else math.nan
+            # a float32-representable threshold (always, for entropies pushed here) compares exactly in fp32
+            hot = h >= th if float(np.float32(th)) == th or th != th else h.double() >= th  # nan -> cold
+        else:
+            if seq_ids is None:
+                raise ValueError("scope 'sequence' needs seq_ids in step()")
+            self.window.push(seq_ids, h)
+            th = self.window.thresholds(seq_ids).to(h.device)
+            if self.warmup_tokens > 1:
+                warm = self.window.lengths(seq_ids).to(h.device) >= self.warmup_tokens
+                th = torch.where(warm, th, torch.full_like(th, math.nan))
+            hot = h.to(th.dtype) >= th  # nan -> cold
+        self.last_hot = hot
+        self._last_th = th
+        # fp32 arithmetic in both branches, so a float request temperature and a tensor of it agree exactly
+        if request_temperatures is None or isinstance(request_temperatures, (int, float)):
+            req = self.base_temperature if request_temperatures is None else request_temperatures
+            shift = np.float32(req) - np.float32(self.base_temperature)
+            t_hot = max(float(np.float32(self.t_high) + shift), MIN_TEMPERATURE)
+            t_cold = max(float(np.float32(self.t_low) + shift), MIN_TEMPERATURE)
+            return torch.where(hot, t_hot, t_cold)
+        req_t = torch.as_tensor(request_temperatures, dtype=torch.float32, device=h.device).reshape(-1)
+        if req_t.numel() not in (1, b):
+            raise ValueError(f"request_temperatures has {req_t.numel()} values for a batch of {b}")
+        temps = torch.where(hot, self.t_high, self.t_low).add_(req_t - self.base_temperature)
+        return temps.clamp_min_(MIN_TEMPERATURE)
+
+    @property
+    def last_threshold(self) -> torch.Tensor | None:
+        """The threshold each row of the last :meth:`step` was compared with, ``[B]`` (``nan`` in warm-up)."""
+        th = self._last_th
+        if th is None or isinstance(th, torch.Tensor):
+            return th
+        hot = self.last_hot
+        assert hot is not None
+        return torch.full(hot.shape, th, dtype=torch.float64, device=hot.device)
+
+    def release(self, seq_ids: Hashable | Sequence[Hashable]) -> None:
+        """Forget finished sequences' windows (scope ``sequence``; a no-op for ``global``)."""
+        if isinstance(self.window, SequenceEntropyWindows):
+            self.window.release(seq_ids)
+
+    def reset(self) -> None:
+        """Empty the window(s)."""
+        self.window.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Configuration and window contents (plain tensors / Python types; ``torch.save``-able)."""
+        return {"config": self.config(), "window": self.window.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Restore from :meth:`state_dict`; with ``strict``, the configuration must match this rule's."""
+        if strict and state.get("config") != self.config():
+            raise ValueError(f"token rule state has config {state.get('config')}; this rule: {self.config()}")
+        self.window.load_state_dict(state["window"], strict=strict)
