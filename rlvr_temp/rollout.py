@@ -118,13 +118,15 @@ class RolloutWorker:
         top_p: float = 1.0,
         top_k: int = -1,
         seed: int | None = None,
+        ignore_eos: bool = False,
     ) -> list[list[Rollout]]:
         """Sample ``len(temperatures[i])`` responses for prompt ``i``, the j-th at ``temperatures[i][j]``.
 
         ``token_rule`` (kwargs of :class:`rlvr_temp.temperature.TokenTemperatureRule`) switches on the
         entropy rule (mode ``token``); the rollout temperature then shifts both of its temperatures. A
         temperature of 0 means greedy decoding (recorded as 0; its log-probs are at temperature 1).
-        ``seed`` makes sampling reproducible (one derived seed per response). Invalid settings raise
+        ``seed`` makes sampling reproducible (one derived seed per response); ``ignore_eos`` generates exactly
+        ``max_tokens`` (benchmarks). Invalid settings raise
         ``ValueError`` before anything is generated.
         """
         from vllm import SamplingParams
@@ -150,7 +152,7 @@ class RolloutWorker:
                     raise ValueError("greedy (temperature 0) cannot be combined with the token rule")
                 self._uid += 1
                 uid = f"r{self._uid}"
-                common = dict(max_tokens=max_tokens, logprobs=0, top_p=top_p, top_k=top_k)
+                common = dict(max_tokens=max_tokens, logprobs=0, top_p=top_p, top_k=top_k, ignore_eos=ignore_eos)
                 if seed is not None:
                     common["seed"] = (seed * 1_000_003 + i * 1009 + j) % (2**31)
                 if t == 0:

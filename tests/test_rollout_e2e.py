@@ -152,5 +152,7 @@ def test_greedy_after_update_weights_equals_fresh_engine(ray_cluster, tiny_model
     reference = ray_cluster.get(fresh.generate.remote(PROMPTS, greedy, max_tokens=32))
     ray_cluster.kill(fresh)
     ids = lambda groups: [r.token_ids for g in groups for r in g]  # noqa: E731
+    lps = lambda groups: np.array([lp for g in groups for r in g for lp in r.token_logprobs])  # noqa: E731
     assert ids(after) == ids(reference)
-    assert ids(after) != ids(before)
+    assert np.abs(lps(after) - lps(reference)).max() < 1e-5  # same weights, same numbers
+    assert ids(after) != ids(before) or np.abs(lps(after) - lps(before)).max() > 1e-3  # the update took effect
