@@ -94,9 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a policy from a recipe YAML")
     s.add_argument("recipe", help="recipe YAML")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=50")
-    s.add_argument(
-        "--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)"
-    )
+    s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="avg@k / pass@k of a model or run on benchmarks")
@@ -141,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         return _fail(str(exc))
+    except Exception as exc:
+        from rlvr_temp.checkpoint import ResumeError
+
+        if isinstance(exc, (ResumeError, FileNotFoundError)):
+            return _fail(str(exc))
+        raise
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
 

@@ -48,16 +48,12 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype of the rollout engine and of the learner's compute."
     )
-    max_model_len: int = Field(
-        512, ge=16, description="Prompt + response token budget of the rollout engine."
-    )
+    max_model_len: int = Field(512, ge=16, description="Prompt + response token budget of the rollout engine.")
     trust_remote_code: bool = Field(False, description="Passed to transformers and vLLM.")
 
 
 class SyntheticDataConfig(Section):
-    levels: list[int] = Field(
-        [1, 2, 3], min_length=1, description="Difficulty levels of the arithmetic task."
-    )
+    levels: list[int] = Field([1, 2, 3], min_length=1, description="Difficulty levels of the arithmetic task.")
     n_train: int = Field(2000, ge=1, description="Number of generated training problems.")
     n_test: int = Field(200, ge=1, description="Number of held-out problems (never in the train split).")
     seed: int = Field(0, description="Generator seed.")
@@ -97,9 +93,7 @@ class EngineConfig(Section):
         description="KV-cache size in GiB on CPU (`VLLM_CPU_KVCACHE_SPACE`); auto would take most RAM.",
     )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per rollout worker.")
-    enable_prefix_caching: bool = Field(
-        True, description="vLLM prefix caching (reset after each weight sync)."
-    )
+    enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (reset after each weight sync).")
     max_num_seqs: int = Field(256, ge=1, description="Maximum concurrent sequences in the engine.")
 
 
@@ -116,9 +110,7 @@ class RolloutConfig(Section):
 
 class TokenRuleConfig(Section):
     t_low: float = Field(1.2, gt=0, description="Temperature of low-entropy (knowledge) tokens (paper: 1.2).")
-    t_high: float = Field(
-        1.6, gt=0, description="Temperature of high-entropy (reasoning) tokens (paper: 1.6)."
-    )
+    t_high: float = Field(1.6, gt=0, description="Temperature of high-entropy (reasoning) tokens (paper: 1.6).")
     hot_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of tokens above the entropy threshold (paper: top 20%)."
     )
@@ -127,7 +119,9 @@ class TokenRuleConfig(Section):
         "global", description="`global`: one window per engine (paper); `sequence`: one window per response."
     )
     warmup_tokens: int = Field(
-        0, ge=0, description="While the window holds fewer entropies than this, every token is cold (t_low); 0 = authors'."
+        0,
+        ge=0,
+        description="While the window holds fewer entropies than this, every token is cold (t_low); 0 = authors'.",
     )
 
     @model_validator(mode="after")
@@ -190,9 +184,7 @@ class AlgorithmConfig(Section):
     clip_eps_low: float = Field(0.2, ge=0, description="PPO clip lower epsilon (DAPO: 0.2).")
     clip_eps_high: float = Field(0.28, ge=0, description="PPO clip upper epsilon, clip-higher (DAPO: 0.28).")
     dual_clip_c: float | None = Field(None, gt=1, description="Dual-clip constant for negative advantages.")
-    kl_coef: float = Field(
-        0.0, ge=0, description="`low_var_kl` coefficient against the frozen base (paper: 0)."
-    )
+    kl_coef: float = Field(0.0, ge=0, description="`low_var_kl` coefficient against the frozen base (paper: 0).")
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (paper: 0).")
     archer: bool = Field(False, description="Archer dual-token constraint (arXiv 2507.15778).")
     dynamic_sampling: bool = Field(True, description="DAPO: drop groups whose rewards are all equal, refill.")
@@ -214,9 +206,7 @@ class LearnerConfig(Section):
     )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(
-        0.0, ge=0, lt=1, description="LoRA dropout (0 keeps log-probs deterministic)."
-    )
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps log-probs deterministic).")
     lora_targets: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Modules that get LoRA adapters.",
@@ -226,9 +216,7 @@ class LearnerConfig(Section):
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="After warm-up.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (paper: 0.1).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping (paper: 1.0).")
-    mini_batch_size: int = Field(
-        64, ge=1, description="Responses per optimizer step (paper: 64-128 prompts)."
-    )
+    mini_batch_size: int = Field(64, ge=1, description="Responses per optimizer step (paper: 64-128 prompts).")
     micro_batch_size: int = Field(16, ge=1, description="Responses per forward/backward (grad accumulation).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
 
@@ -248,9 +236,7 @@ class CheckpointConfig(Section):
 
 class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars beside metrics.jsonl.")
-    wandb: bool = Field(
-        False, description="Log to Weights & Biases (needs `wandb` installed and configured)."
-    )
+    wandb: bool = Field(False, description="Log to Weights & Biases (needs `wandb` installed and configured).")
     progress: bool = Field(True, description="Rich progress bar with reward and ETA.")
 
 

@@ -340,6 +340,31 @@ class Learner:
         """Trainable parameters only (adapter or full weights), for checkpoints and tests."""
         return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
+    # ------------------------------------------------------------------------------------------ state
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: trainable weights, optimizer, LR schedule, step, RNG."""
+        return {
+            "trainable": self.trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`get_state`'s output (the policy must have been built with the same settings)."""
+        params = dict(self.model.named_parameters())
+        missing = [k for k in state["trainable"] if k not in params]
+        if missing:
+            raise ValueError(f"checkpoint has parameters this policy lacks: {missing[:3]}...")
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+
     def ping(self) -> str:
         return "ok"
 

@@ -56,9 +56,7 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float =
     """``A_i = (r_i - mean(r_group)) / (std(r_group) + eps)`` (one scalar per response)."""
     mean, std = _group_stats(rewards.double(), group_ids)
     centred = rewards.double() - mean
-    adv = torch.where(
-        std > 0, centred / (std + eps), torch.zeros_like(centred)
-    )  # equal rewards: 0, never NaN
+    adv = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))  # equal rewards: 0, never NaN
     return adv.to(rewards.dtype)
 
 
@@ -85,9 +83,7 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: 
 
 
 # --------------------------------------------------------------------------------------------------- aggregation
-def aggregate(
-    values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int | None = None
-) -> torch.Tensor:
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int | None = None) -> torch.Tensor:
     """Reduce ``[B, L]`` per-token values to a scalar.
 
     ``token-mean``: mean over all real tokens of the batch (DAPO). ``seq-mean-token-mean``: mean over tokens
@@ -168,9 +164,7 @@ def policy_loss(
         eps_low = torch.where(low, 0.2, 0.5)
         eps_high = eps_low
         kl_weight = torch.where(low, 0.001, 0.0) + kl_coef
-    loss_tok, ratio, is_clipped = _ppo_token_loss(
-        logp, old_logp, advantages, eps_low, eps_high, clip.dual_clip_c
-    )
+    loss_tok, ratio, is_clipped = _ppo_token_loss(logp, old_logp, advantages, eps_low, eps_high, clip.dual_clip_c)
     stats: dict[str, float] = {}
     if ref_logp is not None and (archer_entropy is not None or kl_coef > 0):
         kl = low_var_kl(logp, ref_logp)

@@ -26,6 +26,14 @@ from typing import Any
 import torch
 
 from rlvr_temp import losses
+from rlvr_temp.checkpoint import (
+    check_compatible,
+    find_resume,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rlvr_temp.config import RunConfig, save_config
 from rlvr_temp.metrics import MetricsLogger, rollout_metrics
 from rlvr_temp.rollout import Rollout, write_rollout_dump
@@ -97,6 +105,10 @@ class Trainer:
 
         self.cfg = cfg
         self.run_dir = Path(cfg.trainer.run_dir)
+        ckpt_path = find_resume(self.run_dir, cfg.trainer.resume)
+        ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
+        if ckpt is not None:
+            check_compatible(ckpt["config"], cfg, ckpt_path)  # before anything is started or written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
         torch.manual_seed(cfg.trainer.seed)
@@ -133,7 +145,58 @@ class Trainer:
         )
         ray.get([w.ping.remote() for w in self.workers] + [self.learner.ping.remote()])
         self.step = 0
+        self._stop_signal: int | None = None
+        if ckpt is not None:
+            self.restore(ckpt)
+            log.warning("resumed from %s at step %d", ckpt_path, self.step)
         self.sync_weights()  # the engines start from the learner's (e.g. NF4-quantised) weights
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a loaded checkpoint: learner, stream, RNG, entropy windows, step, metrics."""
+        import ray
+
+        ts = ckpt["trainer_state"]
+        ray.get(self.learner.set_state.remote(ckpt["learner_state"]))
+        self.stream.load_state_dict(ts["stream"])
+        set_rng_state(ts["rng"])
+        temps = ts["temperature"]
+        if len(temps) != len(self.workers):
+            raise ValueError(f"checkpoint has {len(temps)} rollout workers' state, this run has {len(self.workers)}")
+        ray.get([w.load_temperature_state.remote(t) for w, t in zip(self.workers, temps)])
+        self.step = int(ts["step"])
+        self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics rows of steps after the checkpoint (written before a crash), atomically."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        import json
+
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] < step:
+                    keep.append(line)
+            except (ValueError, KeyError):
+                continue
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        tmp.replace(path)
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current state (after ``self.step`` completed steps)."""
+        import ray
+
+        learner_state = ray.get(self.learner.get_state.remote())
+        trainer_state = {
+            "step": self.step, "stream": self.stream.state_dict(), "rng": rng_state(),
+            "temperature": ray.get([w.temperature_state.remote() for w in self.workers]),
+            "metrics_rows": self.step,
+        }  # fmt: skip
+        return save_checkpoint(self.run_dir, self.step, learner_state=learner_state, trainer_state=trainer_state,
+                               config=self.cfg, keep=self.cfg.checkpoint.keep)  # fmt: skip
 
     def _schedule_kwargs(self) -> dict[str, Any]:
         s, base = self.cfg.temperature.schedule, self.cfg.temperature.base
@@ -281,6 +344,8 @@ class Trainer:
         columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip
         name = cfg.trainer.name or self.run_dir.name
+        every = cfg.checkpoint.every
+        previous = self._install_signal_handlers()
         try:
             with Progress(*columns, disable=not cfg.logging.progress, transient=False) as bar:
                 task = bar.add_task(name, total=cfg.trainer.total_steps, completed=self.step)
@@ -290,9 +355,38 @@ class Trainer:
                     logger.log(step, m)
                     bar.update(task, advance=1, description=f"{name} reward {m.get('reward/mean', 0):.3f} "
                                f"acc {m.get('acc/mean', 0):.3f}")  # fmt: skip
+                    if self._stop_signal is not None:
+                        log.warning("signal %d: checkpoint after step %d, then stop", self._stop_signal, step)
+                        break
+                    if every and self.step % every == 0 and self.step < cfg.trainer.total_steps:
+                        self.save()
+            self.save()
         finally:
             logger.close()
+            self._restore_signal_handlers(previous)
         return self.run_dir
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGTERM / SIGINT finish the current step, checkpoint, and stop (main thread only)."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self._stop_signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        import signal
+
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
     def close(self) -> None:
         import ray

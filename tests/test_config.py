@@ -83,9 +83,7 @@ def test_bad_overrides(override, expected, tmp_path, capsys):
 
 
 def test_inheritance_and_overrides(tmp_path):
-    (tmp_path / "base.yaml").write_text(
-        "rollout:\n  group_size: 4\n  prompts_per_step: 2\ntrainer:\n  seed: 3\n"
-    )
+    (tmp_path / "base.yaml").write_text("rollout:\n  group_size: 4\n  prompts_per_step: 2\ntrainer:\n  seed: 3\n")
     child = tmp_path / "child.yaml"
     child.write_text("base: base.yaml\nrollout:\n  group_size: 6\ntemperature:\n  mode: token\n")
     cfg = load_config(child, ["trainer.total_steps=50", "temperature.token.t_high=2.0"])

@@ -66,9 +66,7 @@ def test_unclipped_inside_range_and_gradient():
     logp = torch.tensor([[0.1, -0.1]], requires_grad=True)
     old = torch.zeros(1, 2)
     adv = torch.tensor([2.0])
-    loss, stats = losses.get_policy_loss("grpo")(
-        logp, old, adv, torch.ones(1, 2), clip=ClipSettings(0.2, 0.2)
-    )
+    loss, stats = losses.get_policy_loss("grpo")(logp, old, adv, torch.ones(1, 2), clip=ClipSettings(0.2, 0.2))
     expected = -(2 * math.exp(0.1) + 2 * math.exp(-0.1)) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     loss.backward()
@@ -80,9 +78,7 @@ def test_dual_clip_bounds_negative_advantage():
     logp = torch.tensor([[3.0]])  # ratio e^3 ~ 20
     old = torch.zeros(1, 1)
     adv = torch.tensor([-1.0])
-    loss, _ = losses.get_policy_loss("dapo")(
-        logp, old, adv, torch.ones(1, 1), clip=ClipSettings(0.2, 0.28, 3.0)
-    )
+    loss, _ = losses.get_policy_loss("dapo")(logp, old, adv, torch.ones(1, 1), clip=ClipSettings(0.2, 0.28, 3.0))
     assert loss.item() == pytest.approx(3.0)
 
 
@@ -91,9 +87,7 @@ def test_kl_term_and_zero_when_equal():
     assert torch.allclose(losses.low_var_kl(lp, lp), torch.zeros(1, 2))
     kl = losses.low_var_kl(lp, lp - 0.5)
     assert torch.allclose(kl, torch.full((1, 2), math.exp(-0.5) + 0.5 - 1), atol=1e-6)
-    base, _ = losses.policy_loss(
-        lp, lp, torch.zeros(1), torch.ones(1, 2), agg="token-mean", clip=ClipSettings()
-    )
+    base, _ = losses.policy_loss(lp, lp, torch.zeros(1), torch.ones(1, 2), agg="token-mean", clip=ClipSettings())
     with_kl, stats = losses.policy_loss(
         lp,
         lp,

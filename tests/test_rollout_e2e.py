@@ -89,9 +89,7 @@ def test_global_scope_two_values_and_logprobs_match_transformers(ray_cluster, wo
 
 
 def test_fixed_and_mixture_logprobs_match_transformers(ray_cluster, worker, tiny_model_path):
-    groups = ray_cluster.get(
-        worker.generate.remote(PROMPTS[:3], [[0.6, 1.0, 1.5]] * 3, max_tokens=32, seed=11)
-    )
+    groups = ray_cluster.get(worker.generate.remote(PROMPTS[:3], [[0.6, 1.0, 1.5]] * 3, max_tokens=32, seed=11))
     for g in groups:
         for r, t in zip(g, (0.6, 1.0, 1.5)):
             assert r.temperature == t and {round(x, 6) for x in r.token_temperatures} == {t}
