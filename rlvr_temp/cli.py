@@ -83,6 +83,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from rlvr_temp.export import export_run
+
+    out = export_run(args.run, args.out, step=args.step)
+    print(f"exported {args.run} -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-temp",
@@ -122,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="rebuild even if cached")
     s.set_defaults(func=cmd_make_tiny_model)
+
+    s = sub.add_parser("export", help="write a run's checkpoint as a merged Hugging Face model")
+    s.add_argument("run", help="run directory")
+    s.add_argument("out", help="output model directory")
+    s.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("config-docs", help="print the configuration reference (markdown)")
     s.add_argument("--out", default=None, help="write to this file")
