@@ -91,6 +91,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rlvr_temp.evaluate import evaluate_model, format_table, write_results
+
+    rule = None
+    if args.t_low is not None or args.t_high is not None:
+        if args.t_low is None or args.t_high is None:
+            return _fail("--t-low and --t-high go together (the token rule)")
+        rule = {"t_low": args.t_low, "t_high": args.t_high, "hot_fraction": args.hot_fraction,
+                "window": args.window, "scope": args.scope, "base_temperature": args.temperature}  # fmt: skip
+    datasets = [d.strip() for d in args.data.split(",") if d.strip()]
+    if args.n < 1:
+        return _fail("--n must be >= 1")
+    results = evaluate_model(args.model, datasets, n=args.n, temperature=args.temperature, top_p=args.top_p,
+                             max_tokens=args.max_tokens, limit=args.limit, template=args.template,
+                             token_rule=rule, seed=args.seed, max_model_len=args.max_model_len)  # fmt: skip
+    print(format_table(results))
+    if args.out:
+        print(f"wrote {write_results(results, args.out, vars(args) | {'func': None})}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-temp",
@@ -106,7 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="avg@k / pass@k of a model or run on benchmarks")
-    s.set_defaults(func=_not_built("eval", "the evaluation issue"))
+    s.add_argument("--model", required=True, help="model directory, `tiny`, or a run directory (RUN or RUN@STEP)")
+    s.add_argument("--data", default="aime24,amc23,math500", help="comma-separated bundled sets or `synthetic`")
+    s.add_argument("--n", type=int, default=1, help="samples per problem (avg@n, pass@k for k <= n)")
+    s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (paper: 0.6)")
+    s.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (paper: 0.95)")
+    s.add_argument("--max-tokens", type=int, default=1024, help="maximum response tokens")
+    s.add_argument("--max-model-len", type=int, default=2048, help="engine context length")
+    s.add_argument("--limit", type=int, default=None, help="first N problems of each set")
+    s.add_argument("--template", default=None, help="prompt template (default: the run's, or the standard one)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="write results as JSON here")
+    g = s.add_argument_group("token rule (off unless --t-low/--t-high are given)")
+    g.add_argument("--t-low", type=float, default=None)
+    g.add_argument("--t-high", type=float, default=None)
+    g.add_argument("--hot-fraction", type=float, default=0.2)
+    g.add_argument("--window", type=int, default=100_000)
+    g.add_argument("--scope", choices=["global", "sequence"], default="global")
+    s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("compare", help="plot and tabulate runs side by side")
     s.add_argument("runs", nargs="+", help="run directories (with metrics.jsonl)")
@@ -156,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from rlvr_temp.checkpoint import ResumeError
 
-        if isinstance(exc, (ResumeError, FileNotFoundError)):
+        if isinstance(exc, (ResumeError, FileNotFoundError, ValueError)):
             return _fail(str(exc))
         raise
     except KeyboardInterrupt:

@@ -143,6 +143,9 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
-def test_unbuilt_command_says_so(capsys):
-    code, _, err = _run_cli(["eval"], capsys)
-    assert code == 3 and "not built yet" in err
+def test_missing_run_directory_is_a_clear_error(tmp_path, capsys):
+    code, _, err = _run_cli(["compare", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "no such run directory" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run_cli(["compare", str(tmp_path / "empty")], capsys)
+    assert code == 2 and "no metrics.jsonl" in err

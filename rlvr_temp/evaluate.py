@@ -1,0 +1,187 @@
+"""Evaluation: sample ``k`` responses per problem with vLLM, score them with the verifier, report per dataset
+avg@k, unbiased pass@k (Chen et al. 2021, arXiv 2107.03374) for k = 1, 2, 4, ..., K, maj@K, mean response
+length and truncation rate.
+
+The paper's protocol (SPEC §6): temperature 0.6, top-p 0.95, AIME avg@256, AMC avg@32, MATH-500 / Minerva /
+OlympiadBench avg@1, token rule off. ``synthetic`` is the tiny model's held-out arithmetic split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rlvr_temp.data import DEFAULT_SUFFIX, DEFAULT_TEMPLATE, format_prompt
+
+
+# ------------------------------------------------------------------------------------------------- estimators
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: ``1 - C(n-c, k) / C(n, k)``."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):  # numerically stable product form
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def maj_at_k(answers: list[str | None], correct: list[float], k: int) -> float:
+    """Majority vote over the first ``k`` samples' extracted answers (ties: the earliest answer wins); 1.0 if the
+    voted answer is a correct one. Samples without an answer do not vote."""
+    votes = [(a, c) for a, c in zip(answers[:k], correct[:k]) if a is not None]
+    if not votes:
+        return 0.0
+    counts = Counter(a for a, _ in votes)
+    best = max(counts.values())
+    winner = next(a for a, _ in votes if counts[a] == best)
+    return float(any(c >= 0.5 for a, c in votes if a == winner))
+
+
+def k_values(n: int) -> list[int]:
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return [*ks, n]
+
+
+def summarize(samples: list[dict[str, Any]], n: int) -> dict[str, float]:
+    """Metrics of one dataset from its samples (``problem``, ``correct``, ``answer``, ``length``, ``truncated``)."""
+    by_problem: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        by_problem.setdefault(s["problem"], []).append(s)
+    out: dict[str, float] = {"problems": len(by_problem), f"avg@{n}": 0.0}
+    if not by_problem:
+        return out
+    out[f"avg@{n}"] = sum(s["correct"] for s in samples) / len(samples)
+    for k in k_values(n):
+        out[f"pass@{k}"] = sum(
+            pass_at_k(len(g), sum(int(s["correct"] >= 0.5) for s in g), k) for g in by_problem.values()
+        ) / len(by_problem)
+    out[f"maj@{n}"] = sum(
+        maj_at_k([s["answer"] for s in g], [s["correct"] for s in g], n) for g in by_problem.values()
+    ) / len(by_problem)
+    out["length_mean"] = sum(s["length"] for s in samples) / len(samples)
+    out["truncated"] = sum(s["truncated"] for s in samples) / len(samples)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- data
+def eval_rows(name: str, limit: int | None = None) -> list[dict[str, str]]:
+    """Rows (``id``, ``question``, ``ground_truth``) of a bundled set, ``synthetic``, or a file path."""
+    if name == "synthetic":
+        from rlvr_temp import synthetic
+
+        rows = synthetic.generate(limit or 200, levels=(1, 2, 3), seed=0, split="test")
+        return [{"id": r["id"], "question": r["question"], "ground_truth": r["answer"]} for r in rows]
+    from rlvr_temp.data import load_prompts
+
+    return [dict(r) for r in load_prompts(name, limit=limit)]
+
+
+# ------------------------------------------------------------------------------------------------- run
+def evaluate_with(
+    worker: Any, tokenizer: Any, verifier: Any, datasets: list[str], *, n: int = 1, temperature: float = 0.6,
+    top_p: float = 0.95, max_tokens: int = 1024, limit: int | None = None, template: str = DEFAULT_TEMPLATE,
+    suffix: str = DEFAULT_SUFFIX, use_chat_template: bool | None = None, token_rule: dict | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Evaluate with a live :class:`rlvr_temp.rollout.RolloutWorker` (in-process object or Ray actor)."""
+    from rlvr_temp.verify import extract_answer
+
+    remote = hasattr(worker.generate, "remote")
+    results: dict[str, dict[str, float]] = {}
+    for name in datasets:
+        rows = eval_rows(name, limit)
+        prompts = [format_prompt(r["question"], tokenizer, template=template, suffix=suffix,
+                                 use_chat_template=use_chat_template) for r in rows]  # fmt: skip
+        kwargs = dict(prompt_ids=[r["id"] for r in rows], max_tokens=max_tokens, token_rule=token_rule,
+                      top_p=top_p, seed=seed)  # fmt: skip
+        temps = [[temperature] * n] * len(rows)
+        if remote:
+            import ray
+
+            groups = ray.get(worker.generate.remote(prompts, temps, **kwargs))
+        else:
+            groups = worker.generate(prompts, temps, **kwargs)
+        flat = [(row, r) for row, g in zip(rows, groups) for r in g]
+        scores = verifier.score_batch([r.text for _, r in flat], [row["ground_truth"] for row, _ in flat])
+        samples = [
+            {"problem": row["id"], "correct": c, "answer": extract_answer(r.text), "length": len(r.token_ids),
+             "truncated": r.finish_reason == "length"}
+            for (row, r), c in zip(flat, scores)
+        ]  # fmt: skip
+        results[name] = summarize(samples, n)
+    return results
+
+
+def evaluate_model(
+    model: str, datasets: list[str], *, n: int = 1, temperature: float = 0.6, top_p: float = 0.95,
+    max_tokens: int = 1024, limit: int | None = None, template: str | None = None, suffix: str = DEFAULT_SUFFIX,
+    use_chat_template: bool | None = None, token_rule: dict | None = None, seed: int = 0,
+    max_model_len: int = 2048, dtype: str = "float32",
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Evaluate a model directory, ``tiny``, or a run (``RUN`` or ``RUN@STEP``, exported on the fly)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from rlvr_temp.rollout import RolloutWorker
+    from rlvr_temp.verify import Verifier
+
+    model_path, run_template = _resolve_model(model, tempfile.mkdtemp(prefix="rlvr_temp_eval_"))
+    template = template or run_template or DEFAULT_TEMPLATE
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    worker = RolloutWorker(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed)
+    with Verifier() as verifier:
+        return evaluate_with(worker, tokenizer, verifier, datasets, n=n, temperature=temperature, top_p=top_p,
+                             max_tokens=max_tokens, limit=limit, template=template, suffix=suffix,
+                             use_chat_template=use_chat_template, token_rule=token_rule, seed=seed)  # fmt: skip
+
+
+def _resolve_model(model: str, scratch: str) -> tuple[str, str | None]:
+    """(model directory, prompt template the run used or None)."""
+    import yaml
+
+    if model == "tiny":
+        from rlvr_temp import synthetic
+        from rlvr_temp.tiny_model import ensure_tiny_model
+
+        return str(ensure_tiny_model()), synthetic.PROMPT_TEMPLATE
+    run, _, step = model.partition("@")
+    if (Path(run) / "checkpoints").is_dir():
+        from rlvr_temp.export import export_run
+
+        out = export_run(run, Path(scratch) / "model", step=int(step) if step else None)
+        cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
+        return str(out), cfg.get("data", {}).get("prompt_template")
+    if not Path(model).is_dir():
+        raise FileNotFoundError(f"--model {model}: not a model directory, a run with checkpoints, or 'tiny'")
+    return model, None
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A markdown table of the results."""
+    keys = sorted({k for r in results.values() for k in r if k != "problems"},
+                  key=lambda k: (k.split("@")[0], int(k.split("@")[1]) if "@" in k else 0))  # fmt: skip
+    lines = ["| dataset | problems | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name, r in results.items():
+        cells = [f"{r.get(k, float('nan')):.4f}" if k != "length_mean" else f"{r.get(k, 0):.1f}" for k in keys]
+        lines.append(f"| {name} | {int(r['problems'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, dict[str, float]], path: str | Path, meta: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float) + "\n")
+    return path
+
+
+def is_finite_row(row: dict[str, float]) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in row.values())
