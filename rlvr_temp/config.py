@@ -240,6 +240,16 @@ class LoggingConfig(Section):
     progress: bool = Field(True, description="Rich progress bar with reward and ETA.")
 
 
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="Evaluate every N steps and after the last one (0 = off).")
+    datasets: list[str] = Field(["synthetic"], description="Bundled set names or `synthetic` (held-out split).")
+    n: int = Field(4, ge=1, description="Samples per problem (avg@n, pass@k, maj@n); paper: 256 AIME, 32 AMC.")
+    temperature: float = Field(0.6, gt=0, description="Evaluation temperature, token rule off (paper: 0.6).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Evaluation nucleus sampling (paper: 0.95).")
+    limit: int | None = Field(64, ge=1, description="Problems per dataset (None = all).")
+    max_tokens: int | None = Field(None, ge=1, description="Response budget (None = rollout.max_response_len).")
+
+
 class RayConfig(Section):
     address: str | None = Field(
         None,
@@ -265,6 +275,7 @@ class RunConfig(Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")

@@ -72,6 +72,7 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
         self._fh = self.path.open("a", encoding="utf-8")
+        self._last: dict[str, Any] | None = None
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -83,10 +84,21 @@ class MetricsLogger:
 
             self._wandb = wb.init(name=run_name, config=config, dir=str(self.run_dir))
 
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        row = {"step": step, "time": time.time(), **metrics}
-        self._fh.write(json.dumps(row, allow_nan=True) + "\n")
-        self._fh.flush()
+    def log(self, step: int, metrics: dict[str, Any], merge: bool = False) -> None:
+        """Append a row; ``merge`` adds the metrics to the last row instead (same step), rewriting it."""
+        if merge and self._last is not None and self._last["step"] == step:
+            self._last.update(metrics)
+            self._fh.close()
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            lines[-1] = json.dumps(self._last, allow_nan=True)
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            tmp.replace(self.path)
+            self._fh = self.path.open("a", encoding="utf-8")
+        else:
+            self._last = {"step": step, "time": time.time(), **metrics}
+            self._fh.write(json.dumps(self._last, allow_nan=True) + "\n")
+            self._fh.flush()
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
             for k, v in scalars.items():

@@ -335,6 +335,22 @@ class Trainer:
         self.step += 1
         return metrics
 
+    def evaluate(self) -> dict[str, float]:
+        """Periodic evaluation with the first rollout worker (current weights, token rule off)."""
+        from rlvr_temp.evaluate import evaluate_with
+
+        ev, d = self.cfg.eval, self.cfg.data
+        t0 = time.perf_counter()
+        results = evaluate_with(
+            self.workers[0], self.tokenizer, self.verifier, ev.datasets, n=ev.n, temperature=ev.temperature,
+            top_p=ev.top_p, max_tokens=ev.max_tokens or self.cfg.rollout.max_response_len, limit=ev.limit,
+            template=d.prompt_template, suffix=d.prompt_suffix, use_chat_template=d.use_chat_template,
+            seed=self.cfg.trainer.seed * 7919 + self.step,
+        )  # fmt: skip
+        out = {f"{name}/{k}": v for name, r in results.items() for k, v in r.items()}
+        out["time"] = time.perf_counter() - t0
+        return out
+
     def run(self) -> Path:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -355,6 +371,9 @@ class Trainer:
                     logger.log(step, m)
                     bar.update(task, advance=1, description=f"{name} reward {m.get('reward/mean', 0):.3f} "
                                f"acc {m.get('acc/mean', 0):.3f}")  # fmt: skip
+                    ev = cfg.eval
+                    if ev.every and (self.step % ev.every == 0 or self.step == cfg.trainer.total_steps):
+                        logger.log(step, {f"eval/{k}": v for k, v in self.evaluate().items()}, merge=True)
                     if self._stop_signal is not None:
                         log.warning("signal %d: checkpoint after step %d, then stop", self._stop_signal, step)
                         break
