@@ -112,6 +112,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show_rollout(args: argparse.Namespace) -> int:
+    from rlvr_temp.show import render
+
+    paths = render(args.run, args.step, args.index, args.out)
+    print(f"html: {paths['html']}\npng:  {paths['png']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-temp",
@@ -168,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="rebuild even if cached")
     s.set_defaults(func=cmd_make_tiny_model)
+
+    s = sub.add_parser("show-rollout", help="render one response coloured by token temperature and entropy")
+    s.add_argument("run", help="run directory (trained with rollout.dump=true)")
+    s.add_argument("--step", type=int, required=True)
+    s.add_argument("--index", type=int, default=0, help="response index within the step's dump")
+    s.add_argument("--out", default=None, help="output directory (default: RUN/views)")
+    s.set_defaults(func=cmd_show_rollout)
 
     s = sub.add_parser("export", help="write a run's checkpoint as a merged Hugging Face model")
     s.add_argument("run", help="run directory")
