@@ -363,8 +363,11 @@ def _format_validation(exc: ValidationError, origin: str) -> str:
     return f"{origin}: {loc}: {msg}{more}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a recipe (or the defaults when `path` is None), apply dotted overrides, validate.
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, schema: type[BaseModel] | None = None
+) -> Any:
+    """Load a recipe (or the defaults when `path` is None), apply dotted overrides, validate against ``schema``
+    (default :class:`RunConfig`; other recipe kinds, e.g. the TGR supervised recipe, pass theirs).
 
     Raises :class:`ConfigError` with a one-line message naming the file and key path.
     """
@@ -377,7 +380,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{origin}: {' '.join(str(exc).split())}") from None
     try:
-        return RunConfig.model_validate(data)
+        return (schema or RunConfig).model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, origin)) from None
 
