@@ -151,9 +151,29 @@ class ScheduleConfig(Section):
     increment: float = Field(0.1, description="`spike`: amount added every `every` steps (paper: 0.1).")
 
 
+class LearnedConfig(Section):
+    t_low: float = Field(0.8, gt=0, description="Sampling temperature at the TTM head's minimum output.")
+    t_high: float = Field(1.4, gt=0, description="Sampling temperature at the TTM head's maximum output.")
+    heads: int = Field(4, ge=1, description="TTM heads (Quasar-1, arXiv 2412.06822; averaged per token).")
+    t_min: float = Field(0.01, ge=0, lt=1, description="Lower clamp of the head's sigmoid (Quasar-1: 0.01).")
+    t_max: float = Field(0.99, gt=0, le=1, description="Upper clamp of the head's sigmoid (Quasar-1: 0.99).")
+    init_temperature: float = Field(0.5, gt=0, lt=1, description="Head output at initialisation, t0.")
+    reg_weight: float = Field(0.0, ge=0, description="Regulariser weight * mean((t - t0)^2) (Quasar-1).")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> LearnedConfig:
+        if self.t_high < self.t_low:
+            raise ValueError(f"t_high ({self.t_high}) must be >= t_low ({self.t_low})")
+        if not self.t_min < self.init_temperature < self.t_max:
+            raise ValueError("init_temperature must lie strictly between t_min and t_max")
+        return self
+
+
 class TemperatureConfig(Section):
-    mode: Literal["fixed", "token", "mixture", "token+mixture"] = Field(
-        "fixed", description="Sampling temperature strategy (paper arms: fixed, token, mixture, both)."
+    mode: Literal["fixed", "token", "mixture", "token+mixture", "learned"] = Field(
+        "fixed",
+        description="Sampling temperature strategy (paper arms: fixed, token, mixture, both; `learned`: the "
+        "TTM head's per-token temperature, trained by the policy gradient).",
     )
     base: float = Field(1.0, gt=0, description="Base (rollout-level) temperature.")
     logprobs: Literal["on_policy", "off_policy"] = Field(
@@ -164,6 +184,7 @@ class TemperatureConfig(Section):
     token: TokenRuleConfig = Field(default_factory=TokenRuleConfig)
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    learned: LearnedConfig = Field(default_factory=LearnedConfig)
 
 
 class OverlongConfig(Section):

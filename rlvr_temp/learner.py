@@ -22,7 +22,13 @@ from typing import Any
 import torch
 
 from rlvr_temp.losses import ClipSettings, get_policy_loss
-from rlvr_temp.temperature import token_entropies, token_logprobs
+from rlvr_temp.temperature import (
+    TokenTemperatureHead,
+    temperature_regularization,
+    to_sampling_range,
+    token_entropies,
+    token_logprobs,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,6 +64,7 @@ class LearnerSettings:
     logprobs: str = "on_policy"
     seed: int = 0
     trust_remote_code: bool = False
+    learned: dict[str, float] | None = None  # temperature.learned (+ "base") when temperature.mode == "learned"
 
     @classmethod
     def from_config(cls, cfg: Any) -> LearnerSettings:
@@ -73,6 +80,8 @@ class LearnerSettings:
             dual_clip_c=ac.dual_clip_c, kl_coef=ac.kl_coef, entropy_coef=ac.entropy_coef, archer=ac.archer,
             ppo_epochs=ac.ppo_epochs, logprobs=cfg.temperature.logprobs, seed=cfg.trainer.seed,
             trust_remote_code=cfg.model.trust_remote_code,
+            learned=({**cfg.temperature.learned.model_dump(), "base": cfg.temperature.base}
+                     if cfg.temperature.mode == "learned" else None),
         )  # fmt: skip
 
 
@@ -174,7 +183,14 @@ class Learner:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.model = load_policy(model_path, settings, self.device)
         self.export_dtype = DTYPES[settings.dtype]
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ttm_head: TokenTemperatureHead | None = None
+        if settings.learned:
+            lc = settings.learned
+            self.ttm_head = TokenTemperatureHead(
+                self.model.config.hidden_size, heads=int(lc["heads"]), t_min=lc["t_min"], t_max=lc["t_max"],
+                init_temperature=lc["init_temperature"],
+            ).to(self.device)  # fmt: skip
+        params = self._trainable()
         if not params:
             raise RuntimeError("the policy has no trainable parameters")
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -183,6 +199,10 @@ class Learner:
         self.clip = ClipSettings(settings.clip_eps_low, settings.clip_eps_high, settings.dual_clip_c)
         self._base_cache: dict[str, torch.Tensor] | None = None
         self.step = 0
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return params + (list(self.ttm_head.parameters()) if self.ttm_head is not None else [])
 
     def _lr_factor(self, step: int) -> float:
         w = self.s.warmup_steps
@@ -194,17 +214,33 @@ class Learner:
         return 1.0
 
     # ------------------------------------------------------------------------------------------ log-probs
-    def _forward(self, mb: dict[str, Any], temps: torch.Tensor | float, with_entropy: bool = False):
+    def _forward(self, mb: dict[str, Any], base_temperature: float, with_entropy: bool = False):
+        """(log-probs, entropies or None, TTM head temperatures or None) of the responses, ``[B, L]``.
+
+        In ``learned`` mode (on-policy) the sampling temperature is the TTM head's output on the final hidden
+        states, mapped into ``[t_low, t_high]``, kept in the graph: the policy gradient trains the head."""
+        learned = self.ttm_head is not None and self.s.logprobs == "on_policy"
         out = self.model(
             input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
-            use_cache=False,
+            use_cache=False, output_hidden_states=learned,
         )  # fmt: skip
         p = mb["prompt_len"]
         r_len = mb["response_ids"].shape[1]
         logits = out.logits[:, p - 1 : p - 1 + r_len, :]
-        logp = token_logprobs(logits, mb["response_ids"], temps)
-        ent = token_entropies(logits.detach(), temps) if with_entropy else None
-        return logp, ent
+        head_t = None
+        if learned:
+            lc = self.s.learned
+            head_t = self.ttm_head.token_temperature(out.hidden_states[-1][:, p - 1 : p - 1 + r_len, :])
+            temps = to_sampling_range(head_t, lc["t_low"], lc["t_high"], lc["t_min"], lc["t_max"])
+            temps = (temps + (base_temperature - lc["base"])).clamp(min=1e-4)
+            scaled = torch.log_softmax(logits.float() / temps.unsqueeze(-1), dim=-1)
+            logp = scaled.gather(-1, mb["response_ids"].unsqueeze(-1)).squeeze(-1)
+            temps_data: torch.Tensor | float = temps.detach()
+        else:
+            temps_data = self._temps(mb, base_temperature)
+            logp = token_logprobs(logits, mb["response_ids"], temps_data)
+        ent = token_entropies(logits.detach(), temps_data) if with_entropy else None
+        return logp, ent, head_t
 
     def _temps(self, mb: dict[str, Any], base_temperature: float) -> torch.Tensor | float:
         return mb["temperatures"] if self.s.logprobs == "on_policy" else float(base_temperature)
@@ -228,9 +264,9 @@ class Learner:
             mb = self._micro(full, torch.arange(start, min(n, start + self.s.micro_batch_size)))
             if ref:
                 with self.model.disable_adapter():
-                    lp, _ = self._forward(mb, self._temps(mb, base_temperature))
+                    lp, _, _ = self._forward(mb, base_temperature)
             else:
-                lp, _ = self._forward(mb, self._temps(mb, base_temperature))
+                lp, _, _ = self._forward(mb, base_temperature)
             chunks.append(lp.float())
         return torch.cat(chunks)
 
@@ -267,12 +303,23 @@ class Learner:
                     idx = mini[u_start : u_start + self.s.micro_batch_size]
                     mb = self._micro(full, idx)
                     want_ent = self.s.entropy_coef > 0
-                    logp, ent = self._forward(mb, self._temps(mb, base_temperature), with_entropy=want_ent)
+                    logp, ent, head_t = self._forward(mb, base_temperature, with_entropy=want_ent)
                     loss, stats = self.loss_fn(
                         logp, old[idx], mb["advantages"], mb["mask"], agg=agg, clip=self.clip,
                         ref_logp=None if ref is None else ref[idx], kl_coef=self.s.kl_coef, entropy=ent,
                         entropy_coef=self.s.entropy_coef, archer_entropy=mb["entropies"] if self.s.archer else None,
                     )  # fmt: skip
+                    if head_t is not None:
+                        lc = self.s.learned
+                        stats["ttm/head_temperature_mean"] = float(
+                            (head_t.detach() * mb["mask"]).sum() / mb["mask"].sum().clamp(min=1)
+                        )
+                        if lc["reg_weight"] > 0:
+                            reg = temperature_regularization(
+                                head_t, lc["init_temperature"], lc["reg_weight"], mb["mask"]
+                            )
+                            loss = loss + reg
+                            stats["ttm/reg"] = reg.item()
                     token_share = float(mb["mask"].sum() / mini_tokens)
                     weight = token_share if (agg or "token-mean") == "token-mean" else len(idx) / len(mini)
                     if not torch.isfinite(loss):
@@ -281,7 +328,7 @@ class Learner:
                     stats["actor/loss"] = loss.item()
                     for k, v in stats.items():
                         stats_sum[k] = stats_sum.get(k, 0.0) + v * weight
-                params = [p for p in self.model.parameters() if p.requires_grad]
+                params = self._trainable()
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)))
                 self.optimizer.step()
                 n_updates += 1
@@ -322,8 +369,13 @@ class Learner:
     @torch.no_grad()
     def export_weights(self) -> dict[str, torch.Tensor]:
         """Plain-dtype Hugging Face state dict of the current policy (LoRA merged; never packed 4-bit)."""
+        head = {}
+        if self.ttm_head is not None:
+            head = {f"ttm_head.{n}": p.detach().to(self.export_dtype).cpu().clone()
+                    for n, p in self.ttm_head.named_parameters()}  # fmt: skip
         if self.s.mode == "full":
-            return {k: v.detach().to(self.export_dtype).cpu().clone() for k, v in self.model.state_dict().items()}
+            sd = {k: v.detach().to(self.export_dtype).cpu().clone() for k, v in self.model.state_dict().items()}
+            return sd | head
         from peft.tuners.lora import LoraLayer
 
         out = dict(self._base_weights())
@@ -334,11 +386,14 @@ class Learner:
                 delta = (b @ a) * module.scaling["default"]
                 key = f"{name}.weight"
                 out[key] = (out[key].float() + delta.cpu()).to(self.export_dtype)
-        return out
+        return out | head
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Trainable parameters only (adapter or full weights), for checkpoints and tests."""
-        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        """Trainable parameters only (adapter or full weights, TTM head), for checkpoints and tests."""
+        out = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        if self.ttm_head is not None:
+            out.update({f"ttm_head.{n}": p.detach().cpu().clone() for n, p in self.ttm_head.named_parameters()})
+        return out
 
     # ------------------------------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
@@ -354,6 +409,8 @@ class Learner:
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`get_state`'s output (the policy must have been built with the same settings)."""
         params = dict(self.model.named_parameters())
+        if self.ttm_head is not None:
+            params.update({f"ttm_head.{n}": p for n, p in self.ttm_head.named_parameters()})
         missing = [k for k in state["trainable"] if k not in params]
         if missing:
             raise ValueError(f"checkpoint has parameters this policy lacks: {missing[:3]}...")
