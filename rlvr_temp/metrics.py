@@ -59,7 +59,9 @@ def rollout_metrics(
         out["rollout/hot_token_share"] = hot / max(1, total)
     temps = [t for r in flat for t in r.token_temperatures]
     if temps:
-        out["rollout/token_temperature_mean"] = sum(temps) / len(temps)
+        mean = sum(temps) / len(temps)
+        out["rollout/token_temperature_mean"] = mean
+        out["rollout/token_temperature_std"] = math.sqrt(sum((t - mean) ** 2 for t in temps) / len(temps))
     return out
 
 

@@ -67,6 +67,7 @@ class RolloutWorker:
         tensor_parallel_size: int = 1,
         num_threads: int | None = None,
         trust_remote_code: bool = False,
+        ttm: Mapping[str, Any] | None = None,
     ) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(kv_cache_gib))))
@@ -79,6 +80,10 @@ class RolloutWorker:
 
         before = set(map(id, vllm_processor.instances()))
         kwargs: dict[str, Any] = {}
+        if ttm is not None:  # learned mode: the engine's model runs the TTM head (rlvr_temp.ttm_vllm)
+            from rlvr_temp import ttm_vllm
+
+            kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(ttm))
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(
@@ -99,6 +104,7 @@ class RolloutWorker:
         if len(mine) != 1:
             raise RuntimeError(f"expected one rlvr_temp processor in the new engine, found {len(mine)}")
         self.processor = mine[0]
+        self.has_ttm = ttm is not None
         self.tokenizer = self.llm.get_tokenizer()
         self.model_path = model_path
         self.max_model_len = max_model_len
@@ -119,12 +125,15 @@ class RolloutWorker:
         top_k: int = -1,
         seed: int | None = None,
         ignore_eos: bool = False,
+        learned: Mapping[str, Any] | None = None,
     ) -> list[list[Rollout]]:
         """Sample ``len(temperatures[i])`` responses for prompt ``i``, the j-th at ``temperatures[i][j]``.
 
         ``token_rule`` (kwargs of :class:`rlvr_temp.temperature.TokenTemperatureRule`) switches on the
         entropy rule (mode ``token``); the rollout temperature then shifts both of its temperatures. A
         temperature of 0 means greedy decoding (recorded as 0; its log-probs are at temperature 1).
+        ``learned`` (``t_low``, ``t_high``, ``t_min``, ``t_max``, ``base``) samples every token at the TTM head's
+        temperature mapped into ``[t_low, t_high]`` (the engine must have been built with ``ttm``).
         ``seed`` makes sampling reproducible (one derived seed per response); ``ignore_eos`` generates exactly
         ``max_tokens`` (benchmarks). Invalid settings raise
         ``ValueError`` before anything is generated.
@@ -140,6 +149,12 @@ class RolloutWorker:
         if token_rule is not None:
             token_rule = dict(token_rule)
             TokenTemperatureRule(**token_rule)  # validates
+        if learned is not None:
+            if token_rule is not None:
+                raise ValueError("the token rule and the learned temperature are exclusive")
+            if not getattr(self, "has_ttm", False):
+                raise ValueError("learned temperatures need an engine built with ttm=... (temperature.mode=learned)")
+            learned = {k: float(v) for k, v in learned.items()}
         ids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(prompts))]
         requests, params, meta = [], [], []
         for i, (prompt, temps) in enumerate(zip(prompts, temperatures)):
@@ -158,7 +173,7 @@ class RolloutWorker:
                 if t == 0:
                     sp = SamplingParams(temperature=0.0, **common)
                 else:
-                    spec = {"uid": uid, "temperature": t, "token_rule": token_rule}
+                    spec = {"uid": uid, "temperature": t, "token_rule": token_rule, "learned": learned}
                     sp = SamplingParams(temperature=1.0, extra_args={"rlvr_temp": spec}, **common)
                 requests.append(request)
                 params.append(sp)

@@ -136,7 +136,7 @@ class Trainer:
                 gpu_memory_utilization=ec.gpu_memory_utilization, enforce_eager=ec.enforce_eager,
                 enable_prefix_caching=ec.enable_prefix_caching, max_num_seqs=ec.max_num_seqs,
                 tensor_parallel_size=ec.tensor_parallel_size, num_threads=max(1, int(rc.rollout_cpus)),
-                trust_remote_code=cfg.model.trust_remote_code,
+                trust_remote_code=cfg.model.trust_remote_code, ttm=self.ttm_settings(),
             )
             for i in range(cfg.rollout.num_workers)
         ]  # fmt: skip
@@ -218,6 +218,21 @@ class Trainer:
             "window": t.window, "scope": t.scope, "base_temperature": base_t, "warmup_tokens": t.warmup_tokens,
         }  # fmt: skip
 
+    def ttm_settings(self) -> dict[str, Any] | None:
+        """Engine-side TTM head settings in ``learned`` mode."""
+        if self.cfg.temperature.mode != "learned":
+            return None
+        lc = self.cfg.temperature.learned
+        return {"heads": lc.heads, "t_min": lc.t_min, "t_max": lc.t_max, "init_temperature": lc.init_temperature}
+
+    def learned_spec(self) -> dict[str, float] | None:
+        """Per-request mapping of the head's output to sampling temperatures in ``learned`` mode."""
+        tc = self.cfg.temperature
+        if tc.mode != "learned":
+            return None
+        lc = tc.learned
+        return {"t_low": lc.t_low, "t_high": lc.t_high, "t_min": lc.t_min, "t_max": lc.t_max, "base": tc.base}
+
     def group_temperatures(self, base_t: float) -> list[float]:
         tc, g = self.cfg.temperature, self.cfg.rollout.group_size
         if tc.mode in ("mixture", "token+mixture"):
@@ -237,7 +252,7 @@ class Trainer:
             w.generate.remote(
                 [self.prompts[r["id"]] for r in shard], [temps] * len(shard), prompt_ids=[r["id"] for r in shard],
                 max_tokens=self.cfg.rollout.max_response_len, token_rule=rule, top_p=self.cfg.rollout.top_p,
-                top_k=self.cfg.rollout.top_k, seed=seed * 101 + k,
+                top_k=self.cfg.rollout.top_k, seed=seed * 101 + k, learned=self.learned_spec(),
             )
             for k, (w, shard) in enumerate(zip(self.workers, shards)) if shard
         ]  # fmt: skip
