@@ -120,6 +120,12 @@ def cmd_show_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from rlvr_temp.tgr import main_sft
+
+    return main_sft(args.recipe, args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-temp",
@@ -133,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=50")
     s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sft", help="supervised TGR training (policy + TTM head), e.g. recipes/tgr/wikiqa_sft.yaml")
+    s.add_argument("recipe", help="TGR recipe YAML")
+    s.add_argument("overrides", nargs="*", help="dotted overrides")
+    s.set_defaults(func=cmd_sft)
 
     s = sub.add_parser("eval", help="avg@k / pass@k of a model or run on benchmarks")
     s.add_argument("--model", required=True, help="model directory, `tiny`, or a run directory (RUN or RUN@STEP)")

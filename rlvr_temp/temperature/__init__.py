@@ -30,6 +30,15 @@ from .token_rule import (
     token_entropies,
     token_logprobs,
 )
+from .ttm import (
+    TokenTemperatureHead,
+    gsot_mask,
+    gsot_weights,
+    load_head,
+    save_head,
+    temperature_regularization,
+    to_sampling_range,
+)
 from .window import GlobalEntropyWindow, SequenceEntropyWindows, quantile_index
 
 __all__ = [
@@ -42,17 +51,24 @@ __all__ = [
     "Schedule",
     "SequenceEntropyWindows",
     "SpikeSchedule",
+    "TokenTemperatureHead",
     "TokenTemperatureRule",
     "authors_offsets",
     "entropy_from_logits",
     "expand_counts",
     "group_by_temperature",
+    "gsot_mask",
+    "gsot_weights",
+    "load_head",
     "make_schedule",
     "offset_pattern",
     "quantile_index",
     "register_schedule",
     "rollout_temperatures",
     "sanitize_logits",
+    "save_head",
+    "temperature_regularization",
+    "to_sampling_range",
     "token_entropies",
     "token_logprobs",
 ]
