@@ -9,7 +9,7 @@ from pathlib import Path
 from rlvr_temp.compare import compare_runs
 from rlvr_temp.config import load_config
 
-ARMS = ("fixed", "token", "mixture", "token_mixture")
+ARMS = ("fixed", "token", "mixture", "token_mixture", "learned")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 
 
