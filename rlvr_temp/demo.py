@@ -21,7 +21,7 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int | None = None, arms: 
     import ray
 
     from rlvr_temp.tiny_model import ensure_tiny_model
-    from rlvr_temp.trainer import train
+    from rlvr_temp.trainer import Trainer, init_ray, resolve_model, start_workers
 
     if not RECIPES.is_dir():
         raise FileNotFoundError(f"demo recipes not found at {RECIPES} (run the demo from a clone of the repository)")
@@ -29,17 +29,33 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int | None = None, arms: 
     print(f"tiny model: {ensure_tiny_model()}")
     run_dirs = []
     t0 = time.perf_counter()
+    configs = {}
+    for arm in arms:
+        overrides = [f"trainer.run_dir={out / arm}", "trainer.resume=never", *(extra_overrides or [])]
+        if steps is not None:
+            overrides.append(f"trainer.total_steps={steps}")
+        configs[arm] = load_config(RECIPES / f"{arm}.yaml", overrides)
     try:
-        for arm in arms:
-            run_dir = out / arm
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            overrides = [f"trainer.run_dir={run_dir}", "trainer.resume=never", *(extra_overrides or [])]
-            if steps is not None:
-                overrides.append(f"trainer.total_steps={steps}")
-            cfg = load_config(RECIPES / f"{arm}.yaml", overrides)
+        # One engine serves every arm (the arms share model and engine settings): it carries the TTM head if the
+        # `learned` arm is run, which the other arms' requests simply do not use. Each arm gets a fresh learner;
+        # its first sync resets the engine's weights and the entropy windows are reset.
+        first = next(iter(configs.values()))
+        init_ray(first)
+        learned = next((c for c in configs.values() if c.temperature.mode == "learned"), None)
+        ttm = None
+        if learned is not None:
+            lc = learned.temperature.learned
+            ttm = {"heads": lc.heads, "t_min": lc.t_min, "t_max": lc.t_max, "init_temperature": lc.init_temperature}
+        workers = start_workers(first, resolve_model(first.model.path), ttm)
+        for arm, cfg in configs.items():
+            if Path(cfg.trainer.run_dir).exists():
+                shutil.rmtree(cfg.trainer.run_dir)
             print(f"== arm {arm}: {cfg.trainer.total_steps} steps, temperature.mode={cfg.temperature.mode}")
-            run_dirs.append(train(cfg))
+            trainer = Trainer(cfg, workers=workers)
+            try:
+                run_dirs.append(trainer.run())
+            finally:
+                trainer.close()
     finally:
         if ray.is_initialized():
             ray.shutdown()

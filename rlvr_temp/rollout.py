@@ -224,6 +224,11 @@ class RolloutWorker:
     def load_temperature_state(self, state: dict[str, Any]) -> None:
         self.processor.load_state_dict(state)
 
+    def reset_temperature_state(self) -> None:
+        """Forget every entropy window and pending record (a new run reusing this engine)."""
+        self.processor.rules.clear()
+        self.processor.drain()
+
     def version(self) -> int:
         """How many weight updates this engine has received."""
         return self.weights_version

@@ -90,17 +90,44 @@ def init_ray(cfg: RunConfig) -> None:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
 
 
+def ttm_settings(cfg: RunConfig) -> dict[str, Any] | None:
+    """Engine-side TTM head settings in ``learned`` mode (None otherwise)."""
+    if cfg.temperature.mode != "learned":
+        return None
+    lc = cfg.temperature.learned
+    return {"heads": lc.heads, "t_min": lc.t_min, "t_max": lc.t_max, "init_temperature": lc.init_temperature}
+
+
+def start_workers(cfg: RunConfig, model_path: str, ttm: dict[str, Any] | None = None) -> list[Any]:
+    """Start ``rollout.num_workers`` rollout actors with the recipe's engine settings and resources."""
+    from rlvr_temp.rollout import remote_worker
+
+    rc, ec = cfg.ray, cfg.rollout.engine
+    worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus)
+    return [
+        worker_cls.remote(
+            model_path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len, seed=cfg.trainer.seed + i,
+            kv_cache_gib=ec.kv_cache_gib, gpu_memory_utilization=ec.gpu_memory_utilization,
+            enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
+            max_num_seqs=ec.max_num_seqs, tensor_parallel_size=ec.tensor_parallel_size,
+            num_threads=max(1, int(rc.rollout_cpus)), trust_remote_code=cfg.model.trust_remote_code, ttm=ttm,
+        )
+        for i in range(cfg.rollout.num_workers)
+    ]  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Owns the actors and the loop state of one run."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, workers: list[Any] | None = None) -> None:
+        """Start (or, with ``workers``, reuse — their entropy windows are reset) the rollout workers, start the
+        learner, resume from a checkpoint when there is one, and sync the learner's weights to the engines."""
         import ray
         from transformers import AutoTokenizer
 
         from rlvr_temp.data import PromptStream, format_prompt
         from rlvr_temp.learner import LearnerSettings, remote_learner
-        from rlvr_temp.rollout import remote_worker
         from rlvr_temp.verify import Verifier
 
         self.cfg = cfg
@@ -127,19 +154,15 @@ class Trainer:
         self.schedule = make_schedule(cfg.temperature.schedule.kind, **self._schedule_kwargs())
         self.verifier = Verifier(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s)
         init_ray(cfg)
-        rc, ec = cfg.ray, cfg.rollout.engine
-        worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus)
-        self.workers = [
-            worker_cls.remote(
-                self.model_path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len,
-                seed=cfg.trainer.seed + i, kv_cache_gib=ec.kv_cache_gib,
-                gpu_memory_utilization=ec.gpu_memory_utilization, enforce_eager=ec.enforce_eager,
-                enable_prefix_caching=ec.enable_prefix_caching, max_num_seqs=ec.max_num_seqs,
-                tensor_parallel_size=ec.tensor_parallel_size, num_threads=max(1, int(rc.rollout_cpus)),
-                trust_remote_code=cfg.model.trust_remote_code, ttm=self.ttm_settings(),
-            )
-            for i in range(cfg.rollout.num_workers)
-        ]  # fmt: skip
+        rc = cfg.ray
+        self._own_workers = workers is None
+        if workers is None:
+            self.workers = start_workers(cfg, self.model_path, ttm_settings(cfg))
+        else:
+            if len(workers) != cfg.rollout.num_workers:
+                raise ValueError(f"{len(workers)} workers given, rollout.num_workers is {cfg.rollout.num_workers}")
+            self.workers = list(workers)
+            ray.get([w.reset_temperature_state.remote() for w in self.workers])
         self.learner = remote_learner(rc.learner_cpus, rc.learner_gpus).remote(
             self.model_path, LearnerSettings.from_config(cfg), num_threads=max(1, int(rc.learner_cpus))
         )
@@ -217,13 +240,6 @@ class Trainer:
             "t_low": t.t_low + shift, "t_high": t.t_high + shift, "hot_fraction": t.hot_fraction,
             "window": t.window, "scope": t.scope, "base_temperature": base_t, "warmup_tokens": t.warmup_tokens,
         }  # fmt: skip
-
-    def ttm_settings(self) -> dict[str, Any] | None:
-        """Engine-side TTM head settings in ``learned`` mode."""
-        if self.cfg.temperature.mode != "learned":
-            return None
-        lc = self.cfg.temperature.learned
-        return {"heads": lc.heads, "t_min": lc.t_min, "t_max": lc.t_max, "init_temperature": lc.init_temperature}
 
     def learned_spec(self) -> dict[str, float] | None:
         """Per-request mapping of the head's output to sampling temperatures in ``learned`` mode."""
@@ -426,7 +442,7 @@ class Trainer:
         import ray
 
         self.verifier.close()
-        for actor in [*self.workers, self.learner]:
+        for actor in [*(self.workers if self._own_workers else []), self.learner]:
             ray.kill(actor)
 
 
