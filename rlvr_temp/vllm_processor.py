@@ -34,12 +34,17 @@ from typing import Any
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from rlvr_temp.temperature import TokenTemperatureRule, entropy_from_logits, sanitize_logits
+from rlvr_temp.temperature import TokenTemperatureRule, sanitize_logits
+from rlvr_temp.temperature.token_rule import _row_chunk
 
 EXTRA_KEY = "rlvr_temp"
 MIN_TEMPERATURE = 1e-4
 _RULE_KEYS = {"t_low", "t_high", "hot_fraction", "window", "scope", "base_temperature", "warmup_tokens"}
 _INSTANCES: weakref.WeakSet[TemperatureProcessor] = weakref.WeakSet()
+# token rules already validated (keys carry the value types, so that e.g. window=True never matches window=1):
+# validate_params and update_state parse every request, and building a rule allocates its whole window
+_VALID_RULES: set[tuple] = set()
+_VALID_RULES_MAX = 1024
 
 
 def parse_request(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -59,8 +64,40 @@ def parse_request(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
         unknown = set(rule) - _RULE_KEYS
         if unknown:
             raise ValueError(f"token_rule: unknown keys {sorted(unknown)}")
-        TokenTemperatureRule(**rule)  # raises ValueError on bad values
+        try:
+            key: tuple | None = tuple(sorted((k, type(v).__name__, v) for k, v in rule.items()))
+            seen = key in _VALID_RULES
+        except TypeError:  # an unhashable value: validate it every time (the rule rejects it)
+            key, seen = None, False
+        if not seen:
+            TokenTemperatureRule(**rule)  # raises ValueError on bad values
+            if key is not None:
+                if len(_VALID_RULES) >= _VALID_RULES_MAX:
+                    _VALID_RULES.clear()
+                _VALID_RULES.add(key)
     return spec
+
+
+def _entropy_of_sanitized(logits: torch.Tensor) -> torch.Tensor:
+    """:func:`entropy_from_logits` of logits that :func:`sanitize_logits` made finite, with fewer kernels.
+
+    Bit-identical to ``entropy_from_logits`` for finite input: the division by ``T = 1`` and the NaN/inf
+    guards are identities there, and ``where(p > 0, p * log p, 0)`` differs from ``p * log p`` only in the
+    sign of zero terms, which never changes the (non-zero) row sum. Same row chunks, hence the same kernels
+    over the same shapes, as ``entropy_from_logits``.
+    """
+    cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    vocab = logits.shape[-1]
+    step = _row_chunk(vocab, None)
+    outs = []
+    for i in range(0, logits.shape[0], step):
+        z = logits[i : i + step]
+        z = z.to(cdt) if z.dtype != cdt else z.contiguous()
+        logp = torch.log_softmax(z, dim=-1)
+        outs.append(torch.mul(logp.exp(), logp).sum(dim=-1).neg_().clamp_min_(0.0))
+    if not outs:
+        return torch.empty(0, dtype=cdt, device=logits.device)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 @dataclass
@@ -80,14 +117,27 @@ class _Step:
 
 
 @dataclass
+class _Group:
+    """The rows (positions in the plan) that share one token rule."""
+
+    key: tuple
+    positions: torch.Tensor
+    uids: list[str]
+    everyone: bool  # the group is every participating row, in plan order (no gather / scatter needed)
+    t_req: float | None  # the group's common request temperature, None if they differ
+
+
+@dataclass
 class _Plan:
-    """Cached per-batch-layout tensors, rebuilt only when the batch changes."""
+    """Cached per-batch-layout state, rebuilt only when the batch changes."""
 
     rows: list[int] = field(default_factory=list)
     index: torch.Tensor | None = None
     t_req: torch.Tensor | None = None
     contiguous: bool = False
-    groups: list[tuple[tuple, torch.Tensor, list[str]]] = field(default_factory=list)
+    groups: list[_Group] = field(default_factory=list)
+    uids: tuple[str, ...] = ()
+    outputs: list[list[int]] = field(default_factory=list)  # the rows' live output-id lists
 
 
 class TemperatureProcessor(LogitsProcessor):
@@ -147,18 +197,27 @@ class TemperatureProcessor(LogitsProcessor):
         order = sorted(self.rows)
         plan = _Plan(rows=order)
         if order:
+            rows = [self.rows[i] for i in order]
             plan.index = torch.tensor(order, dtype=torch.long, device=self.device)
-            plan.t_req = torch.tensor([self.rows[i].t_req for i in order], dtype=torch.float32)
+            plan.t_req = torch.tensor([r.t_req for r in rows], dtype=torch.float32)
             plan.contiguous = order == list(range(len(order)))
+            plan.uids = tuple(r.uid for r in rows)
+            plan.outputs = [r.output_ids for r in rows]
             by_key: dict[tuple, list[int]] = {}
-            for pos, i in enumerate(order):
-                key = self.rows[i].rule_key
-                if key is not None:
-                    by_key.setdefault(key, []).append(pos)
-            plan.groups = [
-                (key, torch.tensor(pos, dtype=torch.long), [self.rows[order[p]].uid for p in pos])
-                for key, pos in by_key.items()
-            ]
+            for pos, r in enumerate(rows):
+                if r.rule_key is not None:
+                    by_key.setdefault(r.rule_key, []).append(pos)
+            for key, pos in by_key.items():
+                t_reqs = {rows[p].t_req for p in pos}
+                plan.groups.append(
+                    _Group(
+                        key=key,
+                        positions=torch.tensor(pos, dtype=torch.long),
+                        uids=[rows[p].uid for p in pos],
+                        everyone=len(pos) == len(rows),
+                        t_req=t_reqs.pop() if len(t_reqs) == 1 else None,
+                    )
+                )
         self.plan = plan
         self._dirty = False
 
@@ -170,27 +229,43 @@ class TemperatureProcessor(LogitsProcessor):
             self._rebuild()
         plan = self.plan
         n = len(plan.rows)
+        # our rows, as a view of `logits` (contiguous rows 0..n-1) or as a gathered copy; either way they may be
+        # modified in place, since they are written back (or are already) where they belong
         sub = logits[:n] if plan.contiguous else logits.index_select(0, plan.index)
-        sub = sanitize_logits(sub)
-        entropies = entropy_from_logits(sub).float().cpu()
-        temps = plan.t_req.clone()
-        for key, positions, uids in plan.groups:
-            temps[positions] = self.rules[key].step(entropies[positions], plan.t_req[positions], seq_ids=uids)
+        sanitize_logits(sub, inplace=True)
+        entropies = _entropy_of_sanitized(sub).float().cpu()
+        temps = self._temperatures(entropies)
         temps.clamp_(min=MIN_TEMPERATURE)
-        scaled = sub / temps.to(sub.device, non_blocking=True).unsqueeze(1)
+        t_col = temps.to(sub.device, non_blocking=True).unsqueeze(1)
+        if sub.dtype == torch.float32:
+            sub.div_(t_col)  # the same kernel and values as `sub / t_col`, without a copy
+            scaled = sub
+        else:
+            scaled = (sub / t_col).to(sub.dtype)  # computed in fp32 (promotion), stored in the logits' dtype
         if plan.contiguous:
-            logits[:n] = scaled
+            if scaled is not sub:
+                logits[:n] = scaled
         else:
             logits.index_copy_(0, plan.index, scaled)
-        self.log.append(
-            _Step(
-                tuple(self.rows[i].uid for i in plan.rows),
-                [len(self.rows[i].output_ids) for i in plan.rows],
-                temps,
-                entropies,
-            )
-        )
+        self.log.append(_Step(plan.uids, [len(out) for out in plan.outputs], temps, entropies))
         return logits
+
+    def _temperatures(self, entropies: torch.Tensor) -> torch.Tensor:
+        """Every participating row's temperature this step: ``T_req``, or the token rule's ``T_t``."""
+        plan = self.plan
+        assert plan.t_req is not None
+        if not plan.groups:
+            return plan.t_req.clone()
+        if len(plan.groups) == 1 and plan.groups[0].everyone:
+            g = plan.groups[0]
+            # one float when all rows share T_req: the rule's float path computes the same fp32 values
+            req = plan.t_req if g.t_req is None else g.t_req
+            return self.rules[g.key].step(entropies, req, seq_ids=g.uids).to(torch.float32)
+        temps = plan.t_req.clone()
+        for g in plan.groups:
+            req = plan.t_req[g.positions] if g.t_req is None else g.t_req
+            temps[g.positions] = self.rules[g.key].step(entropies[g.positions], req, seq_ids=g.uids)
+        return temps
 
     # ------------------------------------------------------------------------------------------ records
     def drain(self) -> dict[str, tuple[list[float], list[float]]]:
