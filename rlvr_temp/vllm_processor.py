@@ -40,6 +40,7 @@ from rlvr_temp.temperature.token_rule import _row_chunk
 EXTRA_KEY = "rlvr_temp"
 MIN_TEMPERATURE = 1e-4
 _RULE_KEYS = {"t_low", "t_high", "hot_fraction", "window", "scope", "base_temperature", "warmup_tokens"}
+_LEARNED_KEYS = {"t_low", "t_high", "t_min", "t_max", "base"}
 _INSTANCES: weakref.WeakSet[TemperatureProcessor] = weakref.WeakSet()
 # token rules already validated (keys carry the value types, so that e.g. window=True never matches window=1):
 # validate_params and update_state parse every request, and building a rule allocates its whole window
@@ -75,6 +76,17 @@ def parse_request(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
                 if len(_VALID_RULES) >= _VALID_RULES_MAX:
                     _VALID_RULES.clear()
                 _VALID_RULES.add(key)
+    learned = spec.get("learned")
+    if learned is not None:
+        if rule is not None:
+            raise ValueError("token_rule and learned are exclusive")
+        if not isinstance(learned, dict) or set(learned) != _LEARNED_KEYS:
+            raise ValueError(f"learned must be a dict with keys {sorted(_LEARNED_KEYS)}")
+        v = learned
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v.values()):
+            raise ValueError(f"learned: values must be finite numbers, got {v}")
+        if not (0 < v["t_low"] <= v["t_high"] and v["t_min"] < v["t_max"] and v["base"] > 0):
+            raise ValueError(f"learned: need 0 < t_low <= t_high, t_min < t_max, base > 0, got {v}")
     return spec
 
 
@@ -106,6 +118,7 @@ class _Row:
     t_req: float
     rule_key: tuple | None
     output_ids: list[int]  # vLLM's live list of this request's generated tokens
+    learned: tuple[float, float, float, float, float] | None = None  # t_low, t_high, t_min, t_max, shift
 
 
 @dataclass
@@ -138,6 +151,9 @@ class _Plan:
     groups: list[_Group] = field(default_factory=list)
     uids: tuple[str, ...] = ()
     outputs: list[list[int]] = field(default_factory=list)  # the rows' live output-id lists
+    learned_pos: torch.Tensor | None = None  # plan positions of `learned` rows
+    learned_rows: torch.Tensor | None = None  # their batch rows (index into the TTM head's output)
+    learned_params: torch.Tensor | None = None  # [n, 5]: t_low, t_high, t_min, t_max, shift
 
 
 class TemperatureProcessor(LogitsProcessor):
@@ -179,7 +195,12 @@ class TemperatureProcessor(LogitsProcessor):
             key = tuple(sorted(rule.items())) if rule else None
             if key is not None and key not in self.rules:
                 self.rules[key] = TokenTemperatureRule(**rule)
-            self.rows[index] = _Row(spec["uid"], float(spec.get("temperature", 1.0)), key, output_ids)
+            t_req = float(spec.get("temperature", 1.0))
+            lv = spec.get("learned")
+            learned = None
+            if lv is not None:
+                learned = (lv["t_low"], lv["t_high"], lv["t_min"], lv["t_max"], t_req - lv["base"])
+            self.rows[index] = _Row(spec["uid"], t_req, key, output_ids, learned)
         for a, b, direction in batch_update.moved:
             ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
             if ra is not None:
@@ -207,6 +228,11 @@ class TemperatureProcessor(LogitsProcessor):
             for pos, r in enumerate(rows):
                 if r.rule_key is not None:
                     by_key.setdefault(r.rule_key, []).append(pos)
+            lpos = [p for p, r in enumerate(rows) if r.learned is not None]
+            if lpos:
+                plan.learned_pos = torch.tensor(lpos, dtype=torch.long)
+                plan.learned_rows = torch.tensor([order[p] for p in lpos], dtype=torch.long)
+                plan.learned_params = torch.tensor([rows[p].learned for p in lpos], dtype=torch.float32)
             for key, pos in by_key.items():
                 t_reqs = {rows[p].t_req for p in pos}
                 plan.groups.append(
@@ -254,6 +280,8 @@ class TemperatureProcessor(LogitsProcessor):
         """Every participating row's temperature this step: ``T_req``, or the token rule's ``T_t``."""
         plan = self.plan
         assert plan.t_req is not None
+        if plan.learned_pos is not None:
+            return self._learned_temperatures()
         if not plan.groups:
             return plan.t_req.clone()
         if len(plan.groups) == 1 and plan.groups[0].everyone:
@@ -265,6 +293,22 @@ class TemperatureProcessor(LogitsProcessor):
         for g in plan.groups:
             req = plan.t_req[g.positions] if g.t_req is None else g.t_req
             temps[g.positions] = self.rules[g.key].step(entropies[g.positions], req, seq_ids=g.uids)
+        return temps
+
+    def _learned_temperatures(self) -> torch.Tensor:
+        """``T_req`` for plain rows; the TTM head's output mapped into ``[t_low, t_high]`` (+ the rollout shift)
+        for ``learned`` rows. The head ran in the model's ``compute_logits`` (:mod:`rlvr_temp.ttm_vllm`)."""
+        from rlvr_temp import ttm_vllm
+
+        plan = self.plan
+        head = ttm_vllm.LAST["t"]
+        if head is None or head.shape[0] <= int(plan.learned_rows.max()):
+            raise RuntimeError("learned temperatures requested, but the engine's model has no TTM head output")
+        t = head.detach().float().cpu()[plan.learned_rows]
+        lo, hi, tmin, tmax, shift = plan.learned_params.unbind(-1)
+        mapped = lo + (t.clamp(min=0).clamp(tmin, tmax) - tmin) * (hi - lo) / (tmax - tmin) + shift
+        temps = plan.t_req.clone()
+        temps[plan.learned_pos] = mapped
         return temps
 
     # ------------------------------------------------------------------------------------------ records
