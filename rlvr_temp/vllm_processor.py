@@ -212,7 +212,9 @@ class TemperatureProcessor(LogitsProcessor):
     def _drop(self, index: int) -> None:
         row = self.rows.pop(index, None)
         if row is not None and row.rule_key is not None:
-            self.rules[row.rule_key].release(row.uid)
+            rule = self.rules.get(row.rule_key)  # None after a reset (a new run reusing the engine)
+            if rule is not None:
+                rule.release(row.uid)
 
     def _rebuild(self) -> None:
         order = sorted(self.rows)
