@@ -119,11 +119,16 @@ def compare_runs(
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
     for ax, metric in zip(axes.flat, panels):
         if metric == "acc per rollout temperature":
-            for run, label in zip(runs, labels):
-                for k in per_t:
+            temps = [float(k.split("=", 1)[1]) for k in per_t]
+            lo, hi = min(temps), max(temps)
+            styles = ["-", "--", ":", "-."]
+            for r_i, (run, label) in enumerate(zip(runs, labels)):
+                for k, t in zip(per_t, temps):
                     xs, ys = _series(run["rows"], k)
                     if xs:
-                        ax.plot(xs, _smooth(ys, smooth), label=f"{label} {k[4:]}", lw=1)
+                        colour = plt.cm.coolwarm(0.5 if hi == lo else (t - lo) / (hi - lo))
+                        ax.plot(xs, _smooth(ys, smooth), label=f"{label} {k[4:]}", lw=1.2, color=colour,
+                                ls=styles[r_i % len(styles)])  # fmt: skip
         else:
             for run, label in zip(runs, labels):
                 xs, ys = _series(run["rows"], metric)
