@@ -166,13 +166,17 @@ class Trainer:
         self.learner = remote_learner(rc.learner_cpus, rc.learner_gpus).remote(
             self.model_path, LearnerSettings.from_config(cfg), num_threads=max(1, int(rc.learner_cpus))
         )
-        ray.get([w.ping.remote() for w in self.workers] + [self.learner.ping.remote()])
         self.step = 0
         self._stop_signal: int | None = None
-        if ckpt is not None:
-            self.restore(ckpt)
-            log.warning("resumed from %s at step %d", ckpt_path, self.step)
-        self.sync_weights()  # the engines start from the learner's (e.g. NF4-quantised) weights
+        try:
+            ray.get([w.ping.remote() for w in self.workers] + [self.learner.ping.remote()])
+            if ckpt is not None:
+                self.restore(ckpt)
+                log.warning("resumed from %s at step %d", ckpt_path, self.step)
+            self.sync_weights()  # the engines start from the learner's (e.g. NF4-quantised) weights
+        except BaseException:
+            self.close()  # do not leave actors or verifier processes behind
+            raise
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -411,6 +415,11 @@ class Trainer:
                     if every and self.step % every == 0 and self.step < cfg.trainer.total_steps:
                         self.save()
             self.save()
+        except Exception as exc:
+            log.error("training stopped during step %d (%s: %s); finished steps are in %s and the newest "
+                      "checkpoint is resumed by running the same command again", self.step, type(exc).__name__,
+                      exc, logger.path)  # fmt: skip
+            raise
         finally:
             logger.close()
             self._restore_signal_handlers(previous)
