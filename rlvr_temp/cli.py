@@ -126,6 +126,12 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return main_sft(args.recipe, args.overrides)
 
 
+def _recipe_args(s: argparse.ArgumentParser, what: str = "recipe YAML") -> argparse.ArgumentParser:
+    s.add_argument("recipe", help=what)
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=50")
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rlvr-temp",
@@ -134,15 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"rlvr-temp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("train", help="train a policy from a recipe YAML")
-    s.add_argument("recipe", help="recipe YAML")
-    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=50")
+    s = _recipe_args(sub.add_parser("train", help="train a policy from a recipe YAML"))
     s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sft", help="supervised TGR training (policy + TTM head), e.g. recipes/tgr/wikiqa_sft.yaml")
-    s.add_argument("recipe", help="TGR recipe YAML")
-    s.add_argument("overrides", nargs="*", help="dotted overrides")
+    s = _recipe_args(sub.add_parser("sft", help="supervised TGR training (policy + TTM head)"), "TGR recipe YAML")
     s.set_defaults(func=cmd_sft)
 
     s = sub.add_parser("eval", help="avg@k / pass@k of a model or run on benchmarks")
@@ -177,9 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="steps per arm (default: the recipes')")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("validate", help="check a recipe and print the resolved config")
-    s.add_argument("recipe", help="recipe YAML")
-    s.add_argument("overrides", nargs="*", help="dotted overrides")
+    s = _recipe_args(sub.add_parser("validate", help="check a recipe and print the resolved config"))
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("make-tiny-model", help="build (or reuse) the embedded tiny model")

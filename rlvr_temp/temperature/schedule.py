@@ -112,17 +112,21 @@ class ConstantSchedule(Schedule):
         return self.start
 
 
-@register_schedule("linear")
-class LinearSchedule(Schedule):
-    """``start`` -> ``end`` linearly over ``steps`` steps, then held at ``end``.
-
-    The authors' run: ``start=1.2, end=1.4, steps=300`` (arXiv 2510.08892).
-    """
+class _RampSchedule(Schedule):
+    """A move from ``start`` to ``end`` over ``steps`` steps, then held at ``end`` (the shape is the subclass')."""
 
     def __init__(self, start: float = 1.2, end: float = 1.4, steps: int = 300) -> None:
         self.start = _positive("start", start)
         self.end = _positive("end", end)
         self.steps = _count("steps", steps, 1)
+
+
+@register_schedule("linear")
+class LinearSchedule(_RampSchedule):
+    """``start`` -> ``end`` linearly over ``steps`` steps, then held at ``end``.
+
+    The authors' run: ``start=1.2, end=1.4, steps=300`` (arXiv 2510.08892).
+    """
 
     def _value(self, step: int) -> float:
         frac = min(step, self.steps) / self.steps
@@ -130,13 +134,8 @@ class LinearSchedule(Schedule):
 
 
 @register_schedule("cosine")
-class CosineSchedule(Schedule):
+class CosineSchedule(_RampSchedule):
     """``start`` -> ``end`` along half a cosine over ``steps`` steps (flat at both ends), then ``end``."""
-
-    def __init__(self, start: float = 1.2, end: float = 1.4, steps: int = 300) -> None:
-        self.start = _positive("start", start)
-        self.end = _positive("end", end)
-        self.steps = _count("steps", steps, 1)
 
     def _value(self, step: int) -> float:
         frac = min(step, self.steps) / self.steps
