@@ -85,6 +85,17 @@ class LearnerSettings:
         )  # fmt: skip
 
 
+def lr_factor(step: int, s: LearnerSettings) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 0 at ``total_steps``."""
+    w = s.warmup_steps
+    if w and step < w:
+        return (step + 1) / w
+    if s.lr_schedule == "cosine":
+        span = max(1, s.total_steps - w)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / span)))
+    return 1.0
+
+
 def load_policy(model_path: str, s: LearnerSettings, device: torch.device) -> torch.nn.Module:
     """Load the policy in the requested mode (``full`` / ``lora`` / ``qlora``)."""
     from transformers import AutoModelForCausalLM
@@ -194,7 +205,9 @@ class Learner:
         if not params:
             raise RuntimeError("the policy has no trainable parameters")
         self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        # a plain function, not a bound method: LambdaLR pickles a non-function's __dict__ into its state, which
+        # would carry Ray's method wrappers into checkpoints
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, settings))
         self.loss_fn = get_policy_loss(settings.loss)
         self.clip = ClipSettings(settings.clip_eps_low, settings.clip_eps_high, settings.dual_clip_c)
         self._base_cache: dict[str, torch.Tensor] | None = None
@@ -203,15 +216,6 @@ class Learner:
     def _trainable(self) -> list[torch.nn.Parameter]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         return params + (list(self.ttm_head.parameters()) if self.ttm_head is not None else [])
-
-    def _lr_factor(self, step: int) -> float:
-        w = self.s.warmup_steps
-        if w and step < w:
-            return (step + 1) / w
-        if self.s.lr_schedule == "cosine":
-            span = max(1, self.s.total_steps - w)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / span)))
-        return 1.0
 
     # ------------------------------------------------------------------------------------------ log-probs
     def _forward(self, mb: dict[str, Any], base_temperature: float, with_entropy: bool = False):

@@ -95,3 +95,20 @@ def test_changed_experiment_refused_safe_keys_allowed(tmp_path):
     model = load_config(None, ["model.path=/other"])
     with pytest.raises(ResumeError, match=r"model\.path"):
         check_compatible(saved, model, "ck")
+
+
+def test_lr_schedule_values_and_picklable_scheduler_state():
+    import pickle
+
+    from rlvr_temp.learner import LearnerSettings, lr_factor
+
+    s = LearnerSettings(warmup_steps=4, lr_schedule="cosine", total_steps=12)
+    assert [lr_factor(k, s) for k in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(8, s) == pytest.approx(0.5) and lr_factor(12, s) == pytest.approx(0.0)
+    assert lr_factor(100, LearnerSettings(warmup_steps=0)) == 1.0
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, s))
+    state = sched.state_dict()
+    assert state["lr_lambdas"] == [None]  # nothing of the learner's methods travels into checkpoints
+    pickle.dumps(state)
