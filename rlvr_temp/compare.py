@@ -109,6 +109,9 @@ def compare_runs(
     runs = [load_run(p) for p in run_dirs]
     labels = run_labels(runs)
     wanted = list(metrics or DEFAULT_METRICS)
+    if not metrics:  # periodic evaluation curves, when the runs have them
+        wanted += sorted({k for r in runs for row in r["rows"] for k in row
+                          if k.startswith("eval/") and ("/avg@" in k or "/pass@1" in k)})  # fmt: skip
     per_t = sorted({k for r in runs for row in r["rows"] for k in row if k.startswith("acc/T=")})
     present = [m for m in wanted if any(_series(r["rows"], m)[0] for r in runs)]
     out = Path(out_dir)

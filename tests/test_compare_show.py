@@ -23,6 +23,8 @@ def _fake_run(path: Path, name: str, mode: str, steps: int, slope: float) -> Pat
                 row |= {"acc/T=0.9": 0.3, "acc/T=1.1": 0.1}
             if mode == "token":
                 row["rollout/hot_token_share"] = 0.2
+            if s % 5 == 4:
+                row["eval/synthetic/avg@4"] = 0.3 + slope * s
             fh.write(json.dumps(row) + "\n")
         fh.write('{"step": 99, "reward')  # a torn last line from a killed run is ignored
     return path
@@ -38,6 +40,9 @@ def test_compare_two_runs_of_different_lengths(tmp_path):
     assert len(rows) == 2  # arms named by their config difference
     assert "| mode=token | 12 | 24 |" in table and "| mode=mixture | 7 | 14 |" in table
     assert "`temperature.mode`" in table
+    from rlvr_temp.compare import load_run
+
+    assert any("eval/synthetic/avg@4" in r for r in load_run(a)["rows"])
 
 
 def test_compare_cli_errors(tmp_path, capsys):

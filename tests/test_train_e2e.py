@@ -62,6 +62,11 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
         assert all(a - b == len(updated) for a, b in zip(versions_after, versions_before))
         assert (trainer.run_dir / "config.yaml").is_file()
 
+        trainer.cfg.eval.limit, trainer.cfg.eval.n = 6, 2  # periodic evaluation, as `eval.every` runs it
+        ev = trainer.evaluate()
+        assert ev["synthetic/problems"] == 6 and 0.0 <= ev["synthetic/avg@2"] <= 1.0
+        assert ev["synthetic/pass@1"] <= ev["synthetic/pass@2"]
+
         for mode in ("mixture", "token", "token+mixture"):
             trainer.cfg.temperature.mode = mode
             trainer.cfg.algorithm.dynamic_sampling = False
