@@ -120,6 +120,102 @@ def test_sequence_windows_match_reference():
     assert math.isnan(wins.thresholds(["never-seen"]).item())
 
 
+class _UncachedWindows(SequenceEntropyWindows):
+    """Reference: looks every id up at every call (no slot cache) and updates with torch ops only."""
+
+    _prefer_numpy = False
+
+    def _resolve(self, seq_ids, create):
+        self._cache = None
+        return super()._resolve(seq_ids, create)
+
+
+def _bits(t: torch.Tensor) -> list[int]:
+    return t.contiguous().view(torch.int32).tolist()  # bit patterns: NaN == NaN, 0.0 != -0.0
+
+
+def test_sequence_windows_fast_path_matches_uncached_reference():
+    """Slot cache + fused push/threshold + numpy updates == a fresh lookup per call with torch ops == sorted(Q),
+    over a long trace where one id list object is reused unchanged, mutated in place, grown and shrunk."""
+    rng = np.random.default_rng(42)
+    capacity, p, warm = 9, 0.3, 4
+    fast = SequenceEntropyWindows(capacity, p)
+    ref = _UncachedWindows(capacity, p)
+    queues: dict = {}
+    batch: list = [f"s{i}" for i in range(6)]  # the one list object passed at every step
+    next_id = 6
+    hits = 0
+    for step in range(600):
+        cache_before = fast._cache
+        actions = ["same", "same", "same", "replace", "restart", "swap", "grow", "shrink", "release-other", "dup"]
+        action = rng.choice(actions)
+        if action == "restart":  # an id gives its window back and starts again in the same row (same list)
+            sid = batch[int(rng.integers(len(batch)))]
+            for w in (fast, ref):
+                w.release(sid)
+            queues.pop(sid, None)
+        elif action == "replace":  # a sequence finishes, a new one takes its row
+            i = int(rng.integers(len(batch)))
+            for w in (fast, ref):
+                w.release(batch[i])
+            queues.pop(batch[i], None)
+            batch[i] = next_id if next_id % 3 == 0 else f"s{next_id}"
+            next_id += 1
+        elif action == "swap" and len(batch) > 1:  # rows move: same ids, same length, no release
+            i, j = rng.choice(len(batch), size=2, replace=False)
+            batch[i], batch[j] = batch[j], batch[i]
+        elif action == "grow" and len(batch) < 12:
+            batch.append(f"s{next_id}")
+            next_id += 1
+        elif action == "shrink" and len(batch) > 1:
+            gone = batch.pop(int(rng.integers(len(batch))))
+            if rng.random() < 0.5:
+                for w in (fast, ref):
+                    w.release(gone)
+                queues.pop(gone, None)
+        elif action == "release-other":  # an id outside the batch gives its slot back (or an unknown id)
+            outside = [sid for sid in queues if sid not in batch]
+            sid = outside[0] if outside else "never-pushed"
+            for w in (fast, ref):
+                w.release(sid)
+            queues.pop(sid, None)
+        ids = batch + batch[:2] if action == "dup" else batch  # an id repeated within one push
+        x = entropy_trace(rng, len(ids), ties=step % 2 == 0)
+        if step % 13 == 0:
+            x[0] = np.nan  # stored as 0.0
+        xin = [torch.from_numpy(x), torch.from_numpy(x.astype(np.float64)), x, x.astype(np.float64)][step % 4]
+        for sid, v in zip(ids, np.nan_to_num(x, nan=0.0).tolist(), strict=True):
+            queues.setdefault(sid, deque(maxlen=capacity)).append(v)
+        min_length = warm if step % 3 else 0
+        if step % 5 == 4:  # the separate calls, on the fast object
+            fast.push(ids, xin)
+            th_fast = fast.thresholds(ids)
+            if min_length:
+                th_fast = torch.where(fast.lengths(ids) < min_length, torch.full_like(th_fast, math.nan), th_fast)
+        else:
+            th_fast = fast.push_and_thresholds(ids, xin, min_length=min_length)
+        th_ref = ref.push_and_thresholds(list(ids), xin, min_length=min_length)
+        expected = [ref_threshold(queues[sid], p) if len(queues[sid]) >= min_length else math.nan for sid in ids]
+        assert th_fast.dtype == th_ref.dtype == torch.float32
+        assert _bits(th_fast) == _bits(th_ref) == _bits(torch.tensor(expected, dtype=torch.float32)), (step, action)
+        assert fast.lengths(ids).tolist() == ref.lengths(ids).tolist() == [len(queues[s]) for s in ids]
+        assert set(fast.ids()) == set(ref.ids()) == set(queues)
+        if action == "same" and cache_before is not None and cache_before.ids == batch:
+            hits += fast._cache is cache_before
+    assert hits > 100  # the fast path (cached slots) was taken
+    assert sorted(map(str, fast.ids())) == sorted(map(str, ref.ids()))
+    for sid in batch:
+        assert _bits(fast.values(sid)) == _bits(ref.values(sid)) == _bits(torch.tensor(list(queues[sid])))
+    # the state format is shared: either object's state continues identically in the other kind
+    a, b = _UncachedWindows(capacity, p), SequenceEntropyWindows(capacity, p)
+    a.load_state_dict(fast.state_dict())
+    b.load_state_dict(ref.state_dict())
+    for _ in range(20):
+        x = torch.from_numpy(entropy_trace(rng, len(batch), ties=True))
+        outs = [w.push_and_thresholds(batch, x) for w in (fast, ref, a, b)]
+        assert all(_bits(o) == _bits(outs[0]) for o in outs)
+
+
 # ------------------------------------------------------------------------------------------ token rule
 @pytest.mark.parametrize(("scope", "warmup"), [("global", 0), ("global", 300), ("sequence", 0), ("sequence", 5)])
 def test_token_rule_matches_reference(scope, warmup):
@@ -127,6 +223,9 @@ def test_token_rule_matches_reference(scope, warmup):
     cfg = {"t_low": 1.2, "t_high": 1.6, "base_temperature": 1.0}
     capacity = 500 if scope == "global" else 16
     rule = TokenTemperatureRule(hot_fraction=0.2, window=capacity, scope=scope, warmup_tokens=warmup, **cfg)
+    # scope sequence: a twin whose windows take the slow path (no slot cache, torch ops), always fed tensors
+    twin = TokenTemperatureRule(hot_fraction=0.2, window=capacity, scope=scope, warmup_tokens=warmup, **cfg)
+    twin.window = _UncachedWindows(capacity, 0.2)
     gref: deque = deque(maxlen=capacity)
     sref: dict = {}
     active: list = list(range(6))
@@ -135,6 +234,7 @@ def test_token_rule_matches_reference(scope, warmup):
         if scope == "sequence" and step % 9 == 0:
             done = active.pop(0)
             rule.release(done)
+            twin.release(done)
             sref.pop(done, None)
             active.extend([next_id, next_id + 1])
             next_id += 2
@@ -147,8 +247,15 @@ def test_token_rule_matches_reference(scope, warmup):
             th = [ref_threshold(gref, 0.2)] * b
             warm = [len(gref) >= warmup] * b
         else:
-            ids = list(active)
-            temps = rule.step(torch.from_numpy(h), torch.from_numpy(req), seq_ids=ids)
+            ids = active  # the same list object, mutated every 9 steps (as the processor's uids)
+            if step % 2:  # one float request temperature (the rule's numpy path)
+                req[:] = req[0]
+                temps = rule.step(torch.from_numpy(h), float(req[0]), seq_ids=ids)
+            else:
+                temps = rule.step(torch.from_numpy(h), torch.from_numpy(req), seq_ids=ids)
+            assert torch.equal(temps, twin.step(torch.from_numpy(h), torch.from_numpy(req), seq_ids=list(ids)))
+            assert _bits(rule.last_threshold) == _bits(twin.last_threshold)
+            assert torch.equal(rule.last_hot, twin.last_hot)
             th, warm = [], []
             for sid, v in zip(ids, h.tolist(), strict=True):
                 q = sref.setdefault(sid, deque(maxlen=capacity))

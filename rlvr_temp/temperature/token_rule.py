@@ -246,6 +246,7 @@ class TokenTemperatureRule:
             self.window = SequenceEntropyWindows(window, hot_fraction, device=device)
         self.last_hot: torch.Tensor | None = None
         self._last_th: torch.Tensor | float | None = None
+        self._hot_cold_cache: tuple[float, float, float] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -289,6 +290,15 @@ class TokenTemperatureRule:
         h = torch.as_tensor(entropies).detach().reshape(-1)
         if h.dtype != torch.float32:
             h = h.float()
+        if (
+            seq_ids is not None
+            and isinstance(self.window, SequenceEntropyWindows)
+            and h.device.type == "cpu"
+            and (request_temperatures is None or isinstance(request_temperatures, (int, float)))
+            and self.window._numpy_path(h.device)
+            and torch.get_default_dtype() == torch.float32
+        ):
+            return self._step_sequence_numpy(h, request_temperatures, seq_ids)
         h = torch.nan_to_num(h, nan=0.0)
         b = h.shape[0]
         if isinstance(self.window, GlobalEntropyWindow):
@@ -299,26 +309,53 @@ class TokenTemperatureRule:
         else:
             if seq_ids is None:
                 raise ValueError("scope 'sequence' needs seq_ids in step()")
-            self.window.push(seq_ids, h)
-            th = self.window.thresholds(seq_ids).to(h.device)
-            if self.warmup_tokens > 1:
-                warm = self.window.lengths(seq_ids).to(h.device) >= self.warmup_tokens
-                th = torch.where(warm, th, torch.full_like(th, math.nan))
+            # push + thresholds in one call; windows shorter than the warm-up get nan (a 1-token warm-up is
+            # always met: the window holds the value just pushed)
+            min_length = self.warmup_tokens if self.warmup_tokens > 1 else 0
+            th = self.window.push_and_thresholds(seq_ids, h, min_length=min_length).to(h.device)
             hot = h.to(th.dtype) >= th  # nan -> cold
         self.last_hot = hot
         self._last_th = th
         # fp32 arithmetic in both branches, so a float request temperature and a tensor of it agree exactly
         if request_temperatures is None or isinstance(request_temperatures, (int, float)):
-            req = self.base_temperature if request_temperatures is None else request_temperatures
-            shift = np.float32(req) - np.float32(self.base_temperature)
-            t_hot = max(float(np.float32(self.t_high) + shift), MIN_TEMPERATURE)
-            t_cold = max(float(np.float32(self.t_low) + shift), MIN_TEMPERATURE)
+            t_hot, t_cold = self._hot_cold(request_temperatures)
             return torch.where(hot, t_hot, t_cold)
         req_t = torch.as_tensor(request_temperatures, dtype=torch.float32, device=h.device).reshape(-1)
         if req_t.numel() not in (1, b):
             raise ValueError(f"request_temperatures has {req_t.numel()} values for a batch of {b}")
         temps = torch.where(hot, self.t_high, self.t_low).add_(req_t - self.base_temperature)
         return temps.clamp_min_(MIN_TEMPERATURE)
+
+    def _hot_cold(self, request_temperature: float | None) -> tuple[float, float]:
+        """The hot and cold temperatures (fp32 arithmetic, clamped) for one request temperature."""
+        req = self.base_temperature if request_temperature is None else request_temperature
+        cached = self._hot_cold_cache
+        if cached is not None and cached[0] == req and type(cached[0]) is type(req):
+            return cached[1], cached[2]
+        shift = np.float32(req) - np.float32(self.base_temperature)
+        t_hot = max(float(np.float32(self.t_high) + shift), MIN_TEMPERATURE)
+        t_cold = max(float(np.float32(self.t_low) + shift), MIN_TEMPERATURE)
+        self._hot_cold_cache = (req, t_hot, t_cold)
+        return t_hot, t_cold
+
+    def _step_sequence_numpy(
+        self, h: torch.Tensor, request_temperature: float | None, seq_ids: Sequence[Hashable] | torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`step` for CPU per-sequence windows with one request temperature, in numpy (fewer, cheaper ops
+        than torch on ``[B]`` vectors; the same values)."""
+        window = self.window
+        assert isinstance(window, SequenceEntropyWindows)
+        hn = h.numpy()
+        if np.isnan(hn).any():
+            hn = np.where(np.isnan(hn), np.float32(0.0), hn)
+        min_length = self.warmup_tokens if self.warmup_tokens > 1 else 0
+        th = window.push_and_thresholds(seq_ids, hn, min_length=min_length)
+        thn = th.numpy()
+        hot = hn.astype(thn.dtype, copy=False) >= thn  # nan -> cold
+        self.last_hot = torch.from_numpy(hot)
+        self._last_th = th
+        t_hot, t_cold = self._hot_cold(request_temperature)
+        return torch.from_numpy(np.where(hot, np.float32(t_hot), np.float32(t_cold)))
 
     @property
     def last_threshold(self) -> torch.Tensor | None:
