@@ -192,9 +192,7 @@ def train_sft(model: Any, tokenizer: Any, settings: TinyModelSettings, *, log_ev
     import torch
     import torch.nn.functional as F
 
-    train_rows = synthetic.generate(
-        settings.n_train, levels=settings.levels, seed=settings.seed, split="train"
-    )
+    train_rows = synthetic.generate(settings.n_train, levels=settings.levels, seed=settings.seed, split="train")
     batches = _batches(_encode_examples(train_rows, tokenizer), settings, tokenizer.pad_token_id)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -415,9 +413,7 @@ def build_tiny_model(
     return final
 
 
-def ensure_tiny_model(
-    out_dir: str | Path | None = None, *, seed: int = 0, force: bool = False, **kwargs: Any
-) -> Path:
+def ensure_tiny_model(out_dir: str | Path | None = None, *, seed: int = 0, force: bool = False, **kwargs: Any) -> Path:
     """Path of the cached tiny model, built first if missing or incomplete (rebuilt if ``force``).
 
     Other keyword arguments go to :func:`build_tiny_model` (``settings``, ``num_threads``, ``verbose``).
@@ -441,9 +437,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def make_tiny_model_cli(args: argparse.Namespace) -> int:
     """Run ``make-tiny-model`` from parsed arguments; prints the folder and its card summary."""
-    path = build_tiny_model(
-        args.out, seed=args.seed, force=args.force, num_threads=args.threads, verbose=True
-    )
+    path = build_tiny_model(args.out, seed=args.seed, force=args.force, num_threads=args.threads, verbose=True)
     card = load_card(path)
     print(f"tiny model: {path}")
     heldout = card["heldout"]

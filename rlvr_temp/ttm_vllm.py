@@ -97,4 +97,3 @@ def hf_overrides(model_path: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     arch = (AutoConfig.from_pretrained(model_path).architectures or ["LlamaForCausalLM"])[0]
     return {"architectures": [register(arch)], "rlvr_ttm": dict(settings)}
-

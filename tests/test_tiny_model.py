@@ -175,9 +175,7 @@ def hf_outputs(tiny_dir: Path, heldout: list[dict]) -> list[str]:
     return _hf_greedy(model, tok, [synthetic.prompt_of(r) for r in heldout])
 
 
-def test_transformers_greedy_is_partially_correct(
-    tiny_dir: Path, heldout: list[dict], hf_outputs: list[str]
-) -> None:
+def test_transformers_greedy_is_partially_correct(tiny_dir: Path, heldout: list[dict], hf_outputs: list[str]) -> None:
     correct = sum(tm.boxed_answer(o) == r["answer"] for o, r in zip(hf_outputs, heldout, strict=True))
     assert 0 < correct < len(heldout)
     assert all(o.startswith(" ") for o in hf_outputs)

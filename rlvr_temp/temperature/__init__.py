@@ -22,6 +22,7 @@ from .schedule import (
     make_schedule,
     register_schedule,
 )
+from .seq_window import SequenceEntropyWindows
 from .token_rule import (
     MIN_TEMPERATURE,
     TokenTemperatureRule,
@@ -39,7 +40,7 @@ from .ttm import (
     temperature_regularization,
     to_sampling_range,
 )
-from .window import GlobalEntropyWindow, SequenceEntropyWindows, quantile_index
+from .window import GlobalEntropyWindow, quantile_index
 
 __all__ = [
     "MIN_TEMPERATURE",

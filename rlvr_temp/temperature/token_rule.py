@@ -31,7 +31,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .window import GlobalEntropyWindow, SequenceEntropyWindows
+from .seq_window import SequenceEntropyWindows
+from .window import GlobalEntropyWindow
 
 __all__ = [
     "MIN_TEMPERATURE",
