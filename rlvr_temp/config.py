@@ -259,6 +259,9 @@ class LoggingConfig(Section):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars beside metrics.jsonl.")
     wandb: bool = Field(False, description="Log to Weights & Biases (needs `wandb` installed and configured).")
     progress: bool = Field(True, description="Rich progress bar with reward and ETA.")
+    engine_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Level of the vLLM engines' own logs (INFO shows start-up and every weight sync)."
+    )
 
 
 class EvalConfig(Section):

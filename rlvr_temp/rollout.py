@@ -10,6 +10,7 @@ OpenMP threads and replaces ``torch.set_num_threads`` in the process that hosts 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -68,6 +69,7 @@ class RolloutWorker:
         num_threads: int | None = None,
         trust_remote_code: bool = False,
         ttm: Mapping[str, Any] | None = None,
+        log_level: str | None = "WARNING",
     ) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(kv_cache_gib))))
@@ -77,6 +79,8 @@ class RolloutWorker:
         from vllm import LLM
 
         from rlvr_temp import vllm_processor
+
+        quiet_vllm_logs(log_level)
 
         before = set(map(id, vllm_processor.instances()))
         kwargs: dict[str, Any] = {}
@@ -235,6 +239,38 @@ class RolloutWorker:
 
     def ping(self) -> str:
         return "ok"
+
+
+#: vLLM warnings that every engine of this project triggers and that need no action, by logger: the in-place
+#: weight reload's ``RotaryEmbedding`` line at every sync (the rotary cos/sin cache is computed, not loaded, and
+#: is kept as it was -- greedy outputs after a sync equal a fresh engine's, tests/test_rollout_e2e.py), and the
+#: CPU worker's refusal of ``torch.set_num_threads`` (it pins its own OpenMP threads; STACK_NOTES).
+BENIGN_VLLM_WARNINGS = {
+    "vllm.model_executor.model_loader.reload.layerwise": "RotaryEmbedding: Failed to load weights",
+    "vllm.v1.worker.cpu_worker": "CPU backend doesn't allow to use `torch.set_num_threads`",
+}
+
+
+class _DropPrefix(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def quiet_vllm_logs(level: str | None) -> None:
+    """Set the level of vLLM's logs (None keeps ``VLLM_LOGGING_LEVEL``'s) and drop the
+    :data:`BENIGN_VLLM_WARNINGS`, so the trainer's progress bar stays readable."""
+    if level:
+        # vLLM re-applies its logging config from VLLM_LOGGING_LEVEL when an engine starts: set both
+        os.environ["VLLM_LOGGING_LEVEL"] = level.upper()
+        logging.getLogger("vllm").setLevel(level.upper())
+    for name, prefix in BENIGN_VLLM_WARNINGS.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in log.filters):
+            log.addFilter(_DropPrefix(prefix))
 
 
 def write_rollout_dump(path: str | Path, groups: Sequence[Sequence[Rollout]], step: int) -> Path:

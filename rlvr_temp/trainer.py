@@ -111,6 +111,7 @@ def start_workers(cfg: RunConfig, model_path: str, ttm: dict[str, Any] | None = 
             enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
             max_num_seqs=ec.max_num_seqs, tensor_parallel_size=ec.tensor_parallel_size,
             num_threads=max(1, int(rc.rollout_cpus)), trust_remote_code=cfg.model.trust_remote_code, ttm=ttm,
+            log_level=cfg.logging.engine_log_level,
         )
         for i in range(cfg.rollout.num_workers)
     ]  # fmt: skip

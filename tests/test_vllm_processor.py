@@ -3,7 +3,9 @@ rejection of bad settings, recording by output position."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 
 import pytest
 import torch
@@ -122,3 +124,21 @@ def test_state_round_trip_restores_window():
         out_ids.append(1)
         ob.append(1)
     assert a.drain()["a"][0] == b.drain()["a"][0]
+
+
+def test_quiet_vllm_logs_drops_only_the_benign_warnings(monkeypatch):
+    from rlvr_temp.rollout import BENIGN_VLLM_WARNINGS, quiet_vllm_logs
+
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")
+    vllm_log = logging.getLogger("vllm")
+    monkeypatch.setattr(vllm_log, "level", vllm_log.level)
+    quiet_vllm_logs("warning")
+    quiet_vllm_logs("warning")  # idempotent: one filter per logger
+    assert vllm_log.level == logging.WARNING
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "WARNING"
+    for name, prefix in BENIGN_VLLM_WARNINGS.items():
+        log = logging.getLogger(name)
+        assert len(log.filters) == 1
+        benign = logging.LogRecord(name, logging.WARNING, __file__, 1, prefix + " (details)", None, None)
+        other = logging.LogRecord(name, logging.WARNING, __file__, 1, "Linear: Failed to load weights", None, None)
+        assert not log.filter(benign) and log.filter(other)
