@@ -93,6 +93,30 @@ def test_off_policy_token_mode_has_a_clear_mismatch(ray_cluster, tmp_path, tiny_
         trainer.close()
 
 
+def test_dead_rollout_worker_stops_the_run_and_keeps_what_was_written(ray_cluster, tmp_path, tiny_model_path, caplog):
+    """A rollout worker that dies mid-run: the run stops with an error naming the step, finished steps stay in
+    metrics.jsonl, and the newest checkpoint is complete and picked by auto-resume."""
+    from rlvr_temp.checkpoint import find_resume
+
+    trainer = _trainer(
+        tmp_path, "dead",
+        ["temperature.mode=token", "trainer.total_steps=1", "checkpoint.every=1", "algorithm.dynamic_sampling=false"],
+    )  # fmt: skip
+    try:
+        trainer.run()
+        trainer.cfg.trainer.total_steps = 3
+        ray_cluster.kill(trainer.workers[0])
+        with caplog.at_level("ERROR", logger="rlvr_temp.trainer"), pytest.raises(ray_cluster.exceptions.RayActorError):
+            trainer.run()
+        assert "training stopped during step 1" in caplog.text and "resumed by running the same command" in caplog.text
+        rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0]
+        ckpt = find_resume(trainer.run_dir, "auto")
+        assert ckpt is not None and ckpt.name == "step_00000001"
+    finally:
+        trainer.close()
+
+
 def test_demo_fixed_arm_learns_and_writes_the_comparison(tmp_path, tiny_model_path):
     """`make demo`'s driver on its fixed arm (20 steps): reward of the last 5 steps above the first 5."""
     import ray
