@@ -117,6 +117,30 @@ def test_dead_rollout_worker_stops_the_run_and_keeps_what_was_written(ray_cluste
         trainer.close()
 
 
+def test_two_rollout_workers_share_the_batch_and_each_keep_their_window(ray_cluster, tmp_path, tiny_model_path):
+    """`rollout.num_workers=2`: prompts are sharded over both engines, both receive every weight update, the
+    on-policy mismatch stays at fp32 round-off, and each engine's entropy window is checkpointed."""
+    trainer = _trainer(
+        tmp_path, "two",
+        ["rollout.num_workers=2", "ray.rollout_cpus=0.5", "ray.learner_cpus=0.5", "temperature.mode=token",
+         "trainer.total_steps=1", "checkpoint.every=1", "algorithm.dynamic_sampling=false"],
+    )  # fmt: skip
+    try:
+        assert len(trainer.workers) == 2
+        trainer.run()
+        rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 1 and rows[0]["logprob/mismatch_mean"] <= 1e-3
+        assert 0.0 < rows[0]["rollout/hot_token_share"] < 1.0
+        assert ray_cluster.get([w.version.remote() for w in trainer.workers]) == [2, 2]  # initial sync + update
+        states = torch.load(trainer.run_dir / "checkpoints" / "step_00000001" / "trainer.pt", weights_only=False)
+        windows = [[rule["window"]["values"] for _, rule in w["rules"].values()] for w in states["temperature"]]
+        assert [len(w) for w in windows] == [1, 1]  # one token rule per engine
+        sizes = [v[0].numel() for v in windows]
+        assert min(sizes) > 0 and not torch.equal(windows[0][0], windows[1][0])  # each engine its own window
+    finally:
+        trainer.close()
+
+
 def test_demo_fixed_arm_learns_and_writes_the_comparison(tmp_path, tiny_model_path):
     """`make demo`'s driver on its fixed arm (20 steps): reward of the last 5 steps above the first 5."""
     import ray
