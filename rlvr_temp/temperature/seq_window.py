@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .window import _check_args
+from .window import _check_args, check_window_state
 
 __all__ = ["SequenceEntropyWindows"]
 
@@ -478,13 +478,7 @@ class SequenceEntropyWindows:
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Restore every window from :meth:`state_dict`; with ``strict``, the configuration must match."""
-        if state.get("scope", "sequence") != "sequence":
-            raise ValueError(f"cannot load a {state.get('scope')!r}-scope window state into sequence windows")
-        if strict and (int(state["capacity"]) != self.capacity or float(state["hot_fraction"]) != self.hot_fraction):
-            raise ValueError(
-                f"window state has capacity={state['capacity']}, hot_fraction={state['hot_fraction']}; "
-                f"these windows have capacity={self.capacity}, hot_fraction={self.hot_fraction}"
-            )
+        check_window_state(state, "sequence", self.capacity, self.hot_fraction, strict)
         self.clear()
         ids, values = list(state["ids"]), list(state["values"])
         if len(ids) != len(values):

@@ -53,6 +53,17 @@ def _check_args(capacity: int, hot_fraction: float) -> None:
         raise ValueError(f"hot_fraction must lie strictly between 0 and 1, got {hot_fraction!r}")
 
 
+def check_window_state(state: dict[str, Any], scope: str, capacity: int, hot_fraction: float, strict: bool) -> None:
+    """Refuse a saved window state of another scope, or (``strict``) of another capacity / hot fraction."""
+    if state.get("scope", scope) != scope:
+        raise ValueError(f"cannot load a {state.get('scope')!r}-scope window state into {scope}-scope windows")
+    if strict and (int(state["capacity"]) != capacity or float(state["hot_fraction"]) != hot_fraction):
+        raise ValueError(
+            f"window state has capacity={state['capacity']}, hot_fraction={state['hot_fraction']}; "
+            f"these windows have capacity={capacity}, hot_fraction={hot_fraction}"
+        )
+
+
 class GlobalEntropyWindow:
     """One entropy window shared by all sequences (scope ``global``; paper default ``capacity = 100_000``).
 
@@ -290,12 +301,6 @@ class GlobalEntropyWindow:
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
         """Restore the window from :meth:`state_dict`; with ``strict``, the configuration must match."""
-        if state.get("scope", "global") != "global":
-            raise ValueError(f"cannot load a {state.get('scope')!r}-scope window state into a global window")
-        if strict and (int(state["capacity"]) != self.capacity or float(state["hot_fraction"]) != self.hot_fraction):
-            raise ValueError(
-                f"window state has capacity={state['capacity']}, hot_fraction={state['hot_fraction']}; "
-                f"this window has capacity={self.capacity}, hot_fraction={self.hot_fraction}"
-            )
+        check_window_state(state, "global", self.capacity, self.hot_fraction, strict)
         self.clear()
         self.push(torch.as_tensor(state["values"], dtype=torch.float64))
