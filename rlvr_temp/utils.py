@@ -1,0 +1,121 @@
+"""One helper for each chore the package repeats: atomic writes (files and directories), seeds, LR warm-up.
+
+Nothing here imports another ``rlvr_temp`` module, so every module may import it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Literal
+
+import numpy as np
+
+
+# ------------------------------------------------------------------------------------------------- atomic writes
+def fsync_dir(path: str | Path) -> None:
+    """Flush a directory entry (a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: Literal["w", "wb"] = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit it is flushed, fsynced and renamed onto
+    ``path`` (so readers see the old file or the new one, never a torn one). On an exception it is removed and
+    ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Replace ``path``'s contents with ``text`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``final``; on a clean exit it replaces ``final`` (an existing
+    ``final`` is moved aside first and deleted after the rename). On an exception the temporary directory is
+    deleted and ``final`` is untouched."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------- seeds
+def derive_seed(base: int, *parts: int | str) -> int:
+    """A seed in ``[0, 2**31)`` for one use of a run's seed (``derive_seed(seed, "rollout", step, round)``).
+
+    Every seed in the package comes from here, derived from ``trainer.seed`` and the names / counters of its use,
+    through numpy's ``SeedSequence`` (well mixed: nearby inputs give unrelated seeds, unlike ``seed * k + i``).
+    """
+    words = [int(base) % 2**63]
+    for p in parts:
+        words.append(int.from_bytes(p.encode(), "little") % 2**63 if isinstance(p, str) else int(p) % 2**63)
+    return int(np.random.SeedSequence(words).generate_state(1)[0]) % 2**31
+
+
+# ------------------------------------------------------------------------------------------------- LR schedule
+def lr_factor(
+    step: int,
+    warmup_steps: int,
+    total_steps: int = 0,
+    decay: Literal["constant", "cosine"] = "constant",
+    floor: float = 0.0,
+) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): linear warm-up over
+    ``warmup_steps`` (``(step + 1) / warmup_steps``), then constant, or a half cosine from 1 down to ``floor`` at
+    ``total_steps``. A plain function, so a ``LambdaLR`` over ``functools.partial(lr_factor, ...)`` pickles cleanly."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if decay == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+# ------------------------------------------------------------------------------------------------- configs
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (nested dicts with string keys only; other values are leaves)."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
