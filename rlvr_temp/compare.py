@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from rlvr_temp.metrics import read_metrics
+from rlvr_temp.utils import flatten
 
 DEFAULT_METRICS = (
     "reward/mean",
@@ -26,17 +27,6 @@ DEFAULT_METRICS = (
 _SAFE_DIFF_SKIP = ("trainer.run_dir", "trainer.name", "trainer.resume", "logging.", "checkpoint.")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def load_run(path: str | Path) -> dict[str, Any]:
     """A run's metrics rows and resolved config. Raises ``FileNotFoundError`` with a clear message."""
     path = Path(path)
@@ -47,7 +37,7 @@ def load_run(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: metrics.jsonl is empty (no step finished yet)")
     cfg_file = path / "config.yaml"
     cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
-    return {"path": path, "rows": rows, "config": _flatten(cfg or {})}
+    return {"path": path, "rows": rows, "config": flatten(cfg or {})}
 
 
 def config_differences(runs: list[dict[str, Any]]) -> list[str]:
@@ -97,9 +87,13 @@ def _smooth(ys: list[float], window: int) -> list[float]:
 
 
 def compare_runs(
-    run_dirs: list[str | Path], out_dir: str | Path, *, metrics: list[str] | None = None, smooth: int = 1,
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    metrics: list[str] | None = None,
+    smooth: int = 1,
     last_k: int = 5,
-) -> dict[str, Path]:  # fmt: skip
+) -> dict[str, Path]:
     """Write ``compare.png`` (one panel per metric) and ``summary.md``; return their paths."""
     import matplotlib
 
@@ -109,10 +103,10 @@ def compare_runs(
     runs = [load_run(p) for p in run_dirs]
     labels = run_labels(runs)
     wanted = list(metrics or DEFAULT_METRICS)
+    keys = {k for r in runs for row in r["rows"] for k in row}
     if not metrics:  # periodic evaluation curves, when the runs have them
-        wanted += sorted({k for r in runs for row in r["rows"] for k in row
-                          if k.startswith("eval/") and ("/avg@" in k or "/pass@1" in k)})  # fmt: skip
-    per_t = sorted({k for r in runs for row in r["rows"] for k in row if k.startswith("acc/T=")})
+        wanted += sorted(k for k in keys if k.startswith("eval/") and ("/avg@" in k or "/pass@1" in k))
+    per_t = sorted(k for k in keys if k.startswith("acc/T="))
     present = [m for m in wanted if any(_series(r["rows"], m)[0] for r in runs)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,8 +124,8 @@ def compare_runs(
                     xs, ys = _series(run["rows"], k)
                     if xs:
                         colour = plt.cm.coolwarm(0.5 if hi == lo else (t - lo) / (hi - lo))
-                        ax.plot(xs, _smooth(ys, smooth), label=f"{label} {k[4:]}", lw=1.2, color=colour,
-                                ls=styles[r_i % len(styles)])  # fmt: skip
+                        style = styles[r_i % len(styles)]
+                        ax.plot(xs, _smooth(ys, smooth), label=f"{label} {k[4:]}", lw=1.2, color=colour, ls=style)
         else:
             for run, label in zip(runs, labels):
                 xs, ys = _series(run["rows"], metric)
@@ -148,8 +142,8 @@ def compare_runs(
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
-    lines = ["# Run comparison", "", "| run | steps | wall time (s) | " + " | ".join(
-        f"{m} first {last_k} | {m} last {last_k} | {m} best" for m in present[:3]) + " |"]  # fmt: skip
+    heads = " | ".join(f"{m} first {last_k} | {m} last {last_k} | {m} best" for m in present[:3])
+    lines = ["# Run comparison", "", f"| run | steps | wall time (s) | {heads} |"]
     lines.append("|" + "---|" * (3 + 3 * len(present[:3])))
     for run, label in zip(runs, labels):
         rows = run["rows"]

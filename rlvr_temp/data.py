@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from rlvr_temp.config import DEFAULT_SUFFIX
+
 if TYPE_CHECKING:
     import datasets
 
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
-DEFAULT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 DEFAULT_TEMPLATE = "{question} {suffix}"
 QUESTION_KEYS = ("question", "problem", "prompt", "query", "input")
 ANSWER_KEYS = (
@@ -131,7 +132,7 @@ def _last_boxed_fallback(text: str) -> str | None:
 
 
 def _normalize_fallback(gt: Any) -> str:
-    """Ground truth to str when rlvr_temp.verify is unavailable: lists joined, 27.0 -> '27'."""
+    """Ground truth to str when rlvr_temp.answers is unavailable: lists joined, 27.0 -> '27'."""
     if isinstance(gt, (list, tuple)):
         return ", ".join(_normalize_fallback(x) for x in gt if x is not None)
     if isinstance(gt, float) and gt.is_integer():
@@ -141,7 +142,7 @@ def _normalize_fallback(gt: Any) -> str:
 
 def _verify_helpers() -> tuple[Callable[[Any], str], Callable[[str], str | None]]:
     try:
-        from rlvr_temp.verify import last_boxed, normalize_ground_truth
+        from rlvr_temp.answers import last_boxed, normalize_ground_truth
     except ImportError:
         return _normalize_fallback, _last_boxed_fallback
     return normalize_ground_truth, last_boxed

@@ -87,8 +87,10 @@ def render(run_dir: str | Path, step: int, index: int, out_dir: str | Path | Non
     per_line = 48
     n_lines = max(1, math.ceil(len(pieces) / per_line))
     fig, axes = plt.subplots(2, 1, figsize=(per_line * 0.22 + 1, 2 * (0.35 * n_lines + 0.8)))
-    for ax, values, lo, hi, title in ((axes[0], temps, t_lo, t_hi, "sampling temperature"),
-                                      (axes[1], ents, h_lo, h_hi, "entropy (T=1)")):  # fmt: skip
+    for ax, values, lo, hi, title in (
+        (axes[0], temps, t_lo, t_hi, "sampling temperature"),
+        (axes[1], ents, h_lo, h_hi, "entropy (T=1)"),
+    ):
         ax.set_xlim(0, per_line)
         ax.set_ylim(n_lines, 0)
         ax.axis("off")
@@ -96,8 +98,9 @@ def render(run_dir: str | Path, step: int, index: int, out_dir: str | Path | Non
         for k, (p, v) in enumerate(zip(pieces, values)):
             x, y = k % per_line, k // per_line
             ax.add_patch(plt.Rectangle((x, y), 1, 1, color=_colour(v, lo, hi)))
-            ax.text(x + 0.5, y + 0.55, p.replace("\n", "↵") or " ", ha="center", va="center", fontsize=8,
-                    family="monospace")  # fmt: skip
+            ax.text(
+                x + 0.5, y + 0.55, p.replace("\n", "↵") or " ", ha="center", va="center", fontsize=8, family="monospace"
+            )
     fig.tight_layout()
     png_path = out / f"{stem}.png"
     fig.savefig(png_path, dpi=120)

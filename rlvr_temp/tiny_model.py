@@ -7,7 +7,7 @@
   character), reserved special tokens up to 128. Saved so that ``transformers.AutoTokenizer`` and vLLM load
   it; decoding round-trips ASCII text exactly. No chat template: prompts are plain text, no BOS is added.
 * a small Llama model (fp32, tied embeddings, 512 positions, intermediate size a multiple of 32 as the CPU
-  4-bit path of bitsandbytes needs). Llama rather than Qwen2: ``transformers`` 5 forces its own
+  4-bit path of bitsandbytes needs, docs/stack.md). Llama rather than Qwen2: ``transformers`` 5 forces its own
   ``Qwen2Tokenizer`` on any ``qwen2`` checkpoint, which drops the character tokenizer's whitespace.
 * a supervised warm start on the train part of :mod:`rlvr_temp.synthetic` (loss on response tokens only,
   AdamW, fixed number of steps), stopped while greedy accuracy on held-out problems is partial, so RL has room
@@ -30,17 +30,16 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rlvr_temp import synthetic
+from rlvr_temp.utils import atomic_dir, lr_factor
 
 PROMPT_TEMPLATE = synthetic.PROMPT_TEMPLATE
 PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<|endoftext|>", "<unk>"
@@ -150,7 +149,7 @@ def make_model(settings: TinyModelSettings, tokenizer: Any) -> Any:
     return LlamaForCausalLM(config).float()
 
 
-_make_model = make_model  # older name, used elsewhere in the package
+_make_model = make_model  # older name, still used by tests
 
 
 def _encode_examples(rows: Sequence[dict], tokenizer) -> list[tuple[list[int], int]]:
@@ -158,6 +157,23 @@ def _encode_examples(rows: Sequence[dict], tokenizer) -> list[tuple[list[int], i
     prompts = tokenizer([synthetic.prompt_of(r) for r in rows], add_special_tokens=False)["input_ids"]
     targets = tokenizer([synthetic.target_of(r) for r in rows], add_special_tokens=False)["input_ids"]
     return [(p + t + [tokenizer.eos_token_id], len(p)) for p, t in zip(prompts, targets, strict=True)]
+
+
+def collate_sft(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, Any]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (torch tensors) of ``(ids, prompt length)``
+    examples: labels hold the response tokens only, -100 on prompt and padding positions (whatever the pad id is
+    -- it may equal EOS)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for row, (ids, n_prompt) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def _batches(examples, settings: TinyModelSettings, pad_id: int) -> Iterator:
@@ -168,23 +184,13 @@ def _batches(examples, settings: TinyModelSettings, pad_id: int) -> Iterator:
     while True:
         order = torch.randperm(len(examples), generator=gen).tolist()
         for start in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
-            chunk = [examples[i] for i in order[start : start + settings.batch_size]]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (seq, n_prompt) in enumerate(chunk):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                labels[row, n_prompt : len(seq)] = torch.tensor(seq[n_prompt:])
-                mask[row, : len(seq)] = 1
-            yield ids, mask, labels
+            batch = collate_sft([examples[i] for i in order[start : start + settings.batch_size]], pad_id)
+            yield batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 
 def _lr_factor(step: int, settings: TinyModelSettings) -> float:
-    if step < settings.warmup_steps:
-        return (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """Linear warm-up, then a half cosine down to 0.1 of the peak at ``settings.steps``."""
+    return lr_factor(step, settings.warmup_steps, settings.steps, "cosine", floor=0.1)
 
 
 def train_sft(model: Any, tokenizer: Any, settings: TinyModelSettings, *, log_every: int = 0) -> list[float]:
@@ -391,22 +397,10 @@ def build_tiny_model(
             raise FileExistsError(f"{final} exists and is not a complete tiny model (use force=True)")
         for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed build (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
+        with atomic_dir(final) as tmp:  # a ".<name>.tmp-*" sibling, renamed onto `final` on success
             card = _write_folder(tmp, settings, name=final.name, num_threads=num_threads, verbose=verbose)
-            for item in tmp.iterdir():  # mkdtemp and some writers create owner-only files
+            for item in tmp.iterdir():  # some writers create owner-only files
                 item.chmod(0o644)
-            tmp.chmod(0o755)
-            old = None
-            if final.exists():
-                old = final.parent / f".{final.name}.old-{os.getpid()}"
-                os.rename(final, old)
-            os.rename(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     if verbose:
         keys = ("n_parameters", "final_loss", "heldout", "build_seconds")
         print(json.dumps({k: card[k] for k in keys}, indent=2))

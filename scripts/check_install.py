@@ -32,7 +32,7 @@ def main() -> int:
             importlib.import_module(name)
         except Exception as exc:
             bad.append(f"{name}: {type(exc).__name__}: {exc}")
-    try:  # the trap of PyPI's torchvision beside a +cpu torch (STACK_NOTES)
+    try:  # the trap of PyPI's torchvision beside a +cpu torch (docs/stack.md)
         from transformers import Qwen2ForCausalLM  # noqa: F401
     except Exception as exc:
         bad.append(f"transformers.Qwen2ForCausalLM: {exc}")

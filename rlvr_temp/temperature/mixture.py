@@ -1,6 +1,6 @@
 """Rollout-level temperature mixtures: how the ``G`` responses to one prompt are spread over temperatures.
 
-Wu et al. (arXiv 2510.08892, SPEC §3) sample the group of one prompt at several temperatures around the base
+Wu et al. (arXiv 2510.08892; docs/temperature.md) sample the group of one prompt at several temperatures around the base
 temperature with the offsets ``[0, 0, -d, +d, -2d, +2d, ...]`` (``d = 0.1``) truncated to ``G`` -- for
 ``G = 8`` and ``T = 1.0``: ``[1.0, 1.0, 0.9, 1.1, 0.8, 1.2, 0.7, 1.3]``. An explicit ``{temperature: count}``
 mixture (e.g. ``{1.0: 4, 1.2: 4}``) is also supported. Advantages stay normalised over the whole group.
@@ -117,7 +117,7 @@ def rollout_temperatures(
     offset_step: float = 0.1,
     nominal_base: float | None = None,
 ) -> list[float]:
-    """Temperatures of the ``group_size`` responses to one prompt (SPEC §3; see the module docstring).
+    """Temperatures of the ``group_size`` responses to one prompt (see the module docstring and docs/temperature.md).
 
     Args:
         group_size: ``G``, responses per prompt.

@@ -5,7 +5,7 @@ windows live in two ``[slots, width]`` tensors (arrival order and sorted order, 
 (the GPU when the rollout runs there); one push inserts one value per row with a batched ``searchsorted`` and a
 shift over the active prefix, so it is a handful of batched array ops whatever the batch size (numpy views of the
 buffers on the CPU, torch ops elsewhere). The slots of an unchanged id list are cached, and ``push_and_thresholds``
-does a decode step in one call.
+does a decode step in one call. The slot cache and the row-update kernels live in ``seq_rows.py``.
 
 NaN entropies are sanitised to 0.0 on entry; ``state_dict`` / ``load_state_dict`` hold plain tensors and Python
 types, so a resumed run continues with the same windows. An empty window's threshold is ``nan``.
@@ -21,32 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .seq_rows import NUMPY_DTYPES, SlotCache, push_rows_numpy, push_rows_torch
 from .window import _check_args, check_window_state
 
 __all__ = ["SequenceEntropyWindows"]
-
-
-class _SlotCache:
-    """The slots of one id list, kept while neither the list's contents nor the id -> slot map change."""
-
-    __slots__ = ("ar", "flat_base", "gen", "ids", "known", "rows", "slots", "start", "unique", "width")
-
-    def __init__(self, ids: list | tuple, slots: np.ndarray, gen: int) -> None:
-        n = slots.shape[0]
-        self.ids = ids  # a private copy of the caller's list (a tuple is kept as is)
-        self.slots = slots
-        self.gen = gen
-        self.known = bool(n == 0 or slots.min() >= 0)
-        self.ar = np.arange(n)
-        # first slot of a run of consecutive slots (rows of the storage usable as a view), else -1
-        self.start = int(slots[0]) if n and self.known and np.array_equal(slots, slots[0] + self.ar) else -1
-        self.unique = self.start >= 0 or np.unique(slots).shape[0] == n
-        self.rows: torch.Tensor | None = None  # `slots` on the storage device (torch path), made on first use
-        self.width = -1
-        self.flat_base = slots  # slots * width, for width == self.width
-
-
-_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 class SequenceEntropyWindows:
@@ -96,10 +74,10 @@ class SequenceEntropyWindows:
         self._sorted: torch.Tensor | None = None
         self._ring_np: np.ndarray | None = None  # numpy views of the CPU buffers (numpy path), ring flat
         self._sorted_np: np.ndarray | None = None
-        self._np_dtype = torch.empty(0, dtype=dtype).numpy().dtype if dtype in _NUMPY_DTYPES else None
+        self._np_dtype = torch.empty(0, dtype=dtype).numpy().dtype if dtype in NUMPY_DTYPES else None
         self._rank_table = np.zeros(0, dtype=np.int64)  # _rank_table[n] = quantile rank for n values
         self._gen = 0  # bumped whenever an id gets or gives back a slot (invalidates the slot cache)
-        self._cache: _SlotCache | None = None
+        self._cache: SlotCache | None = None
 
     # ------------------------------------------------------------------ slots and storage
     def __len__(self) -> int:
@@ -116,7 +94,7 @@ class SequenceEntropyWindows:
     def _numpy_path(self, device: torch.device | None = None) -> bool:
         """Whether pushes go through numpy views (CPU storage of a numpy dtype); ``device``: if none is set yet."""
         dev = self.device or device
-        return self._prefer_numpy and dev is not None and dev.type == "cpu" and self.dtype in _NUMPY_DTYPES
+        return self._prefer_numpy and dev is not None and dev.type == "cpu" and self.dtype in NUMPY_DTYPES
 
     def _ensure_storage(self, n_slots: int, width: int, device: torch.device) -> None:
         if self.device is None:
@@ -145,7 +123,7 @@ class SequenceEntropyWindows:
             self._count = np.concatenate((self._count, np.zeros(new_slots - self._n_slots, dtype=np.int64)))
         self._n_slots, self._width = new_slots, new_width
 
-    def _resolve(self, seq_ids: Iterable[Hashable] | torch.Tensor, create: bool) -> _SlotCache:
+    def _resolve(self, seq_ids: Iterable[Hashable] | torch.Tensor, create: bool) -> SlotCache:
         """The slots of ``seq_ids`` (-1 for unknown ids unless ``create``), from the cache when it still holds."""
         if isinstance(seq_ids, torch.Tensor):
             seq_ids = seq_ids.reshape(-1).tolist()
@@ -177,20 +155,20 @@ class SequenceEntropyWindows:
                     self._gen += 1
             out.append(slot)
         ids = seq_ids.copy() if isinstance(seq_ids, list) else seq_ids
-        c = _SlotCache(ids, np.asarray(out, dtype=np.int64), self._gen)
+        c = SlotCache(ids, np.asarray(out, dtype=np.int64), self._gen)
         self._cache = c
         return c
 
     def _slots(self, seq_ids: Iterable[Hashable] | torch.Tensor, create: bool) -> np.ndarray:
         return self._resolve(seq_ids, create).slots
 
-    def _flat_base(self, c: _SlotCache) -> np.ndarray:
+    def _flat_base(self, c: SlotCache) -> np.ndarray:
         if c.width != self._width:
             c.flat_base = c.slots * self._width
             c.width = self._width
         return c.flat_base
 
-    def _rows(self, c: _SlotCache) -> torch.Tensor:
+    def _rows(self, c: SlotCache) -> torch.Tensor:
         if c.rows is None or c.rows.device != self.device:
             c.rows = torch.from_numpy(c.slots).to(self.device)
         return c.rows
@@ -315,7 +293,7 @@ class SequenceEntropyWindows:
         return self._thresholds(slots, min_length)
 
     def _push_unique(
-        self, slots: np.ndarray, x: torch.Tensor | np.ndarray, c: _SlotCache | None, want: bool, min_length: int
+        self, slots: np.ndarray, x: torch.Tensor | np.ndarray, c: SlotCache | None, want: bool, min_length: int
     ) -> torch.Tensor | None:
         """Push one value per (distinct) slot; with ``want``, return the thresholds after the push."""
         cap = self.capacity
@@ -342,93 +320,29 @@ class SequenceEntropyWindows:
             pos = base + cnt
             n_after = cnt1
         if self._sorted_np is not None and isinstance(x, np.ndarray):
-            return self._push_numpy(slots, x, c, start, w, pos, full, n_after, want, min_length)
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x).to(self.device)
-        return self._push_torch(slots, x, c, w, pos, full, n_after, want, min_length)
-
-    def _push_numpy(
-        self,
-        slots: np.ndarray,
-        x: np.ndarray,
-        c: _SlotCache | None,
-        start: int,
-        w: int,
-        pos: np.ndarray,
-        full: np.ndarray | None,
-        n_after: np.ndarray,
-        want: bool,
-        min_length: int,
-    ) -> torch.Tensor | None:
-        ring, srt = self._ring_np, self._sorted_np
-        assert ring is not None and srt is not None
-        b = slots.shape[0]
-        # the batch's sorted rows: a view when the slots are consecutive, else a copy written back below
-        sub = srt[start : start + b, :w] if start >= 0 else srt[slots, :w]
-        if full is not None:  # drop the evicted (oldest) value: shift left from its first copy, +inf at the end
-            old = ring[pos]
-            old[~full] = math.inf  # rows not full: the mask below only covers +inf padding, which is unchanged
-            ge = sub >= old[:, None]
-            if w > 1:
-                np.copyto(sub[:, :-1], sub[:, 1:].copy(), where=ge[:, :-1])
-            sub[:, -1] = math.inf
-        ring[pos] = x
-        # insert at searchsorted(row, x, "left") = the first column >= x (column w-1 is +inf, so there is one)
-        ge = sub >= x[:, None]
-        j = ge.argmax(axis=1)
-        if w > 1:
-            np.copyto(sub[:, 1:], sub[:, :-1].copy(), where=ge[:, :-1])
-        ar = c.ar if c is not None else np.arange(b)
-        sub[ar, j] = x
-        if start < 0:
-            srt[slots, :w] = sub
-        if not want:
-            return None
-        th = sub[ar, self._ranks(n_after)]
-        if min_length > 0:
-            th[n_after < min_length] = math.nan
-        return torch.from_numpy(th)
-
-    def _push_torch(
-        self,
-        slots: np.ndarray,
-        x: torch.Tensor,
-        c: _SlotCache | None,
-        w: int,
-        pos: np.ndarray,
-        full_np: np.ndarray | None,
-        n_after: np.ndarray,
-        want: bool,
-        min_length: int,
-    ) -> torch.Tensor | None:
-        ring, srt = self._ring, self._sorted
-        assert ring is not None and srt is not None
+            assert self._ring_np is not None
+            ar = c.ar if c is not None else np.arange(b)
+            sub = push_rows_numpy(self._ring_np, self._sorted_np, slots, x, start, w, pos, full, ar)
+            if not want:
+                return None
+            th = sub[ar, self._ranks(n_after)]
+            if min_length > 0:
+                th[n_after < min_length] = math.nan
+            return torch.from_numpy(th)
         dev = self.device
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x).to(dev)
+        assert self._ring is not None and self._sorted is not None
         rows = self._rows(c) if c is not None else torch.from_numpy(slots).to(dev)
-        # flat indices into the ring (index_select / index_copy_ are much faster than advanced indexing)
-        flat = torch.from_numpy(pos).to(dev)
-        sub = srt.narrow(1, 0, w).index_select(0, rows)
-        cols = torch.arange(w, device=dev)
-        inf_col = torch.full((rows.shape[0], 1), math.inf, dtype=self.dtype, device=dev)
-        if full_np is not None:
-            old = ring.view(-1).index_select(0, flat)
-            i = torch.searchsorted(sub, old.unsqueeze(1), side="left").squeeze(1)
-            i = torch.where(torch.from_numpy(full_np).to(dev), i, torch.full_like(i, w))
-            left = torch.cat((sub[:, 1:], inf_col), dim=1)
-            sub = torch.where(cols >= i.unsqueeze(1), left, sub)
-        ring.view(-1).index_copy_(0, flat, x)
-        j = torch.searchsorted(sub, x.unsqueeze(1), side="left")
-        right = torch.cat((inf_col, sub[:, :-1]), dim=1)
-        sub = torch.where(cols >= j, right, sub).scatter_(1, j, x.unsqueeze(1))
-        srt.narrow(1, 0, w).index_copy_(0, rows, sub)
+        sub_t = push_rows_torch(self._ring, self._sorted, rows, x, w, pos, full)
         if not want:
             return None
         k = torch.from_numpy(self._ranks(n_after)).to(dev)
-        th = sub.gather(1, k.unsqueeze(1)).squeeze(1)
+        th_t = sub_t.gather(1, k.unsqueeze(1)).squeeze(1)
         if min_length > 0:
             short = torch.from_numpy(n_after < min_length).to(dev)
-            th = torch.where(short, torch.full_like(th, math.nan), th)
-        return th
+            th_t = torch.where(short, torch.full_like(th_t, math.nan), th_t)
+        return th_t
 
     def thresholds(self, seq_ids: Sequence[Hashable] | torch.Tensor) -> torch.Tensor:
         """Per-sequence ``sorted(Q_i)[int((1 - p) * (len(Q_i) - 1))]``, shape ``[B]``; ``nan`` if empty."""

@@ -92,14 +92,15 @@ class TokenTemperatureHead(nn.Module):
         """Mean temperature over heads, ``[B, L]``."""
         return self(hidden_states).mean(dim=-1)
 
-    def sampling_temperature(self, hidden_states: torch.Tensor, t_low: float, t_high: float) -> torch.Tensor:
-        """:meth:`token_temperature` mapped into the sampling range ``[t_low, t_high]``, ``[B, L]``."""
-        return to_sampling_range(self.token_temperature(hidden_states), t_low, t_high, self.t_min, self.t_max)
-
     def settings(self) -> dict[str, float | int]:
         """Constructor arguments (stored beside the weights by :func:`save_head`)."""
-        return {"hidden_size": self.hidden_size, "heads": self.heads, "t_min": self.t_min, "t_max": self.t_max,
-                "init_temperature": self.init_temperature}  # fmt: skip
+        return {
+            "hidden_size": self.hidden_size,
+            "heads": self.heads,
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+            "init_temperature": self.init_temperature,
+        }
 
     def extra_repr(self) -> str:
         return f"range=[{self.t_min}, {self.t_max}], t0={self.init_temperature}"
@@ -190,9 +191,13 @@ def load_head(path: str | Path, device: torch.device | str = "cpu") -> TokenTemp
         meta = f.metadata() or {}
     try:
         head = TokenTemperatureHead(
-            int(meta["hidden_size"]), int(meta["heads"]), float(meta["t_min"]), float(meta["t_max"]),
-            float(meta["init_temperature"]), init_std=0.0,
-        )  # fmt: skip
+            int(meta["hidden_size"]),
+            int(meta["heads"]),
+            float(meta["t_min"]),
+            float(meta["t_max"]),
+            float(meta["init_temperature"]),
+            init_std=0.0,
+        )
     except KeyError as exc:
         raise ValueError(f"{path}: not a TTM head file (metadata lacks {exc})") from None
     head.load_state_dict(load_file(str(path)))

@@ -1,6 +1,6 @@
 """Sliding windows of token entropies with an exact upper-tail quantile threshold.
 
-The entropy-guided token rule of Wu et al. (arXiv 2510.08892; SPEC §1.2-§1.3) keeps the most
+The entropy-guided token rule of Wu et al. (arXiv 2510.08892; see docs/temperature.md) keeps the most
 recent ``window`` next-token entropies in a queue ``Q`` and, at every decode step, takes the threshold
 
     ``H_th = sorted(Q)[int((1 - hot_fraction) * (len(Q) - 1))]``
@@ -40,7 +40,7 @@ __all__ = ["GlobalEntropyWindow", "quantile_index"]
 def quantile_index(length: int, hot_fraction: float) -> int:
     """Rank (0-based, ascending) of the threshold in a window of ``length`` values: ``int((1-p) * (len-1))``.
 
-    This is the authors' indexing (arXiv 2510.08892 code, SPEC §1.3), kept bit-for-bit (Python float
+    This is the authors' indexing (arXiv 2510.08892 code; docs/temperature.md), kept bit-for-bit (Python float
     arithmetic).
     """
     return int((1.0 - hot_fraction) * (length - 1))
@@ -283,11 +283,6 @@ class GlobalEntropyWindow:
         elif k >= self._below + self._band.size:
             self._rebuild(k, +1)
         return float(self._band[k - self._below])
-
-    def push_and_threshold(self, entropies: torch.Tensor | np.ndarray | Sequence[float]) -> float:
-        """``push(entropies)`` then ``threshold()`` -- one decode step."""
-        self.push(entropies)
-        return self.threshold()
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
