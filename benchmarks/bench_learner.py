@@ -2,7 +2,7 @@
 
 Two parts, each timed with the two variants interleaved and reported as medians with their ratio:
 
-* ``learner``: the learner's whole log-prob pass, ``Learner._logprobs_all`` (policy forward in micro-batches +
+* ``learner``: the learner's whole log-prob pass, ``Learner._logprobs`` (policy forward in micro-batches +
   :func:`rlvr_temp.temperature.token_logprobs`), on one collated batch of ``--responses`` responses x
   ``--tokens`` random token ids after prompts of 8-12 tokens, with ``settings.logprobs = "on_policy"`` (the
   per-token temperature tensor, values 0.8 / 1.2) against ``"off_policy"`` (the scalar base temperature).
@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rlvr_temp.batch import TrainBatch
+from rlvr_temp.temperature import make_strategy
 
 TARGET_RATIO = 1.05  # the issue's target: per-token temperatures cost at most 5% more than a scalar one
 
@@ -68,7 +71,7 @@ def _row(case: str, times: dict[str, list[float]]) -> dict[str, Any]:
     }
 
 
-def make_batch(n: int, tokens: int, vocab: int, seed: int = 0) -> dict[str, list]:
+def make_batch(n: int, tokens: int, vocab: int, seed: int = 0) -> TrainBatch:
     """``n`` responses of ``tokens`` random ids after prompts of 8-12 random ids, with 0.8 / 1.2 temperatures."""
     import torch
 
@@ -77,38 +80,51 @@ def make_batch(n: int, tokens: int, vocab: int, seed: int = 0) -> dict[str, list
     prompts = [torch.randint(low, vocab, (8 + i % 5,), generator=g).tolist() for i in range(n)]
     responses = [torch.randint(low, vocab, (tokens,), generator=g).tolist() for _ in range(n)]
     temps = [torch.where(torch.rand(tokens, generator=g) < 0.2, 1.2, 0.8).tolist() for _ in range(n)]
-    return {
-        "prompt_ids": prompts,
-        "response_ids": responses,
-        "token_temperatures": temps,
-        "rollout_logprobs": [[0.0] * tokens for _ in range(n)],
-        "advantages": [0.0] * n,
-    }
+    return TrainBatch(
+        prompt_ids=prompts,
+        response_ids=responses,
+        token_temperatures=temps,
+        rollout_logprobs=[[0.0] * tokens for _ in range(n)],
+        token_entropies=[[0.0] * tokens for _ in range(n)],
+        response_temperatures=[1.0] * n,
+        advantages=[0.0] * n,
+    )
 
 
 def bench_learner(model: str, n: int, tokens: int, reps: int) -> dict[str, Any]:
-    """``Learner._logprobs_all`` on-policy (per-token tensor) vs off-policy (scalar), same collated batch."""
+    """``Learner._logprobs`` on-policy (per-token tensor) vs off-policy (scalar), same batch."""
     import torch
 
-    from rlvr_temp.learner import Learner, LearnerSettings, collate
+    from rlvr_temp.config import RunConfig
+    from rlvr_temp.learner import Learner
+
+    def config(logprobs: str) -> RunConfig:
+        return RunConfig.model_validate(
+            {
+                "model": {"path": model, "dtype": "float32"},
+                "learner": {"mode": "qlora", "micro_batch_size": 32, "mini_batch_size": 64},
+                "temperature": {"mode": "token", "logprobs": logprobs},
+            }
+        )
 
     t0 = time.perf_counter()
-    learner = Learner(model, LearnerSettings(mode="qlora", dtype="float32", micro_batch_size=32, seed=0))
+    learner = Learner(model, config("on_policy"))
     load_s = time.perf_counter() - t0
     vocab = int(learner.model.get_input_embeddings().weight.shape[0])
-    full = collate(make_batch(n, tokens, vocab), learner.pad_id, learner.device)
+    batch = make_batch(n, tokens, vocab)
     learner.model.eval()
     results: dict[str, torch.Tensor] = {}
+    strategies = {mode: make_strategy(config(mode).temperature) for mode in ("on_policy", "off_policy")}
 
     def variant(mode: str) -> Callable[[], None]:
         def run() -> None:
-            learner.s.logprobs = mode
-            results[mode] = learner._logprobs_all(full, 1.0)
+            learner.strategy = strategies[mode]
+            results[mode] = torch.cat(learner._logprobs(batch, 1.0))
 
         return run
 
     times = interleaved({"per_token": variant("on_policy"), "scalar": variant("off_policy")}, reps)
-    row = _row(f"Learner._logprobs_all, qlora fp32, {n} x {tokens} tokens, micro-batch 32", times)
+    row = _row(f"Learner._logprobs, qlora fp32, {n} x {tokens} tokens, micro-batch 32", times)
     row["load_s"] = load_s
     row["vocab"] = vocab
     # sanity: both variants ran on the same batch and differ (temperatures 0.8 / 1.2 vs 1.0)

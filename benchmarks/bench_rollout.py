@@ -47,6 +47,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TOKEN_RULE = {"t_low": 0.8, "t_high": 1.2, "hot_fraction": 0.2, "window": 100_000, "scope": "global"}
+
+
+def token_strategy(scope: str) -> Any:
+    """The `token` mode's strategy with :data:`TOKEN_RULE` in ``scope``."""
+    from rlvr_temp.config import TemperatureConfig, TokenRuleConfig
+    from rlvr_temp.temperature import make_strategy
+
+    return make_strategy(TemperatureConfig(mode="token", token=TokenRuleConfig(**{**TOKEN_RULE, "scope": scope})))
+
+
 MIXTURE = (0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4)
 ARMS = ("plain", "fixed", "token global", "token sequence", "mixture")
 TARGET_TOKEN_RATIO = 0.95  # the issue's CPU target: token mode >= 0.95x plain vLLM
@@ -76,9 +86,9 @@ def _arm_runners(worker: Any, prompts: list[str], max_tokens: int) -> dict[str, 
         outs = worker.llm.generate(prompts, plain_params, use_tqdm=False)
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
-    def ours(temps: list[list[float]], rule: dict | None) -> Callable[[], int]:
+    def ours(temps: list[list[float]], strategy: Any) -> Callable[[], int]:
         def run() -> int:
-            groups = worker.generate(prompts, temps, max_tokens=max_tokens, ignore_eos=True, token_rule=rule)
+            groups = worker.generate(prompts, temps, max_tokens=max_tokens, ignore_eos=True, strategy=strategy)
             return sum(len(r.token_ids) for g in groups for r in g)
 
         return run
@@ -88,8 +98,8 @@ def _arm_runners(worker: Any, prompts: list[str], max_tokens: int) -> dict[str, 
     return {
         "plain": plain,
         "fixed": ours(fixed, None),
-        "token global": ours(fixed, TOKEN_RULE),
-        "token sequence": ours(fixed, {**TOKEN_RULE, "scope": "sequence"}),
+        "token global": ours(fixed, token_strategy("global")),
+        "token sequence": ours(fixed, token_strategy("sequence")),
         "mixture": ours(mixture, None),
     }
 
@@ -158,10 +168,11 @@ def run(model: str, n_prompts: int, max_tokens: int, reps: int, profile: bool = 
     """Build the engine, warm up, interleave ``reps`` repetitions of every arm; medians and ratios."""
     import torch
 
+    from rlvr_temp.config import EngineConfig, ModelConfig
     from rlvr_temp.rollout import RolloutWorker
 
     t0 = time.perf_counter()
-    worker = RolloutWorker(model, max_model_len=256, seed=0)
+    worker = RolloutWorker(model, ModelConfig(path=model, max_model_len=256), EngineConfig(), seed=0)
     startup = time.perf_counter() - t0
     prompts = make_prompts(n_prompts)
     runners = _arm_runners(worker, prompts, max_tokens)
@@ -239,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="32 prompts x 32 tokens, 3 repetitions")
     parser.add_argument("--profile", action="store_true", help="also cProfile one token-global generation")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="OMP/torch threads of the engine (default 1, as the demo's rollout actor; 0 = leave unset)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.threads:  # before torch is imported: the engine's torch / OpenMP thread count

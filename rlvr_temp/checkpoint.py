@@ -31,26 +31,26 @@ import torch
 import yaml
 
 from rlvr_temp.config import RunConfig
+from rlvr_temp.utils import atomic_write_text, flatten, fsync_dir
 
 log = logging.getLogger("rlvr_temp.checkpoint")
 
 #: Config keys that may change between a run and its resumption (they do not change the experiment).
 SAFE_KEYS = (
-    "trainer.total_steps", "trainer.resume", "trainer.name", "trainer.run_dir", "checkpoint.", "logging.", "ray.",
-    "rollout.dump", "reward.num_workers",
-)  # fmt: skip
+    "trainer.total_steps",
+    "trainer.resume",
+    "trainer.name",
+    "trainer.run_dir",
+    "checkpoint.",
+    "logging.",
+    "ray.",
+    "rollout.dump",
+    "reward.num_workers",
+)
 
 
 class ResumeError(RuntimeError):
     """A checkpoint cannot be used to resume this run (missing, corrupt, or a different experiment)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _flush(path: Path) -> None:
@@ -74,9 +74,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    run_dir: str | Path, step: int, *, learner_state: dict[str, Any], trainer_state: dict[str, Any],
-    config: RunConfig, keep: int = 2,
-) -> Path:  # fmt: skip
+    run_dir: str | Path,
+    step: int,
+    *,
+    learner_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+    config: RunConfig,
+    keep: int = 2,
+) -> Path:
     """Write ``step_<step>`` atomically, point ``latest`` at it, prune old ones; return its path."""
     from safetensors.torch import save_file
 
@@ -99,16 +104,13 @@ def save_checkpoint(
     manifest = {"step": step, "config_hash": config.hash(), "files": {n: (tmp / n).stat().st_size for n in files}}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     _flush(tmp / "manifest.json")
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    _fsync_dir(root)
-    pointer = root / ".latest.tmp"
-    pointer.write_text(final.name + "\n")
-    _flush(pointer)
-    pointer.replace(root / "latest")
-    _fsync_dir(root)
+    fsync_dir(root)
+    atomic_write_text(root / "latest", final.name + "\n")
+    fsync_dir(root)
     for old in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -171,23 +173,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     trainer_state = torch.load(path / "trainer.pt", weights_only=False)
     config = yaml.safe_load((path / "config.yaml").read_text())
     manifest = json.loads((path / "manifest.json").read_text())
-    return {"learner_state": learner_state, "trainer_state": trainer_state, "config": config,
-            "step": int(manifest["step"])}  # fmt: skip
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+    return {
+        "learner_state": learner_state,
+        "trainer_state": trainer_state,
+        "config": config,
+        "step": int(manifest["step"]),
+    }
 
 
 def changed_experiment_keys(saved: dict[str, Any], current: RunConfig) -> list[str]:
     """Keys that differ between a checkpoint's config and the current one, safe keys excepted."""
-    a, b = _flatten(saved), _flatten(current.to_dict())
+    a, b = flatten(saved), flatten(current.to_dict())
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k) and not any(k == s or k.startswith(s) for s in SAFE_KEYS)]
 
@@ -196,7 +192,7 @@ def check_compatible(saved: dict[str, Any], current: RunConfig, where: str | Pat
     """Refuse to resume a checkpoint of a different experiment, naming the keys that changed."""
     changed = changed_experiment_keys(saved, current)
     if changed:
-        a, b = _flatten(saved), _flatten(current.to_dict())
+        a, b = flatten(saved), flatten(current.to_dict())
         detail = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:6])
         raise ResumeError(
             f"{where}: the config changes the experiment ({detail}); resume with the original values, "

@@ -1,17 +1,21 @@
-"""`rlvr-temp` command line: one subcommand per job, each a thin wrapper over a library function."""
+"""`rlvr-temp` command line: one subcommand per job, each a thin wrapper over a library function.
+
+Each subcommand imports its module when it runs, so that `validate`, `config-docs` and `--help` answer at once,
+without loading torch, Ray or vLLM."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from rlvr_temp import __version__
-from rlvr_temp.config import ConfigError, config_reference, load_config
+from rlvr_temp.config import ConfigError, EvalConfig, TokenRuleConfig, format_validation, load_config
+from rlvr_temp.config_docs import config_reference
 
 EXIT_USAGE = 2  # bad recipe, override or argument
-EXIT_NOT_BUILT = 3  # command exists but is not built yet
 
 
 def _fail(msg: str, code: int = EXIT_USAGE) -> int:
@@ -19,15 +23,10 @@ def _fail(msg: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
-def _not_built(what: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        return _fail(f"`rlvr-temp {what}` is not built yet ({issue}); see README.md", EXIT_NOT_BUILT)
-
-    return run
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
+    for warning in cfg.warnings():
+        print(f"rlvr-temp: warning: {warning}", file=sys.stderr)
     print(f"# {args.recipe}: valid, hash {cfg.hash()}")
     print(cfg.to_yaml(), end="")
     return 0
@@ -52,10 +51,8 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    try:
-        from rlvr_temp.trainer import train
-    except ImportError:
-        return _not_built("train", "the training-loop issue")(args)
+    from rlvr_temp.trainer import train
+
     cfg = load_config(args.recipe, args.overrides)
     if args.ray_address:
         cfg.ray.address = args.ray_address
@@ -64,10 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from rlvr_temp.demo import run_demo
-    except ImportError:
-        return _not_built("demo", "the training-loop issue")(args)
+    from rlvr_temp.demo import run_demo
+
     run_demo(out_dir=args.out, steps=args.steps)
     return 0
 
@@ -98,14 +93,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.t_low is not None or args.t_high is not None:
         if args.t_low is None or args.t_high is None:
             return _fail("--t-low and --t-high go together (the token rule)")
-        rule = {"t_low": args.t_low, "t_high": args.t_high, "hot_fraction": args.hot_fraction,
-                "window": args.window, "scope": args.scope, "base_temperature": args.temperature}  # fmt: skip
-    datasets = [d.strip() for d in args.data.split(",") if d.strip()]
-    if args.n < 1:
-        return _fail("--n must be >= 1")
-    results = evaluate_model(args.model, datasets, n=args.n, temperature=args.temperature, top_p=args.top_p,
-                             max_tokens=args.max_tokens, limit=args.limit, template=args.template,
-                             token_rule=rule, seed=args.seed, max_model_len=args.max_model_len)  # fmt: skip
+        rule = TokenRuleConfig(
+            t_low=args.t_low, t_high=args.t_high, hot_fraction=args.hot_fraction, window=args.window, scope=args.scope
+        )
+    try:
+        ev = EvalConfig(
+            datasets=[d.strip() for d in args.data.split(",") if d.strip()],
+            n=args.n,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            limit=args.limit,
+            max_tokens=args.max_tokens,
+        )
+    except ValidationError as exc:
+        return _fail(format_validation(exc, "eval options"))
+    results = evaluate_model(
+        args.model, ev, template=args.template, token_rule=rule, seed=args.seed, max_model_len=args.max_model_len
+    )
     print(format_table(results))
     if args.out:
         print(f"wrote {write_results(results, args.out, vars(args) | {'func': None})}")

@@ -23,13 +23,15 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlvr_temp.temperature.strategy import MODES
+from rlvr_temp.utils import atomic_write_text
+from rlvr_temp.yaml_recipe import ConfigError, apply_overrides, format_validation, read_yaml
+
+__all__ = ["ConfigError", "RunConfig", "format_validation", "load_config", "save_config"]
 
 DEFAULT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid. The message is one line naming the file and the key path."""
 
 
 class Section(BaseModel):
@@ -55,7 +57,6 @@ class ModelConfig(Section):
 class SyntheticDataConfig(Section):
     levels: list[int] = Field([1, 2, 3], min_length=1, description="Difficulty levels of the arithmetic task.")
     n_train: int = Field(2000, ge=1, description="Number of generated training problems.")
-    n_test: int = Field(200, ge=1, description="Number of held-out problems (never in the train split).")
     seed: int = Field(0, description="Generator seed.")
 
 
@@ -76,7 +77,7 @@ class DataConfig(Section):
     )
     prompt_suffix: str = Field(
         DEFAULT_SUFFIX,
-        description="Boxed-answer instruction appended to questions (SPEC §6, the paper's suffix).",
+        description="Boxed-answer instruction appended to questions (the paper's suffix, docs/evaluation.md).",
     )
     use_chat_template: bool | None = Field(
         None, description="Apply the tokenizer's chat template: None = when the tokenizer has one."
@@ -170,10 +171,11 @@ class LearnedConfig(Section):
 
 
 class TemperatureConfig(Section):
-    mode: Literal["fixed", "token", "mixture", "token+mixture", "learned"] = Field(
+    mode: str = Field(
         "fixed",
-        description="Sampling temperature strategy (paper arms: fixed, token, mixture, both; `learned`: the "
-        "TTM head's per-token temperature, trained by the policy gradient).",
+        description="Sampling temperature strategy, a mode registered in `rlvr_temp.temperature.strategy` (paper "
+        "arms: `fixed`, `token`, `mixture`, `token+mixture`; `learned`: the TTM head's per-token temperature, "
+        "trained by the policy gradient).",
     )
     base: float = Field(1.0, gt=0, description="Base (rollout-level) temperature.")
     logprobs: Literal["on_policy", "off_policy"] = Field(
@@ -185,6 +187,13 @@ class TemperatureConfig(Section):
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     learned: LearnedConfig = Field(default_factory=LearnedConfig)
+
+    @field_validator("mode")
+    @classmethod
+    def _registered(cls, mode: str) -> str:
+        if mode not in MODES:
+            raise ValueError(f"unknown temperature mode {mode!r}; registered: {', '.join(sorted(MODES))}")
+        return mode
 
 
 class OverlongConfig(Section):
@@ -221,9 +230,13 @@ class RewardConfig(Section):
     num_workers: int = Field(2, ge=1, description="Verifier worker processes.")
 
 
-class LearnerConfig(Section):
+class PolicyConfig(Section):
+    """How the trained policy is built (shared by the RL learner and the TGR supervised recipe)."""
+
     mode: Literal["full", "lora", "qlora"] = Field(
-        "qlora", description="`qlora`: NF4 + double quantisation, bf16 compute (bitsandbytes) with LoRA."
+        "qlora",
+        description="`full`: all weights; `lora`: LoRA on a plain base; `qlora`: LoRA on an NF4, double-quantised "
+        "base (bitsandbytes), computed in `model.dtype`.",
     )
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
@@ -232,14 +245,30 @@ class LearnerConfig(Section):
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Modules that get LoRA adapters.",
     )
-    lr: float = Field(1e-6, gt=0, description="AdamW learning rate (paper: 1e-6).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+
+
+#: A LoRA learner needs roughly 10x the full fine-tuning learning rate for the same update size (Schulman et al.,
+#: "LoRA Without Regret", Thinking Machines Lab 2025, also for RL); rates at or under this look copied from a
+#: full fine-tuning recipe (the paper's 1e-6), and `validate` warns.
+FULL_FT_LR_MAX = 5e-6
+
+
+class LearnerConfig(PolicyConfig):
+    lr: float = Field(
+        1e-6,
+        gt=0,
+        description="AdamW peak learning rate (paper, full fine-tuning: 1e-6; LoRA / QLoRA need about 10x: "
+        "docs/recipes.md).",
+    )
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps (paper: 10).")
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="After warm-up.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (paper: 0.1).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping (paper: 1.0).")
     mini_batch_size: int = Field(64, ge=1, description="Responses per optimizer step (paper: 64-128 prompts).")
-    micro_batch_size: int = Field(16, ge=1, description="Responses per forward/backward (grad accumulation).")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    micro_batch_size: int = Field(
+        16, ge=1, description="Responses per forward/backward; gradients accumulate exactly over a mini-batch."
+    )
 
 
 class TrainerConfig(Section):
@@ -305,7 +334,7 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         mix = self.temperature.mixture
-        if self.temperature.mode in ("mixture", "token+mixture") and mix.kind == "explicit":
+        if MODES[self.temperature.mode].mixture and mix.kind == "explicit":
             if not mix.counts:
                 raise ValueError("temperature.mixture.counts is required when mixture.kind is 'explicit'")
             if sum(mix.counts.values()) != self.rollout.group_size:
@@ -317,7 +346,23 @@ class RunConfig(Section):
             raise ValueError("temperature.schedule.end is required for linear and cosine schedules")
         if self.learner.micro_batch_size > self.learner.mini_batch_size:
             raise ValueError("learner.micro_batch_size must be <= learner.mini_batch_size")
+        if self.rollout.engine.tensor_parallel_size > 1:
+            raise ValueError(
+                "rollout.engine.tensor_parallel_size > 1 is not supported yet: the engine runs inside its rollout "
+                "worker's process (use more rollout.num_workers instead; docs/cluster.md)"
+            )
         return self
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what the author meant (printed by `validate` and `train`)."""
+        out = []
+        lc = self.learner
+        if lc.mode in ("lora", "qlora") and lc.lr <= FULL_FT_LR_MAX:
+            out.append(
+                f"learner.lr={lc.lr:g} is a full fine-tuning rate, but learner.mode={lc.mode} trains LoRA adapters, "
+                "which need about 10x more for the same update size (docs/recipes.md, 'Learning rates')"
+            )
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON/YAML-serialisable dict of the resolved config."""
@@ -332,61 +377,6 @@ class RunConfig(Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------------------------------- loading
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> Any:
-    """Load one recipe file and its `base:` parents (merged parents first)."""
-    if path in chain:
-        raise ConfigError(f"{path}: base: inheritance cycle ({' -> '.join(str(p) for p in (*chain, path))})")
-    if not path.is_file():
-        where = f"{chain[-1]}: base: " if chain else ""
-        raise ConfigError(f"{where}{path}: recipe file not found")
-    try:
-        node = OmegaConf.load(path)
-    except (yaml.YAMLError, OmegaConfBaseException) as exc:
-        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
-    if not OmegaConf.is_dict(node):
-        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(node).__name__}")
-    bases = node.pop("base", None)
-    if bases is None:
-        return node
-    if isinstance(bases, str):
-        bases = [bases]
-    elif OmegaConf.is_list(bases):
-        bases = list(bases)
-    else:
-        raise ConfigError(f"{path}: base: expected a path or a list of paths")
-    merged = OmegaConf.create({})
-    for base in bases:
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: base: expected a path, got {base!r}")
-        parent = _read_yaml((path.parent / base).resolve(), (*chain, path))
-        merged = OmegaConf.merge(merged, parent)
-    return OmegaConf.merge(merged, node)
-
-
-def _apply_overrides(node: Any, overrides: list[str]) -> Any:
-    for item in overrides:
-        if "=" not in item or not item.split("=", 1)[0].strip():
-            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
-        try:
-            node = OmegaConf.merge(node, OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"override {item!r}: {' '.join(str(exc).split())}") from None
-    return node
-
-
-def _format_validation(exc: ValidationError, origin: str) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
-        msg = f"{msg} (got {err['input']!r})"
-    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{origin}: {loc}: {msg}{more}"
-
-
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, schema: type[BaseModel] | None = None
 ) -> Any:
@@ -397,8 +387,8 @@ def load_config(
     """
     overrides = list(overrides or [])
     origin = str(path) if path is not None else "<defaults>"
-    node = _read_yaml(Path(path).resolve(), ()) if path is not None else OmegaConf.create({})
-    node = _apply_overrides(node, overrides)
+    node = read_yaml(Path(path).resolve(), ()) if path is not None else OmegaConf.create({})
+    node = apply_overrides(node, overrides)
     try:
         data = OmegaConf.to_container(node, resolve=True)
     except OmegaConfBaseException as exc:
@@ -406,52 +396,9 @@ def load_config(
     try:
         return (schema or RunConfig).model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, origin)) from None
+        raise ConfigError(format_validation(exc, origin)) from None
 
 
 def save_config(cfg: RunConfig, run_dir: str | Path) -> Path:
     """Write the resolved config (and its hash) into a run directory."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    out = run_dir / "config.yaml"
-    out.write_text(f"# resolved config, hash {cfg.hash()}\n" + cfg.to_yaml())
-    return out
-
-
-# --------------------------------------------------------------------------------------------------- docs
-def _describe(model: type[BaseModel], prefix: str, lines: list[str]) -> None:
-    rows: list[str] = []
-    nested: list[tuple[str, type[BaseModel]]] = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            nested.append((f"{prefix}{name}", ann))
-            continue
-        default = field.get_default(call_default_factory=True)
-        type_name = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
-        desc = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `{prefix}{name}` | `{type_name}` | `{json.dumps(default)}` | {desc} |")
-    if rows:
-        lines += [
-            f"## `{prefix.rstrip('.') or 'root'}`",
-            "",
-            "| key | type | default | meaning |",
-            "|---|---|---|---|",
-        ]
-        lines += [*rows, ""]
-    for name, sub in nested:
-        _describe(sub, f"{name}.", lines)
-
-
-def config_reference() -> str:
-    """Markdown reference of every field, generated from the schema (docs/configuration.md)."""
-    lines = [
-        "# Configuration reference",
-        "",
-        "Generated from `rlvr_temp/config.py` by `rlvr-temp config-docs` (a test keeps it in sync).",
-        "Recipes are YAML files with these sections; `base: parent.yaml` inherits, and command-line",
-        "`key.path=value` overrides apply last. Unknown keys, wrong types and out-of-range values are errors.",
-        "",
-    ]
-    _describe(RunConfig, "", lines)
-    return "\n".join(lines).rstrip() + "\n"
+    return atomic_write_text(Path(run_dir) / "config.yaml", f"# resolved config, hash {cfg.hash()}\n" + cfg.to_yaml())

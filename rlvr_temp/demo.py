@@ -1,28 +1,32 @@
-"""`rlvr-temp demo` / `make demo`: build the tiny model if missing, train the four demo arms (fixed, token,
-mixture, token+mixture) on the synthetic arithmetic task, then plot and tabulate them side by side."""
+"""`rlvr-temp demo` / `make demo`: build the tiny model if missing, train the five demo arms (fixed, token,
+mixture, token+mixture, learned) on the synthetic arithmetic task, then plot and tabulate them side by side."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
+import ray
+
 from rlvr_temp.compare import compare_runs
 from rlvr_temp.config import load_config
+from rlvr_temp.launch import init_ray, resolve_model, start_workers
+from rlvr_temp.temperature import make_strategy
+from rlvr_temp.tiny_model import ensure_tiny_model
+from rlvr_temp.trainer import Trainer
 
 ARMS = ("fixed", "token", "mixture", "token_mixture", "learned")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 
 
-def run_demo(out_dir: str | Path = "runs/demo", steps: int | None = None, arms: tuple[str, ...] = ARMS,
-             extra_overrides: list[str] | None = None) -> dict[str, Path]:  # fmt: skip
+def run_demo(
+    out_dir: str | Path = "runs/demo",
+    steps: int | None = None,
+    arms: tuple[str, ...] = ARMS,
+    extra_overrides: list[str] | None = None,
+) -> dict[str, Path]:
     """Train each arm into ``out_dir/<arm>`` (resuming none: previous runs there are replaced), then compare."""
-    import shutil
-
-    import ray
-
-    from rlvr_temp.tiny_model import ensure_tiny_model
-    from rlvr_temp.trainer import Trainer, init_ray, resolve_model, start_workers
-
     if not RECIPES.is_dir():
         raise FileNotFoundError(f"demo recipes not found at {RECIPES} (run the demo from a clone of the repository)")
     out = Path(out_dir)
@@ -36,17 +40,14 @@ def run_demo(out_dir: str | Path = "runs/demo", steps: int | None = None, arms: 
             overrides.append(f"trainer.total_steps={steps}")
         configs[arm] = load_config(RECIPES / f"{arm}.yaml", overrides)
     try:
-        # One engine serves every arm (the arms share model and engine settings): it carries the TTM head if the
-        # `learned` arm is run, which the other arms' requests simply do not use. Each arm gets a fresh learner;
-        # its first sync resets the engine's weights and the entropy windows are reset.
+        # One engine serves every arm (the arms share model and engine settings). It is built for the arm whose
+        # strategy needs the most of it (the `learned` arm's TTM head, which the other arms' requests do not use).
+        # Each arm gets a fresh learner; its first sync resets the engine's weights, and its windows are reset.
         first = next(iter(configs.values()))
         init_ray(first)
-        learned = next((c for c in configs.values() if c.temperature.mode == "learned"), None)
-        ttm = None
-        if learned is not None:
-            lc = learned.temperature.learned
-            ttm = {"heads": lc.heads, "t_min": lc.t_min, "t_max": lc.t_max, "init_temperature": lc.init_temperature}
-        workers = start_workers(first, resolve_model(first.model.path), ttm)
+        strategies = [make_strategy(c.temperature) for c in configs.values()]
+        engine_cfg = next((c for c, s in zip(configs.values(), strategies) if s.engine_settings()), first)
+        workers = start_workers(engine_cfg, resolve_model(first.model.path), make_strategy(engine_cfg.temperature))
         for arm, cfg in configs.items():
             if Path(cfg.trainer.run_dir).exists():
                 shutil.rmtree(cfg.trainer.run_dir)

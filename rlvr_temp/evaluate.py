@@ -2,19 +2,39 @@
 avg@k, unbiased pass@k (Chen et al. 2021, arXiv 2107.03374) for k = 1, 2, 4, ..., K, maj@K, mean response
 length and truncation rate.
 
-The paper's protocol (SPEC §6): temperature 0.6, top-p 0.95, AIME avg@256, AMC avg@32, MATH-500 / Minerva /
+The paper's protocol (docs/evaluation.md): temperature 0.6, top-p 0.95, AIME avg@256, AMC avg@32, MATH-500 / Minerva /
 OlympiadBench avg@1, token rule off. ``synthetic`` is the tiny model's held-out arithmetic split.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rlvr_temp.data import DEFAULT_SUFFIX, DEFAULT_TEMPLATE, format_prompt
+import ray
+import yaml
+from transformers import AutoTokenizer
+
+from rlvr_temp import synthetic
+from rlvr_temp.config import (
+    DataConfig,
+    EngineConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    TemperatureConfig,
+    TokenRuleConfig,
+)
+from rlvr_temp.data import DEFAULT_TEMPLATE, load_prompts
+from rlvr_temp.export import export_run
+from rlvr_temp.launch import format_prompts
+from rlvr_temp.temperature import TemperatureStrategy, make_strategy
+from rlvr_temp.tiny_model import ensure_tiny_model
+from rlvr_temp.utils import derive_seed
+from rlvr_temp.verify import Verifier, extract_answer
 
 
 # ------------------------------------------------------------------------------------------------- estimators
@@ -75,88 +95,96 @@ def summarize(samples: list[dict[str, Any]], n: int) -> dict[str, float]:
 def eval_rows(name: str, limit: int | None = None) -> list[dict[str, str]]:
     """Rows (``id``, ``question``, ``ground_truth``) of a bundled set, ``synthetic``, or a file path."""
     if name == "synthetic":
-        from rlvr_temp import synthetic
-
         rows = synthetic.generate(limit or 200, levels=(1, 2, 3), seed=0, split="test")
         return [{"id": r["id"], "question": r["question"], "ground_truth": r["answer"]} for r in rows]
-    from rlvr_temp.data import load_prompts
-
     return [dict(r) for r in load_prompts(name, limit=limit)]
 
 
 # ------------------------------------------------------------------------------------------------- run
 def evaluate_with(
-    worker: Any, tokenizer: Any, verifier: Any, datasets: list[str], *, n: int = 1, temperature: float = 0.6,
-    top_p: float = 0.95, max_tokens: int = 1024, limit: int | None = None, template: str = DEFAULT_TEMPLATE,
-    suffix: str = DEFAULT_SUFFIX, use_chat_template: bool | None = None, token_rule: dict | None = None,
+    worker: Any,
+    tokenizer: Any,
+    verifier: Any,
+    ev: EvalConfig,
+    prompts: DataConfig,
+    *,
+    max_tokens: int,
+    strategy: TemperatureStrategy | None = None,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Evaluate with a live :class:`rlvr_temp.rollout.RolloutWorker` (in-process object or Ray actor)."""
-    from rlvr_temp.verify import extract_answer
-
-    remote = hasattr(worker.generate, "remote")
+) -> dict[str, dict[str, float]]:
+    """Evaluate with a live :class:`rlvr_temp.rollout.RolloutWorker` (in-process object or Ray actor) as the ``eval``
+    section says (sets, samples per problem, temperature, top-p, limit), prompts formatted as the ``data`` section
+    says. Every response is sampled at ``ev.temperature``; ``strategy`` adds a per-token rule (default: none)."""
+    call = worker.generate.remote if hasattr(worker.generate, "remote") else worker.generate
     results: dict[str, dict[str, float]] = {}
-    for name in datasets:
-        rows = eval_rows(name, limit)
-        prompts = [format_prompt(r["question"], tokenizer, template=template, suffix=suffix,
-                                 use_chat_template=use_chat_template) for r in rows]  # fmt: skip
-        kwargs = dict(prompt_ids=[r["id"] for r in rows], max_tokens=max_tokens, token_rule=token_rule,
-                      top_p=top_p, seed=seed)  # fmt: skip
-        temps = [[temperature] * n] * len(rows)
-        if remote:
-            import ray
-
-            groups = ray.get(worker.generate.remote(prompts, temps, **kwargs))
-        else:
-            groups = worker.generate(prompts, temps, **kwargs)
+    for name in ev.datasets:
+        rows = eval_rows(name, ev.limit)
+        texts = format_prompts(rows, tokenizer, prompts)
+        temps = [[ev.temperature] * ev.n] * len(rows)
+        ids = [r["id"] for r in rows]
+        groups = call(texts, temps, prompt_ids=ids, max_tokens=max_tokens, strategy=strategy, top_p=ev.top_p, seed=seed)
+        groups = ray.get(groups) if isinstance(groups, ray.ObjectRef) else groups
         flat = [(row, r) for row, g in zip(rows, groups) for r in g]
         scores = verifier.score_batch([r.text for _, r in flat], [row["ground_truth"] for row, _ in flat])
         samples = [
-            {"problem": row["id"], "correct": c, "answer": extract_answer(r.text), "length": len(r.token_ids),
-             "truncated": r.finish_reason == "length"}
+            {
+                "problem": row["id"],
+                "correct": c,
+                "answer": extract_answer(r.text),
+                "length": len(r.token_ids),
+                "truncated": r.finish_reason == "length",
+            }
             for (row, r), c in zip(flat, scores)
-        ]  # fmt: skip
-        results[name] = summarize(samples, n)
+        ]
+        results[name] = summarize(samples, ev.n)
     return results
 
 
+def evaluate_run(worker: Any, tokenizer: Any, verifier: Any, cfg: RunConfig, step: int) -> dict[str, float]:
+    """A training run's periodic evaluation (its ``eval`` and ``data`` sections), flattened to ``set/metric``."""
+    max_tokens = cfg.eval.max_tokens or cfg.rollout.max_response_len
+    seed = derive_seed(cfg.trainer.seed, "eval", step)
+    results = evaluate_with(worker, tokenizer, verifier, cfg.eval, cfg.data, max_tokens=max_tokens, seed=seed)
+    return {f"{name}/{k}": v for name, r in results.items() for k, v in r.items()}
+
+
 def evaluate_model(
-    model: str, datasets: list[str], *, n: int = 1, temperature: float = 0.6, top_p: float = 0.95,
-    max_tokens: int = 1024, limit: int | None = None, template: str | None = None, suffix: str = DEFAULT_SUFFIX,
-    use_chat_template: bool | None = None, token_rule: dict | None = None, seed: int = 0,
-    max_model_len: int = 2048, dtype: str = "float32",
-) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Evaluate a model directory, ``tiny``, or a run (``RUN`` or ``RUN@STEP``, exported on the fly)."""
-    import tempfile
-
-    from transformers import AutoTokenizer
-
+    model: str,
+    ev: EvalConfig,
+    *,
+    template: str | None = None,
+    token_rule: TokenRuleConfig | None = None,
+    seed: int = 0,
+    max_model_len: int = 2048,
+    dtype: str = "float32",
+) -> dict[str, dict[str, float]]:
+    """Evaluate a model directory, ``tiny``, or a run (``RUN`` or ``RUN@STEP``, exported on the fly) as ``ev`` says
+    (``ev.max_tokens`` unset: 1024). With ``token_rule`` every response is sampled with the entropy rule around
+    ``ev.temperature`` (``token`` mode)."""
+    # imported here: rlvr_temp.rollout imports vLLM, which only this command (not the trainer's driver) needs
     from rlvr_temp.rollout import RolloutWorker
-    from rlvr_temp.verify import Verifier
 
     model_path, run_template = _resolve_model(model, tempfile.mkdtemp(prefix="rlvr_temp_eval_"))
-    template = template or run_template or DEFAULT_TEMPLATE
+    prompts = DataConfig(prompt_template=template or run_template or DEFAULT_TEMPLATE)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    worker = RolloutWorker(model_path, dtype=dtype, max_model_len=max_model_len, seed=seed)
+    strategy = None
+    if token_rule is not None:
+        strategy = make_strategy(TemperatureConfig(mode="token", base=ev.temperature, token=token_rule))
+    model_cfg = ModelConfig(path=model_path, dtype=dtype, max_model_len=max_model_len)
+    worker = RolloutWorker(model_path, model_cfg, EngineConfig(), seed=seed)
     with Verifier() as verifier:
-        return evaluate_with(worker, tokenizer, verifier, datasets, n=n, temperature=temperature, top_p=top_p,
-                             max_tokens=max_tokens, limit=limit, template=template, suffix=suffix,
-                             use_chat_template=use_chat_template, token_rule=token_rule, seed=seed)  # fmt: skip
+        max_tokens = ev.max_tokens or 1024
+        return evaluate_with(
+            worker, tokenizer, verifier, ev, prompts, max_tokens=max_tokens, strategy=strategy, seed=seed
+        )
 
 
 def _resolve_model(model: str, scratch: str) -> tuple[str, str | None]:
     """(model directory, prompt template the run used or None)."""
-    import yaml
-
     if model == "tiny":
-        from rlvr_temp import synthetic
-        from rlvr_temp.tiny_model import ensure_tiny_model
-
         return str(ensure_tiny_model()), synthetic.PROMPT_TEMPLATE
     run, _, step = model.partition("@")
     if (Path(run) / "checkpoints").is_dir():
-        from rlvr_temp.export import export_run
-
         out = export_run(run, Path(scratch) / "model", step=int(step) if step else None)
         cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
         return str(out), cfg.get("data", {}).get("prompt_template")
@@ -167,8 +195,10 @@ def _resolve_model(model: str, scratch: str) -> tuple[str, str | None]:
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """A markdown table of the results."""
-    keys = sorted({k for r in results.values() for k in r if k != "problems"},
-                  key=lambda k: (k.split("@")[0], int(k.split("@")[1]) if "@" in k else 0))  # fmt: skip
+    keys = sorted(
+        {k for r in results.values() for k in r if k != "problems"},
+        key=lambda k: (k.split("@")[0], int(k.split("@")[1]) if "@" in k else 0),
+    )
     lines = ["| dataset | problems | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, r in results.items():
         cells = [f"{r.get(k, float('nan')):.4f}" if k != "length_mean" else f"{r.get(k, 0):.1f}" for k in keys]
@@ -181,7 +211,3 @@ def write_results(results: dict[str, dict[str, float]], path: str | Path, meta: 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float) + "\n")
     return path
-
-
-def is_finite_row(row: dict[str, float]) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in row.values())

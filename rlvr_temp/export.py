@@ -9,11 +9,16 @@ engines held after that step.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from rlvr_temp.checkpoint import ResumeError, checkpoints_dir, find_resume, load_checkpoint
 from rlvr_temp.config import RunConfig
+from rlvr_temp.launch import resolve_model
+from rlvr_temp.learner import DTYPES, Learner
+from rlvr_temp.utils import atomic_dir
 
 
 def checkpoint_for(run_dir: str | Path, step: int | None) -> Path:
@@ -34,16 +39,10 @@ def checkpoint_for(run_dir: str | Path, step: int | None) -> Path:
 
 def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
     """Write a merged Hugging Face model (+ tokenizer) for a run's checkpoint; return ``out_dir``."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from rlvr_temp.learner import DTYPES, Learner, LearnerSettings
-    from rlvr_temp.trainer import resolve_model
-
     ck = load_checkpoint(checkpoint_for(run_dir, step))
     cfg = RunConfig.model_validate(ck["config"])
     base = resolve_model(cfg.model.path)
-    learner = Learner(base, LearnerSettings.from_config(cfg))
+    learner = Learner(base, cfg)
     learner.set_state(ck["learner_state"])
     weights = learner.export_weights()
     hf_config = AutoConfig.from_pretrained(base, trust_remote_code=cfg.model.trust_remote_code)
@@ -53,14 +52,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None
     missing = set(result.missing_keys) - tied
     if missing or result.unexpected_keys:
         raise RuntimeError(f"export mismatch: missing {sorted(missing)[:3]}, unexpected {result.unexpected_keys[:3]}")
-    out = Path(out_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    with torch.no_grad():
+    with atomic_dir(out_dir) as tmp, torch.no_grad():
         model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+        AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+    return Path(out_dir)

@@ -1,110 +1,66 @@
 """The learner: a transformers (+ peft, + bitsandbytes NF4) policy updated with GRPO/DAPO-style losses, whose
-log-probs are recomputed at the per-token temperatures the rollout sampled with (on-policy, SPEC §2).
+log-probs are recomputed at the per-token temperatures the rollout sampled with (on-policy, docs/temperature.md).
 
-Policy modes: ``full`` (all weights), ``lora`` (LoRA adapters on a plain-dtype base) and ``qlora`` (LoRA on an
-NF4, double-quantised base, Dettmers et al. 2023 — the seeds' 4-bit setup). For weight sync the learner exports a
-plain-dtype state dict with Hugging Face names: LoRA deltas merged into the dequantised base, never packed 4-bit
-tensors (trl#4973). The dequantised base is computed once (it is frozen); each export adds ``scale * B @ A``.
+Policy modes (``learner.mode``): ``full`` (all weights), ``lora`` (LoRA adapters on a plain-dtype base) and
+``qlora`` (LoRA on an NF4, double-quantised base, Dettmers et al. 2023 — the seeds' 4-bit setup). For weight sync
+the learner exports a plain-dtype state dict with Hugging Face names: LoRA deltas merged into the dequantised base,
+never packed 4-bit tensors (trl#4973). The dequantised base is computed once (it is frozen); each export adds
+``scale * B @ A``.
 
-Batches are dicts of lists (Ray-serialisable), one entry per response:
-``prompt_ids``, ``response_ids``, ``token_temperatures``, ``rollout_logprobs``, ``advantages`` (one float per
-response) and optionally ``token_entropies`` (for Archer). Prompts are left-padded and responses right-padded so
-that every response starts at the same column; position ids follow the attention mask, as in vLLM.
+The learner receives the run's typed config as it is and a :class:`rlvr_temp.batch.TrainBatch` per step; the
+temperature strategy (``rlvr_temp.temperature.strategy``) says at which temperatures log-probs are taken.
+Gradient accumulation is exact: every micro-batch's loss is normalised by its whole mini-batch's token or
+response count (``losses.aggregate``), so the micro-batch gradients sum to the mini-batch gradient.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches
+from rlvr_temp.config import RunConfig
 from rlvr_temp.losses import ClipSettings, get_policy_loss
 from rlvr_temp.temperature import (
     TokenTemperatureHead,
+    make_strategy,
     temperature_regularization,
-    to_sampling_range,
     token_entropies,
     token_logprobs,
 )
+from rlvr_temp.utils import derive_seed, lr_factor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class LearnerSettings:
-    """The learner's part of the run config (``learner``, ``algorithm``, ``temperature.logprobs``)."""
+class ModelSettings(Protocol):
+    """What :func:`load_policy` reads of a ``model`` config section (the RL and the TGR recipes both have one)."""
 
-    mode: str = "qlora"
-    dtype: str = "float32"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lr: float = 1e-6
-    warmup_steps: int = 10
-    lr_schedule: str = "constant"
-    total_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    mini_batch_size: int = 64
-    micro_batch_size: int = 16
-    gradient_checkpointing: bool = False
-    loss: str = "dapo"
-    loss_agg: str | None = None
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.28
-    dual_clip_c: float | None = None
-    kl_coef: float = 0.0
-    entropy_coef: float = 0.0
-    archer: bool = False
-    ppo_epochs: int = 1
-    logprobs: str = "on_policy"
-    seed: int = 0
-    trust_remote_code: bool = False
-    learned: dict[str, float] | None = None  # temperature.learned (+ "base") when temperature.mode == "learned"
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> LearnerSettings:
-        """Build from a :class:`rlvr_temp.config.RunConfig`."""
-        lc, ac = cfg.learner, cfg.algorithm
-        return cls(
-            mode=lc.mode, dtype=cfg.model.dtype, lora_r=lc.lora_r, lora_alpha=lc.lora_alpha,
-            lora_dropout=lc.lora_dropout, lora_targets=tuple(lc.lora_targets), lr=lc.lr,
-            warmup_steps=lc.warmup_steps, lr_schedule=lc.lr_schedule, total_steps=cfg.trainer.total_steps,
-            weight_decay=lc.weight_decay, grad_clip=lc.grad_clip, mini_batch_size=lc.mini_batch_size,
-            micro_batch_size=lc.micro_batch_size, gradient_checkpointing=lc.gradient_checkpointing,
-            loss=ac.loss, loss_agg=ac.loss_agg, clip_eps_low=ac.clip_eps_low, clip_eps_high=ac.clip_eps_high,
-            dual_clip_c=ac.dual_clip_c, kl_coef=ac.kl_coef, entropy_coef=ac.entropy_coef, archer=ac.archer,
-            ppo_epochs=ac.ppo_epochs, logprobs=cfg.temperature.logprobs, seed=cfg.trainer.seed,
-            trust_remote_code=cfg.model.trust_remote_code,
-            learned=({**cfg.temperature.learned.model_dump(), "base": cfg.temperature.base}
-                     if cfg.temperature.mode == "learned" else None),
-        )  # fmt: skip
+    dtype: str
+    trust_remote_code: bool
 
 
-def lr_factor(step: int, s: LearnerSettings) -> float:
-    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 0 at ``total_steps``."""
-    w = s.warmup_steps
-    if w and step < w:
-        return (step + 1) / w
-    if s.lr_schedule == "cosine":
-        span = max(1, s.total_steps - w)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / span)))
-    return 1.0
+class PolicySettings(Protocol):
+    """What :func:`load_policy` reads of a policy section (``config.PolicyConfig`` and its subclasses)."""
+
+    mode: str
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: list[str]
+    gradient_checkpointing: bool
 
 
-def load_policy(model_path: str, s: LearnerSettings, device: torch.device) -> torch.nn.Module:
-    """Load the policy in the requested mode (``full`` / ``lora`` / ``qlora``)."""
-    from transformers import AutoModelForCausalLM
+def load_policy(model_path: str, model: ModelSettings, policy: PolicySettings, device: torch.device) -> torch.nn.Module:
+    """Load the policy in ``policy.mode`` (``full`` / ``lora`` / ``qlora``) with ``model.dtype`` compute."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = DTYPES[s.dtype]
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": s.trust_remote_code}
-    if s.mode == "qlora":
-        from transformers import BitsAndBytesConfig
-
+    dtype = DTYPES[model.dtype]
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
+    if policy.mode == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -112,30 +68,34 @@ def load_policy(model_path: str, s: LearnerSettings, device: torch.device) -> to
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    if s.mode != "qlora":
-        model.to(device)
-    if s.mode == "full":
-        if s.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        return model
+    net = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if policy.mode != "qlora":
+        net.to(device)
+    if policy.mode == "full":
+        if policy.gradient_checkpointing:
+            net.gradient_checkpointing_enable()
+        return net
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if s.mode == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=s.gradient_checkpointing)
-        disable_cpu_4bit_repacking(model)
-    elif s.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+    if policy.mode == "qlora":
+        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=policy.gradient_checkpointing)
+        disable_cpu_4bit_repacking(net)
+    elif policy.gradient_checkpointing:
+        net.gradient_checkpointing_enable()
+        net.enable_input_require_grads()
     lora = LoraConfig(
-        r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-        target_modules=list(s.lora_targets), bias="none", task_type="CAUSAL_LM",
-    )  # fmt: skip
-    return get_peft_model(model, lora)
+        r=policy.lora_r,
+        lora_alpha=policy.lora_alpha,
+        lora_dropout=policy.lora_dropout,
+        target_modules=list(policy.lora_targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(net, lora)
 
 
 def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
-    """Work around silently wrong LoRA gradients on CPU (STACK_NOTES): bitsandbytes repacks 4-bit weights on the
+    """Work around silently wrong LoRA gradients on CPU (docs/stack.md): bitsandbytes repacks 4-bit weights on the
     first no-grad forward, after which backward runs through a kernel without autograd. Returns modules touched."""
     import bitsandbytes as bnb
 
@@ -147,69 +107,42 @@ def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
     return n
 
 
-def collate(batch: dict[str, list], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Left-pad prompts, right-pad responses; all responses start at column ``P``."""
-    prompts, responses = batch["prompt_ids"], batch["response_ids"]
-    n = len(prompts)
-    p_len = max(len(p) for p in prompts)
-    r_len = max(1, max(len(r) for r in responses))
-    ids = torch.full((n, p_len + r_len), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, p_len + r_len), dtype=torch.long)
-    mask = torch.zeros((n, r_len), dtype=torch.float32)
-    temps = torch.ones((n, r_len), dtype=torch.float32)
-    old = torch.zeros((n, r_len), dtype=torch.float32)
-    ent = torch.zeros((n, r_len), dtype=torch.float32)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, p_len - len(p) : p_len] = torch.tensor(p, dtype=torch.long)
-        ids[i, p_len : p_len + len(r)] = torch.tensor(r, dtype=torch.long)
-        attn[i, p_len - len(p) : p_len + len(r)] = 1
-        mask[i, : len(r)] = 1
-        temps[i, : len(r)] = torch.tensor(batch["token_temperatures"][i], dtype=torch.float32)
-        if "rollout_logprobs" in batch:
-            old[i, : len(r)] = torch.tensor(batch["rollout_logprobs"][i], dtype=torch.float32)
-        if batch.get("token_entropies"):
-            ent[i, : len(r)] = torch.nan_to_num(torch.tensor(batch["token_entropies"][i], dtype=torch.float32))
-    out = {
-        "input_ids": ids, "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0),
-        "response_ids": ids[:, p_len:], "mask": mask, "temperatures": temps, "rollout_logprobs": old,
-        "entropies": ent, "advantages": torch.tensor(batch.get("advantages", [0.0] * n), dtype=torch.float32),
-    }  # fmt: skip
-    out = {k: v.to(device) for k, v in out.items()}
-    out["prompt_len"] = p_len
-    return out
-
-
 class Learner:
     """Owns the policy, the optimizer and the LR schedule. Run it as a Ray actor (:func:`remote_learner`)."""
 
-    def __init__(self, model_path: str, settings: LearnerSettings, *, num_threads: int | None = None) -> None:
+    def __init__(self, model_path: str, cfg: RunConfig, *, num_threads: int | None = None) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.s = settings
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        torch.manual_seed(settings.seed)
         from transformers import AutoTokenizer
 
+        self.cfg = cfg
+        self.lc, self.ac = cfg.learner, cfg.algorithm
+        self.strategy = make_strategy(cfg.temperature)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(derive_seed(cfg.trainer.seed, "learner-init"))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.model = load_policy(model_path, settings, self.device)
-        self.export_dtype = DTYPES[settings.dtype]
+        self.model = load_policy(model_path, cfg.model, cfg.learner, self.device)
+        self.export_dtype = DTYPES[cfg.model.dtype]
         self.ttm_head: TokenTemperatureHead | None = None
-        if settings.learned:
-            lc = settings.learned
-            self.ttm_head = TokenTemperatureHead(
-                self.model.config.hidden_size, heads=int(lc["heads"]), t_min=lc["t_min"], t_max=lc["t_max"],
-                init_temperature=lc["init_temperature"],
-            ).to(self.device)  # fmt: skip
+        head = self.strategy.engine_settings()
+        if head is not None:  # the engines run a TTM head: the learner owns and syncs its weights
+            self.ttm_head = TokenTemperatureHead(self.model.config.hidden_size, **head).to(self.device)
         params = self._trainable()
         if not params:
             raise RuntimeError("the policy has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        # a plain function, not a bound method: LambdaLR pickles a non-function's __dict__ into its state, which
-        # would carry Ray's method wrappers into checkpoints
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, settings))
-        self.loss_fn = get_policy_loss(settings.loss)
-        self.clip = ClipSettings(settings.clip_eps_low, settings.clip_eps_high, settings.dual_clip_c)
+        self.optimizer = torch.optim.AdamW(params, lr=self.lc.lr, weight_decay=self.lc.weight_decay)
+        # a partial of a plain function, not a bound method or a lambda: LambdaLR pickles a callable object's
+        # __dict__ into its state, which for a bound method would carry Ray's actor wrappers into checkpoints
+        schedule = functools.partial(
+            lr_factor,
+            warmup_steps=self.lc.warmup_steps,
+            total_steps=cfg.trainer.total_steps,
+            decay=self.lc.lr_schedule,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.loss_fn = get_policy_loss(self.ac.loss)
+        self.clip = ClipSettings(self.ac.clip_eps_low, self.ac.clip_eps_high, self.ac.dual_clip_c)
         self._base_cache: dict[str, torch.Tensor] | None = None
         self.step = 0
 
@@ -218,130 +151,139 @@ class Learner:
         return params + (list(self.ttm_head.parameters()) if self.ttm_head is not None else [])
 
     # ------------------------------------------------------------------------------------------ log-probs
-    def _forward(self, mb: dict[str, Any], base_temperature: float, with_entropy: bool = False):
-        """(log-probs, entropies or None, TTM head temperatures or None) of the responses, ``[B, L]``.
-
-        In ``learned`` mode (on-policy) the sampling temperature is the TTM head's output on the final hidden
-        states, mapped into ``[t_low, t_high]``, kept in the graph: the policy gradient trains the head."""
-        learned = self.ttm_head is not None and self.s.logprobs == "on_policy"
+    def _forward(
+        self, mb: MicroBatch, base_t: float, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(log-probs, entropies or None, TTM head output or None) of the micro-batch's responses, ``[B, L]``."""
+        use_head = self.ttm_head is not None and self.strategy.uses_head
         out = self.model(
-            input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
-            use_cache=False, output_hidden_states=learned,
-        )  # fmt: skip
-        p = mb["prompt_len"]
-        r_len = mb["response_ids"].shape[1]
+            input_ids=mb.input_ids,
+            attention_mask=mb.attention_mask,
+            position_ids=mb.position_ids,
+            use_cache=False,
+            output_hidden_states=use_head,
+        )
+        # logits at position j predict token j + 1: the response's L tokens are predicted from columns P-1 .. P+L-2
+        p, r_len = mb.prompt_len, mb.response_ids.shape[1]
         logits = out.logits[:, p - 1 : p - 1 + r_len, :]
         head_t = None
-        if learned:
-            lc = self.s.learned
+        if use_head:
+            # learned mode: the sampling temperature is the head's output on the final hidden states, kept in the
+            # graph, so the policy gradient trains the head
             head_t = self.ttm_head.token_temperature(out.hidden_states[-1][:, p - 1 : p - 1 + r_len, :])
-            temps = to_sampling_range(head_t, lc["t_low"], lc["t_high"], lc["t_min"], lc["t_max"])
-            temps = (temps + (base_temperature - lc["base"])).clamp(min=1e-4)
+            temps: torch.Tensor | float = self.strategy.head_temperatures(head_t, mb.response_temperatures)
+            # a plain log_softmax, not token_logprobs (which treats temperatures as data): the gradient must
+            # reach the head through the temperatures
             scaled = torch.log_softmax(logits.float() / temps.unsqueeze(-1), dim=-1)
-            logp = scaled.gather(-1, mb["response_ids"].unsqueeze(-1)).squeeze(-1)
-            temps_data: torch.Tensor | float = temps.detach()
+            logp = scaled.gather(-1, mb.response_ids.unsqueeze(-1)).squeeze(-1)
+            temps = temps.detach()
         else:
-            temps_data = self._temps(mb, base_temperature)
-            logp = token_logprobs(logits, mb["response_ids"], temps_data)
-        ent = token_entropies(logits.detach(), temps_data) if with_entropy else None
+            temps = self.strategy.learner_temperatures(mb.temperatures, base_t)
+            logp = token_logprobs(logits, mb.response_ids, temps)
+        # the entropy bonus needs the gradient of the entropy with respect to the logits: not detached
+        ent = token_entropies(logits, temps) if with_entropy else None
         return logp, ent, head_t
 
-    def _temps(self, mb: dict[str, Any], base_temperature: float) -> torch.Tensor | float:
-        return mb["temperatures"] if self.s.logprobs == "on_policy" else float(base_temperature)
-
-    def _micro(self, full: dict[str, Any], idx: torch.Tensor) -> dict[str, Any]:
-        return {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in full.items()}
-
     @torch.no_grad()
-    def compute_logprobs(self, batch: dict[str, list], base_temperature: float = 1.0) -> list[list[float]]:
-        """Per-token log-probs of the responses under the current policy (in eval mode, no dropout)."""
-        full = collate(batch, self.pad_id, self.device)
-        self.model.eval()
-        out = self._logprobs_all(full, base_temperature)
-        return [out[i, : len(r)].tolist() for i, r in enumerate(batch["response_ids"])]
-
-    @torch.no_grad()
-    def _logprobs_all(self, full: dict[str, Any], base_temperature: float, ref: bool = False) -> torch.Tensor:
-        n = full["input_ids"].shape[0]
-        chunks = []
-        for start in range(0, n, self.s.micro_batch_size):
-            mb = self._micro(full, torch.arange(start, min(n, start + self.s.micro_batch_size)))
+    def _logprobs(self, batch: TrainBatch, base_t: float, ref: bool = False) -> list[torch.Tensor]:
+        """Per-response log-probs under the current policy (``ref``: the frozen base, adapters off), eval mode."""
+        out: list[torch.Tensor] = [torch.empty(0)] * len(batch)
+        for idx in micro_batches(range(len(batch)), self.lc.micro_batch_size):
+            mb = collate(batch, idx, self.pad_id, self.device)
             if ref:
                 with self.model.disable_adapter():
-                    lp, _, _ = self._forward(mb, base_temperature)
+                    lp, _, _ = self._forward(mb, base_t)
             else:
-                lp, _, _ = self._forward(mb, base_temperature)
-            chunks.append(lp.float())
-        return torch.cat(chunks)
+                lp, _, _ = self._forward(mb, base_t)
+            for row, i in enumerate(idx):
+                out[i] = lp[row, : len(batch.response_ids[i])].float().cpu()
+        return out
 
     # ------------------------------------------------------------------------------------------ update
-    def train_step(self, batch: dict[str, list], base_temperature: float = 1.0) -> dict[str, float]:
-        """One policy update on a batch of scored responses; returns metrics."""
-        full = collate(batch, self.pad_id, self.device)
-        mask = full["mask"]
-        n = mask.shape[0]
-        self.model.eval()  # no dropout: the old log-probs must match the rollout's
-        old = self._logprobs_all(full, base_temperature)
-        diff = (old - full["rollout_logprobs"]).abs() * mask
-        tokens = mask.sum().clamp(min=1)
-        metrics = {
-            "logprob/mismatch_mean": float(diff.sum() / tokens),
-            "logprob/mismatch_max": float(diff.max()) if n else 0.0,
-        }
-        need_ref = self.s.kl_coef > 0 or self.s.archer
-        if need_ref and self.s.mode == "full":
-            raise ValueError("KL / Archer against the frozen base needs a LoRA policy (learner.mode lora or qlora)")
-        ref = self._logprobs_all(full, base_temperature, ref=True) if need_ref else None
-        agg = self.s.loss_agg
-        self.model.train()
-        gen = torch.Generator().manual_seed(self.s.seed * 100_003 + self.step)
+    def accumulate(
+        self, batch: TrainBatch, mini: list[int], extra: dict[str, list[torch.Tensor]], base_t: float
+    ) -> dict[str, float]:
+        """Forward/backward the mini-batch ``mini`` in micro-batches, leaving its exact gradient in ``.grad``.
+
+        Every micro-batch loss is normalised by the mini-batch's token / response count and its constant length
+        (``losses.aggregate``), so the gradients sum to the mini-batch's whatever ``micro_batch_size`` is.
+        Returns the micro-batches' statistics weighted by their token share."""
+        lengths = batch.response_lengths()
+        mini_tokens = max(1, sum(lengths[i] for i in mini))
         stats_sum: dict[str, float] = {}
-        n_updates, grad_norms = 0, []
-        for _ in range(self.s.ppo_epochs):
-            order = torch.randperm(n, generator=gen)
-            for m_start in range(0, n, self.s.mini_batch_size):
-                mini = order[m_start : m_start + self.s.mini_batch_size]
-                mini_tokens = mask[mini].sum().clamp(min=1)
+        archer, want_ent = self.ac.archer, self.ac.entropy_coef > 0
+        for idx in micro_batches(mini, self.lc.micro_batch_size):
+            mb = collate(batch, idx, self.pad_id, self.device, extra)
+            logp, ent, head_t = self._forward(mb, base_t, with_entropy=want_ent)
+            loss, stats = self.loss_fn(
+                logp,
+                mb.extra["old"],
+                mb.advantages,
+                mb.mask,
+                agg=self.ac.loss_agg,
+                clip=self.clip,
+                ref_logp=mb.extra.get("ref"),
+                kl_coef=self.ac.kl_coef,
+                entropy=ent,
+                entropy_coef=self.ac.entropy_coef,
+                archer_entropy=mb.entropies if archer else None,
+                num_tokens=mini_tokens,
+                num_seqs=len(mini),
+                norm_len=self.cfg.rollout.max_response_len,
+            )
+            share = mb.num_tokens / mini_tokens
+            if head_t is not None:
+                lc = self.cfg.temperature.learned
+                stats["ttm/head_temperature_mean"] = float((head_t.detach() * mb.mask).sum() / mb.mask.sum().clamp(1))
+                if lc.reg_weight > 0:
+                    # the regulariser is a mean over the micro-batch's tokens: its token share makes it the
+                    # mini-batch's token mean once summed
+                    reg = temperature_regularization(head_t, lc.init_temperature, lc.reg_weight, mb.mask) * share
+                    loss = loss + reg
+                    stats["ttm/reg"] = reg.item() / max(share, 1e-12)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at learner step {self.step}")
+            loss.backward()
+            stats["actor/loss"] = loss.item()
+            for k, v in stats.items():
+                # the loss is already this micro-batch's part of the mini-batch loss: sum it; average the rest
+                stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "actor/loss" else v * share)
+        return stats_sum
+
+    def train_step(self, batch: TrainBatch, base_temperature: float = 1.0) -> dict[str, float]:
+        """One policy update (``algorithm.ppo_epochs`` passes over shuffled mini-batches) on a scored batch."""
+        n = len(batch)
+        self.model.eval()  # no dropout: the old log-probs must match the rollout's
+        old = self._logprobs(batch, base_temperature)
+        diffs = [(o - torch.tensor(r, dtype=torch.float32)).abs() for o, r in zip(old, batch.rollout_logprobs)]
+        tokens = max(1, sum(d.numel() for d in diffs))
+        metrics = {
+            "logprob/mismatch_mean": float(sum(d.sum() for d in diffs)) / tokens,
+            "logprob/mismatch_max": max((float(d.max()) for d in diffs if d.numel()), default=0.0),
+        }
+        extra = {"old": old}
+        if self.ac.kl_coef > 0 or self.ac.archer:
+            if self.lc.mode == "full":
+                raise ValueError("KL / Archer against the frozen base needs a LoRA policy (learner.mode lora or qlora)")
+            extra["ref"] = self._logprobs(batch, base_temperature, ref=True)
+        self.model.train()
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.trainer.seed, "minibatch-order", self.step))
+        stats_sum: dict[str, float] = {}
+        grad_norms: list[float] = []
+        for _ in range(self.ac.ppo_epochs):
+            order = torch.randperm(n, generator=gen).tolist()
+            for mini in micro_batches(order, self.lc.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
-                for u_start in range(0, len(mini), self.s.micro_batch_size):
-                    idx = mini[u_start : u_start + self.s.micro_batch_size]
-                    mb = self._micro(full, idx)
-                    want_ent = self.s.entropy_coef > 0
-                    logp, ent, head_t = self._forward(mb, base_temperature, with_entropy=want_ent)
-                    loss, stats = self.loss_fn(
-                        logp, old[idx], mb["advantages"], mb["mask"], agg=agg, clip=self.clip,
-                        ref_logp=None if ref is None else ref[idx], kl_coef=self.s.kl_coef, entropy=ent,
-                        entropy_coef=self.s.entropy_coef, archer_entropy=mb["entropies"] if self.s.archer else None,
-                    )  # fmt: skip
-                    if head_t is not None:
-                        lc = self.s.learned
-                        stats["ttm/head_temperature_mean"] = float(
-                            (head_t.detach() * mb["mask"]).sum() / mb["mask"].sum().clamp(min=1)
-                        )
-                        if lc["reg_weight"] > 0:
-                            reg = temperature_regularization(
-                                head_t, lc["init_temperature"], lc["reg_weight"], mb["mask"]
-                            )
-                            loss = loss + reg
-                            stats["ttm/reg"] = reg.item()
-                    token_share = float(mb["mask"].sum() / mini_tokens)
-                    weight = token_share if (agg or "token-mean") == "token-mean" else len(idx) / len(mini)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss at learner step {self.step}")
-                    (loss * weight).backward()
-                    stats["actor/loss"] = loss.item()
-                    for k, v in stats.items():
-                        stats_sum[k] = stats_sum.get(k, 0.0) + v * weight
-                params = self._trainable()
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)))
+                for k, v in self.accumulate(batch, mini, extra, base_temperature).items():
+                    stats_sum[k] = stats_sum.get(k, 0.0) + v
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self._trainable(), self.lc.grad_clip)))
                 self.optimizer.step()
-                n_updates += 1
         self.scheduler.step()
         self.step += 1
-        metrics.update({k: v / max(1, n_updates) for k, v in stats_sum.items()})
+        metrics.update({k: v / max(1, len(grad_norms)) for k, v in stats_sum.items()})
         metrics["actor/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
-        metrics["actor/updates"] = n_updates
+        metrics["actor/updates"] = len(grad_norms)
         return metrics
 
     # ------------------------------------------------------------------------------------------ export
@@ -375,9 +317,11 @@ class Learner:
         """Plain-dtype Hugging Face state dict of the current policy (LoRA merged; never packed 4-bit)."""
         head = {}
         if self.ttm_head is not None:
-            head = {f"ttm_head.{n}": p.detach().to(self.export_dtype).cpu().clone()
-                    for n, p in self.ttm_head.named_parameters()}  # fmt: skip
-        if self.s.mode == "full":
+            head = {
+                f"ttm_head.{n}": p.detach().to(self.export_dtype).cpu().clone()
+                for n, p in self.ttm_head.named_parameters()
+            }
+        if self.lc.mode == "full":
             sd = {k: v.detach().to(self.export_dtype).cpu().clone() for k, v in self.model.state_dict().items()}
             return sd | head
         from peft.tuners.lora import LoraLayer

@@ -3,7 +3,7 @@
 Registries (verl style) map a recipe name to a function, so a new estimator or loss is one decorated function:
 
 * ``ADVANTAGES``: ``grpo`` (Shao et al. 2024, arXiv 2402.03300): ``(r - mean) / (std + eps)`` within a prompt's
-  group (all of its rollout temperatures together, SPEC §3); ``drgrpo`` (Liu et al. 2025, arXiv 2503.20783):
+  group (all of its rollout temperatures together, docs/temperature.md); ``drgrpo`` (Liu et al. 2025, arXiv 2503.20783):
   ``r - mean``.
 * ``POLICY_LOSSES``: ``grpo`` (PPO clip, symmetric eps, ``seq-mean-token-mean``), ``dapo`` (Yu et al. 2025,
   arXiv 2503.14476: clip-higher, ``token-mean``), ``drgrpo`` (``seq-mean-token-sum-norm``). Each takes the
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlvr_temp import utils
+
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {}
@@ -29,13 +31,8 @@ DEFAULT_AGG = {"grpo": "seq-mean-token-mean", "dapo": "token-mean", "drgrpo": "s
 
 
 def register(table: dict, name: str) -> Callable:
-    def wrap(fn: Callable) -> Callable:
-        if name in table:
-            raise ValueError(f"{name!r} is already registered")
-        table[name] = fn
-        return fn
-
-    return wrap
+    """Decorator adding an advantage estimator or a policy loss to its registry under ``name``."""
+    return utils.register(table, name, "loss" if table is POLICY_LOSSES else "advantage estimator")
 
 
 # --------------------------------------------------------------------------------------------------- advantages
@@ -83,22 +80,38 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: 
 
 
 # --------------------------------------------------------------------------------------------------- aggregation
-def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int | None = None) -> torch.Tensor:
-    """Reduce ``[B, L]`` per-token values to a scalar.
+def aggregate(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    *,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    norm_len: float | None = None,
+) -> torch.Tensor:
+    """Reduce ``[B, L]`` per-token values to a scalar, with each mode's normaliser explicit.
 
-    ``token-mean``: mean over all real tokens of the batch (DAPO). ``seq-mean-token-mean``: mean over tokens
-    of each response, then over responses (GRPO). ``seq-mean-token-sum-norm``: sum over each response's tokens
-    divided by a constant ``norm_len`` (default: the padded length), then mean over responses (Dr.GRPO).
+    * ``token-mean`` (DAPO): ``sum(values * mask) / num_tokens``;
+    * ``seq-mean-token-mean`` (GRPO): ``sum_i(mean of response i's tokens) / num_seqs``;
+    * ``seq-mean-token-sum-norm`` (Dr.GRPO): ``sum_i(sum of response i's tokens / norm_len) / num_seqs`` with a
+      constant ``norm_len`` (the Dr.GRPO paper, TRL and verl use the maximum response length).
+
+    ``num_tokens`` / ``num_seqs`` default to this batch's own counts. Under gradient accumulation the learner passes
+    the whole mini-batch's, so that the micro-batch losses *sum* to the mini-batch loss: the accumulated gradient
+    is then exactly the mini-batch gradient, whatever the split (docs/loop.md, "Loss normalisers").
     """
     mask = mask.to(values.dtype)
     if mode == "token-mean":
-        return (values * mask).sum() / mask.sum().clamp(min=1)
+        denom = num_tokens if num_tokens is not None else mask.sum().clamp(min=1)
+        return (values * mask).sum() / denom
+    seqs = num_seqs if num_seqs is not None else values.shape[0]
     if mode == "seq-mean-token-mean":
         per_seq = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        return per_seq.mean()
+        return per_seq.sum() / max(seqs, 1)
     if mode == "seq-mean-token-sum-norm":
-        denom = norm_len if norm_len is not None else values.shape[-1]
-        return ((values * mask).sum(-1) / denom).mean()
+        if norm_len is None:
+            raise ValueError("seq-mean-token-sum-norm needs norm_len (the maximum response length)")
+        return ((values * mask).sum(-1) / norm_len).sum() / max(seqs, 1)
     raise ValueError(f"unknown loss aggregation {mode!r}; known: {', '.join(AGG_MODES)}")
 
 
@@ -144,13 +157,16 @@ def policy_loss(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     archer_entropy: torch.Tensor | None = None,
-    norm_len: int | None = None,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    norm_len: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy-gradient loss with optional KL, entropy bonus and Archer's dual-token constraint.
 
     ``advantages`` is ``[B]`` (one per response) or ``[B, L]``. ``archer_entropy`` (the rollout's per-token
     entropies) switches Archer on: tokens under their response's 80th entropy percentile get clip 0.2 and KL
-    weight 0.001 (ref log-probs required), the others clip 0.5 and no KL.
+    weight 0.001 (ref log-probs required), the others clip 0.5 and no KL. ``num_tokens`` / ``num_seqs`` /
+    ``norm_len`` are :func:`aggregate`'s normalisers.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand_as(logp)
@@ -172,7 +188,7 @@ def policy_loss(
         stats["actor/kl"] = float(aggregate(kl.detach(), mask, "token-mean"))
     if entropy is not None and entropy_coef > 0:
         loss_tok = loss_tok - entropy_coef * entropy
-    loss = aggregate(loss_tok, mask, agg, norm_len)
+    loss = aggregate(loss_tok, mask, agg, num_tokens=num_tokens, num_seqs=num_seqs, norm_len=norm_len)
     with torch.no_grad():
         n = mask_f.sum().clamp(min=1)
         stats["actor/clip_frac"] = float((is_clipped * mask_f).sum() / n)

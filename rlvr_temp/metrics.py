@@ -12,17 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlvr_temp.rollout import Rollout
+from rlvr_temp.batch import Rollout
+from rlvr_temp.utils import atomic_write_text
 
 
 def rollout_metrics(
-    groups: Sequence[Sequence[Rollout]], *, t_low: float | None = None, t_high: float | None = None,
+    groups: Sequence[Sequence[Rollout]],
+    *,
+    hot_bounds: tuple[float, float] | None = None,
     base_temperature: float = 1.0,
-) -> dict[str, float]:  # fmt: skip
-    """Reward, accuracy, length and entropy overall and per rollout temperature; hot-token share in token mode.
+) -> dict[str, float]:
+    """Reward, accuracy, length and entropy overall and per rollout temperature; with ``hot_bounds`` (the cold and hot
+    temperature of a response at ``base_temperature``, per-token modes) the hot-token share.
 
-    A token is *hot* when its recorded temperature, minus its response's rollout shift, is nearer ``t_high``
-    than ``t_low``.
+    A token is *hot* when its recorded temperature, minus its response's rollout shift, is nearer the hot bound
+    than the cold one.
     """
     flat = [r for g in groups for r in g]
     if not flat:
@@ -49,8 +53,8 @@ def rollout_metrics(
             e = [h for r in rs for h in r.token_entropies if not math.isnan(h)]
             if e:
                 out[f"rollout/entropy_T={t:g}"] = sum(e) / len(e)
-    if t_low is not None and t_high is not None:
-        mid = (t_low + t_high) / 2
+    if hot_bounds is not None:
+        mid = (hot_bounds[0] + hot_bounds[1]) / 2
         hot = total = 0
         for r in flat:
             shift = r.temperature - base_temperature
@@ -68,8 +72,15 @@ def rollout_metrics(
 class MetricsLogger:
     """Appends one JSON line per step to ``metrics.jsonl``; mirrors scalars to TensorBoard / wandb if enabled."""
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, wandb: bool = False,
-                 run_name: str | None = None, config: dict | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        run_name: str | None = None,
+        config: dict | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -93,9 +104,7 @@ class MetricsLogger:
             self._fh.close()
             lines = self.path.read_text(encoding="utf-8").splitlines()
             lines[-1] = json.dumps(self._last, allow_nan=True)
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-            tmp.replace(self.path)
+            atomic_write_text(self.path, "".join(line + "\n" for line in lines))
             self._fh = self.path.open("a", encoding="utf-8")
         else:
             self._last = {"step": step, "time": time.time(), **metrics}
@@ -129,3 +138,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Drop the rows of steps ``>= step`` (written after the checkpoint being resumed, before a crash), atomically."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.is_file():
+        keep = [json.dumps(r, allow_nan=True) for r in read_metrics(run_dir) if r.get("step", step) < step]
+        atomic_write_text(path, "".join(line + "\n" for line in keep))

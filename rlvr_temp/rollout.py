@@ -4,44 +4,24 @@ per-response temperatures and returns, for every generated token, its temperatur
 `RolloutWorker` is a plain class (usable in-process in tests and benchmarks); :func:`remote_worker` wraps it as
 a Ray actor with the recipe's resources. The engine runs inside the worker's process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the learner must live in another process (its own actor): vLLM binds
-OpenMP threads and replaces ``torch.set_num_threads`` in the process that hosts the engine (STACK_NOTES).
+OpenMP threads and replaces ``torch.set_num_threads`` in the process that hosts the engine (docs/stack.md).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-MODES = ("fixed", "token", "mixture", "token+mixture")
-
-
-@dataclass
-class Rollout:
-    """One response. Per-token lists all have ``len(token_ids)`` entries."""
-
-    prompt_id: str
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    token_temperatures: list[float]
-    token_entropies: list[float]
-    token_logprobs: list[float]
-    finish_reason: str
-    temperature: float  # the response's rollout-level temperature
-    text: str = ""
-    reward: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+from rlvr_temp import vllm_processor
+from rlvr_temp.batch import Rollout
+from rlvr_temp.config import EngineConfig, ModelConfig
+from rlvr_temp.temperature import TemperatureStrategy
+from rlvr_temp.utils import derive_seed
 
 
 def _check_temperature(t: float, what: str) -> float:
@@ -51,55 +31,49 @@ def _check_temperature(t: float, what: str) -> float:
 
 
 class RolloutWorker:
-    """Owns one vLLM engine with the rlvr_temp temperature processor installed."""
+    """Owns one vLLM engine with the rlvr_temp temperature processor installed.
+
+    Built from the run's typed ``model`` and ``rollout.engine`` config sections as they are; ``engine_settings``
+    is the temperature strategy's (the TTM head's settings in ``learned`` mode, else None).
+    """
 
     def __init__(
         self,
         model_path: str,
+        model: ModelConfig,
+        engine: EngineConfig,
         *,
-        dtype: str = "float32",
-        max_model_len: int = 512,
         seed: int = 0,
-        kv_cache_gib: float = 1.0,
-        gpu_memory_utilization: float = 0.5,
-        enforce_eager: bool = True,
-        enable_prefix_caching: bool = True,
-        max_num_seqs: int = 256,
-        tensor_parallel_size: int = 1,
         num_threads: int | None = None,
-        trust_remote_code: bool = False,
-        ttm: Mapping[str, Any] | None = None,
+        engine_settings: Mapping[str, Any] | None = None,
         log_level: str | None = "WARNING",
     ) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(kv_cache_gib))))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(engine.kv_cache_gib))))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         if num_threads:
             os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
-        from vllm import LLM
-
-        from rlvr_temp import vllm_processor
+        from vllm import LLM  # after the environment above: vLLM reads it at import
 
         quiet_vllm_logs(log_level)
-
         before = set(map(id, vllm_processor.instances()))
         kwargs: dict[str, Any] = {}
-        if ttm is not None:  # learned mode: the engine's model runs the TTM head (rlvr_temp.ttm_vllm)
+        if engine_settings is not None:  # learned mode: the engine's model runs the TTM head (rlvr_temp.ttm_vllm)
             from rlvr_temp import ttm_vllm
 
-            kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(ttm))
+            kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(engine_settings))
         if torch.cuda.is_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
         self.llm = LLM(
             model=model_path,
-            dtype=dtype,
-            max_model_len=max_model_len,
+            dtype=model.dtype,
+            max_model_len=model.max_model_len,
             seed=seed,
-            enforce_eager=enforce_eager,
-            enable_prefix_caching=enable_prefix_caching,
-            max_num_seqs=max_num_seqs,
-            tensor_parallel_size=tensor_parallel_size,
-            trust_remote_code=trust_remote_code,
+            enforce_eager=engine.enforce_eager,
+            enable_prefix_caching=engine.enable_prefix_caching,
+            max_num_seqs=engine.max_num_seqs,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            trust_remote_code=model.trust_remote_code,
             logits_processors=[vllm_processor.TemperatureProcessor],
             logprobs_mode="processed_logprobs",
             **kwargs,
@@ -108,10 +82,10 @@ class RolloutWorker:
         if len(mine) != 1:
             raise RuntimeError(f"expected one rlvr_temp processor in the new engine, found {len(mine)}")
         self.processor = mine[0]
-        self.has_ttm = ttm is not None
+        self.has_ttm = engine_settings is not None
         self.tokenizer = self.llm.get_tokenizer()
         self.model_path = model_path
-        self.max_model_len = max_model_len
+        self.max_model_len = model.max_model_len
         self.seed = seed
         self.weights_version = 0
         self._uid = 0
@@ -124,41 +98,30 @@ class RolloutWorker:
         *,
         prompt_ids: Sequence[str] | None = None,
         max_tokens: int = 64,
-        token_rule: Mapping[str, Any] | None = None,
+        strategy: TemperatureStrategy | None = None,
         top_p: float = 1.0,
         top_k: int = -1,
         seed: int | None = None,
         ignore_eos: bool = False,
-        learned: Mapping[str, Any] | None = None,
     ) -> list[list[Rollout]]:
-        """Sample ``len(temperatures[i])`` responses for prompt ``i``, the j-th at ``temperatures[i][j]``.
+        """Sample ``len(temperatures[i])`` responses for prompt ``i``, the j-th at rollout temperature
+        ``temperatures[i][j]``.
 
-        ``token_rule`` (kwargs of :class:`rlvr_temp.temperature.TokenTemperatureRule`) switches on the
-        entropy rule (mode ``token``); the rollout temperature then shifts both of its temperatures. A
-        temperature of 0 means greedy decoding (recorded as 0; its log-probs are at temperature 1).
-        ``learned`` (``t_low``, ``t_high``, ``t_min``, ``t_max``, ``base``) samples every token at the TTM head's
-        temperature mapped into ``[t_low, t_high]`` (the engine must have been built with ``ttm``).
-        ``seed`` makes sampling reproducible (one derived seed per response); ``ignore_eos`` generates exactly
-        ``max_tokens`` (benchmarks). Invalid settings raise
+        ``strategy`` (the run's :class:`~rlvr_temp.temperature.TemperatureStrategy`) says what each request asks
+        of the processor on top of its rollout temperature (the token rule, the learned head); without one every
+        token is sampled at its response's temperature. A temperature of 0 means greedy decoding (recorded as 0;
+        its log-probs are at temperature 1). ``seed`` makes sampling reproducible (one derived seed per
+        response); ``ignore_eos`` generates exactly ``max_tokens`` (benchmarks). Invalid settings raise
         ``ValueError`` before anything is generated.
         """
         from vllm import SamplingParams
-
-        from rlvr_temp.temperature import TokenTemperatureRule
 
         if len(prompts) != len(temperatures):
             raise ValueError(f"{len(prompts)} prompts but {len(temperatures)} temperature lists")
         if max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
-        if token_rule is not None:
-            token_rule = dict(token_rule)
-            TokenTemperatureRule(**token_rule)  # validates
-        if learned is not None:
-            if token_rule is not None:
-                raise ValueError("the token rule and the learned temperature are exclusive")
-            if not getattr(self, "has_ttm", False):
-                raise ValueError("learned temperatures need an engine built with ttm=... (temperature.mode=learned)")
-            learned = {k: float(v) for k, v in learned.items()}
+        if strategy is not None and strategy.engine_settings() is not None and not self.has_ttm:
+            raise ValueError(f"temperature mode {strategy.name!r} needs an engine built with its engine_settings()")
         ids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(prompts))]
         requests, params, meta = [], [], []
         for i, (prompt, temps) in enumerate(zip(prompts, temperatures)):
@@ -167,23 +130,28 @@ class RolloutWorker:
             request = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_token_ids": list(prompt)}
             for j, t in enumerate(temps):
                 t = _check_temperature(t, f"prompt {i} response {j} temperature")
-                if token_rule is not None and t == 0:
-                    raise ValueError("greedy (temperature 0) cannot be combined with the token rule")
                 self._uid += 1
                 uid = f"r{self._uid}"
                 common = dict(max_tokens=max_tokens, logprobs=0, top_p=top_p, top_k=top_k, ignore_eos=ignore_eos)
                 if seed is not None:
-                    common["seed"] = (seed * 1_000_003 + i * 1009 + j) % (2**31)
+                    common["seed"] = derive_seed(seed, i, j)
                 if t == 0:
+                    if strategy is not None and "token_rule" in strategy.request_spec(1.0):
+                        raise ValueError("greedy (temperature 0) cannot be combined with the token rule")
                     sp = SamplingParams(temperature=0.0, **common)
                 else:
-                    spec = {"uid": uid, "temperature": t, "token_rule": token_rule, "learned": learned}
-                    sp = SamplingParams(temperature=1.0, extra_args={"rlvr_temp": spec}, **common)
+                    spec = {"uid": uid, **(strategy.request_spec(t) if strategy else {"temperature": t})}
+                    vllm_processor.parse_request({vllm_processor.EXTRA_KEY: spec})  # fail here, not in the engine
+                    sp = SamplingParams(temperature=1.0, extra_args={vllm_processor.EXTRA_KEY: spec}, **common)
                 requests.append(request)
                 params.append(sp)
                 meta.append((i, uid, t))
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
-        records = self.processor.drain()
+        try:
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
+        finally:
+            records = self.processor.drain()
+            # every request of this call has finished: release its rows and per-sequence windows
+            self.processor.release([uid for _, uid, _ in meta])
         groups: list[list[Rollout]] = [[] for _ in prompts]
         for out, (i, uid, t) in zip(outputs, meta):
             comp = out.outputs[0]
@@ -214,15 +182,14 @@ class RolloutWorker:
     def update_weights(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> int:
         """Load new weights (HF names, plain dtype) into the live engine; prefix cache is invalidated."""
         items = weights.items() if isinstance(weights, Mapping) else weights
-        t0 = time.perf_counter()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(items))})
         self.llm.reset_prefix_cache()
         self.weights_version += 1
-        self.last_sync_s = time.perf_counter() - t0
         return self.weights_version
 
     # ------------------------------------------------------------------------------------------ state
     def temperature_state(self) -> dict[str, Any]:
+        """The processor's entropy windows (for checkpoints)."""
         return self.processor.state_dict()
 
     def load_temperature_state(self, state: dict[str, Any]) -> None:
@@ -230,8 +197,11 @@ class RolloutWorker:
 
     def reset_temperature_state(self) -> None:
         """Forget every entropy window and pending record (a new run reusing this engine)."""
-        self.processor.rules.clear()
-        self.processor.drain()
+        self.processor.reset()
+
+    def open_windows(self) -> int:
+        """Per-sequence entropy windows the processor holds (0 between ``generate`` calls)."""
+        return self.processor.open_windows()
 
     def version(self) -> int:
         """How many weight updates this engine has received."""
@@ -244,7 +214,7 @@ class RolloutWorker:
 #: vLLM warnings that every engine of this project triggers and that need no action, by logger: the in-place
 #: weight reload's ``RotaryEmbedding`` line at every sync (the rotary cos/sin cache is computed, not loaded, and
 #: is kept as it was -- greedy outputs after a sync equal a fresh engine's, tests/test_rollout_e2e.py), and the
-#: CPU worker's refusal of ``torch.set_num_threads`` (it pins its own OpenMP threads; STACK_NOTES).
+#: CPU worker's refusal of ``torch.set_num_threads`` (it pins its own OpenMP threads; docs/stack.md).
 BENIGN_VLLM_WARNINGS = {
     "vllm.model_executor.model_loader.reload.layerwise": "RotaryEmbedding: Failed to load weights",
     "vllm.v1.worker.cpu_worker": "CPU backend doesn't allow to use `torch.set_num_threads`",
@@ -271,20 +241,6 @@ def quiet_vllm_logs(level: str | None) -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in log.filters):
             log.addFilter(_DropPrefix(prefix))
-
-
-def write_rollout_dump(path: str | Path, groups: Sequence[Sequence[Rollout]], step: int) -> Path:
-    """One jsonl line per response (researchers inspect these); written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for group in groups:
-            for r in group:
-                row = {"step": step, **r.to_json()}
-                f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def remote_worker(num_cpus: float = 1.0, num_gpus: float = 0.0) -> Any:

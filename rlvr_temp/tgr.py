@@ -27,10 +27,9 @@ See ``docs/tgr.md`` for what differs from the seed script and why.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -42,7 +41,8 @@ import torch.nn.functional as F
 import yaml
 from pydantic import Field, model_validator
 
-from rlvr_temp.config import ConfigError, Section, load_config
+from rlvr_temp.config import ConfigError, PolicyConfig, Section, load_config
+from rlvr_temp.learner import load_policy
 from rlvr_temp.temperature.ttm import (
     TokenTemperatureHead,
     gsot_mask,
@@ -51,6 +51,8 @@ from rlvr_temp.temperature.ttm import (
     temperature_regularization,
     to_sampling_range,
 )
+from rlvr_temp.tiny_model import TinyModelSettings, build_tokenizer, collate_sft, make_model
+from rlvr_temp.utils import atomic_dir, lr_factor
 
 WIKIQA_DIR = Path(__file__).resolve().parent / "bundled" / "wikiqa"
 WIKIQA_FILES = {"train": "WikiQA-train.txt", "dev": "WikiQA-dev.txt", "test": "WikiQA-test.txt"}
@@ -102,20 +104,6 @@ def encode_examples(rows: Sequence[dict[str, str]], tokenizer: Any, max_len: int
     return out
 
 
-def collate_sft(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels``: labels hold the answer tokens only, -100 on
-    prompt and padding positions (whatever the pad id is -- it may equal EOS)."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for row, (ids, n_prompt) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
 # ---------------------------------------------------------------------------------------------------- config
 class TGRModelConfig(Section):
     path: str = Field(
@@ -136,19 +124,14 @@ class TGRModelConfig(Section):
         return self
 
 
-class TGRLearnerConfig(Section):
+class TGRLearnerConfig(PolicyConfig):
+    """The RL learner's policy settings (``config.PolicyConfig``), with all weights trained by default."""
+
     mode: Literal["full", "lora", "qlora"] = Field(
-        "full", description="`full`: all weights; `lora`: LoRA on a plain base; `qlora`: LoRA on an NF4, "
-        "double-quantised base (bitsandbytes, the seed script's 4-bit setup)."
-    )  # fmt: skip
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    lora_targets: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Modules that get LoRA adapters.",
+        "full",
+        description="`full`: all weights; `lora`: LoRA on a plain base; `qlora`: LoRA on an NF4, "
+        "double-quantised base (bitsandbytes, the seed script's 4-bit setup).",
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
 
 
 class TTMConfig(Section):
@@ -162,9 +145,11 @@ class TTMConfig(Section):
     )
     lr: float | None = Field(None, gt=0, description="Learning rate of the head (None: `training.lr`).")
     calibration_weight: float = Field(
-        1.0, ge=0, description="Weight of the calibration loss that trains the head (0: only the regulariser acts "
-        "on it, so it stays at t0)."
-    )  # fmt: skip
+        1.0,
+        ge=0,
+        description="Weight of the calibration loss that trains the head (0: only the regulariser acts "
+        "on it, so it stays at t0).",
+    )
     sampling_low: float = Field(0.5, gt=0, description="Sampling temperature the head's `t_min` maps to.")
     sampling_high: float = Field(1.5, gt=0, description="Sampling temperature the head's `t_max` maps to.")
     detach_hidden: bool = Field(
@@ -182,12 +167,16 @@ class TTMConfig(Section):
 
 class GSoTConfig(Section):
     enabled: bool = Field(True, description="Down-weight the LM loss of cold tokens (Guided Sequence of Thought).")
-    threshold: float = Field(0.4, gt=0, lt=1, description="Tokens whose mean TTM temperature is below are cold "
-                             "(seed: 0.4).")  # fmt: skip
+    threshold: float = Field(
+        0.4, gt=0, lt=1, description="Tokens whose mean TTM temperature is below are cold (seed: 0.4)."
+    )
     cold_weight: float = Field(
-        0.1, ge=0, le=1, description="LM-loss weight of cold tokens (0: excluded; 1: GSoT off). The weighted loss "
-        "is normalised by the weights' sum, so with 0 a batch whose tokens are all cold teaches the policy nothing."
-    )  # fmt: skip
+        0.1,
+        ge=0,
+        le=1,
+        description="LM-loss weight of cold tokens (0: excluded; 1: GSoT off). The weighted loss "
+        "is normalised by the weights' sum, so with 0 a batch whose tokens are all cold teaches the policy nothing.",
+    )
 
 
 class TGRDataConfig(Section):
@@ -243,25 +232,15 @@ def _prepare_base(cfg: TGRConfig, run_dir: Path) -> str:
     """Model directory to load: ``cfg.model.path``, or the random-init tiny Llama written to ``base_model/``."""
     if cfg.model.path != TINY_WIKIQA:
         return cfg.model.path
-    from rlvr_temp.tiny_model import TinyModelSettings, _make_model, build_tokenizer
-
     base = run_dir / "base_model"
     tokenizer = build_tokenizer()
-    _make_model(TinyModelSettings(seed=cfg.training.seed), tokenizer).save_pretrained(base, safe_serialization=True)
+    make_model(TinyModelSettings(seed=cfg.training.seed), tokenizer).save_pretrained(base, safe_serialization=True)
     tokenizer.save_pretrained(base)
     return str(base)
 
 
 def _load_policy(cfg: TGRConfig, model_path: str, device: torch.device) -> torch.nn.Module:
-    from rlvr_temp.learner import LearnerSettings, load_policy
-
-    lc = cfg.learner
-    settings = LearnerSettings(
-        mode=lc.mode, dtype=cfg.model.dtype, lora_r=lc.lora_r, lora_alpha=lc.lora_alpha, lora_dropout=lc.lora_dropout,
-        lora_targets=tuple(lc.lora_targets), gradient_checkpointing=lc.gradient_checkpointing,
-        seed=cfg.training.seed, trust_remote_code=cfg.model.trust_remote_code,
-    )  # fmt: skip
-    return load_policy(model_path, settings, device)
+    return load_policy(model_path, cfg.model, cfg.learner, device)
 
 
 def _batches(examples: list[tuple[list[int], int]], batch_size: int, seed: int) -> Iterator[list]:
@@ -277,10 +256,8 @@ def sft_loss(
     model: torch.nn.Module, head: TokenTemperatureHead, batch: dict[str, torch.Tensor], cfg: TGRConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The TGR training loss of one batch (see the module docstring) and its parts as floats."""
-    out = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-        output_hidden_states=True, use_cache=False,
-    )  # fmt: skip
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
     hidden = out.hidden_states[-1]
     temps = head(hidden.detach() if cfg.ttm.detach_hidden else hidden)  # [B, L, heads], fp32
     token_t = temps.mean(dim=-1)
@@ -300,9 +277,18 @@ def sft_loss(
     loss = lm + cfg.ttm.calibration_weight * calib + reg
     real, tt = batch["attention_mask"].bool(), token_t.detach()
     cold = gsot_mask(tt[:, :-1], valid, cfg.gsot.threshold)
-    scalars = {"loss": loss, "lm_loss": nll.mean(), "lm_loss_gsot": lm, "calib_loss": calib, "reg": reg,
-               "temp_mean": tt[real].mean(), "temp_std": tt[real].std(), "answer_temp_mean": t_pred.mean(),
-               "sampling_temp_mean": t_sample.mean(), "cold_share": cold.sum() / valid.sum().clamp(min=1)}  # fmt: skip
+    scalars = {
+        "loss": loss,
+        "lm_loss": nll.mean(),
+        "lm_loss_gsot": lm,
+        "calib_loss": calib,
+        "reg": reg,
+        "temp_mean": tt[real].mean(),
+        "temp_std": tt[real].std(),
+        "answer_temp_mean": t_pred.mean(),
+        "sampling_temp_mean": t_sample.mean(),
+        "cold_share": cold.sum() / valid.sum().clamp(min=1),
+    }
     parts = {k: float(v.detach()) for k, v in scalars.items()}
     parts["answer_tokens"] = int(valid.sum())
     return loss, parts
@@ -329,19 +315,23 @@ def evaluate_sft(
     return _mean_parts(parts) if parts else {}
 
 
-def save_sft_checkpoint(model: torch.nn.Module, head: TokenTemperatureHead, tokenizer: Any, cfg: TGRConfig,
-                        ckpt_dir: Path, info: dict[str, Any]) -> Path:  # fmt: skip
-    """Write policy (``full``) or adapter safetensors, tokenizer, head, config and info; replaces ``ckpt_dir``."""
-    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sub = tmp / ("policy" if cfg.learner.mode == "full" else "adapter")
-    model.save_pretrained(sub, safe_serialization=True)
-    tokenizer.save_pretrained(sub)
-    save_head(head, tmp / "ttm_head.safetensors")
-    (tmp / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-    (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    os.replace(tmp, ckpt_dir)
+def save_sft_checkpoint(
+    model: torch.nn.Module,
+    head: TokenTemperatureHead,
+    tokenizer: Any,
+    cfg: TGRConfig,
+    ckpt_dir: Path,
+    info: dict[str, Any],
+) -> Path:
+    """Write policy (``full``) or adapter safetensors, tokenizer, head, config and info; replaces ``ckpt_dir``
+    atomically (written beside it, then renamed into place)."""
+    with atomic_dir(ckpt_dir) as tmp:
+        sub = tmp / ("policy" if cfg.learner.mode == "full" else "adapter")
+        model.save_pretrained(sub, safe_serialization=True)
+        tokenizer.save_pretrained(sub)
+        save_head(head, tmp / "ttm_head.safetensors")
+        (tmp / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        (tmp / "checkpoint.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return ckpt_dir
 
 
@@ -371,11 +361,11 @@ def train_sft(cfg: TGRConfig) -> Path:
     policy_params = [p for p in model.parameters() if p.requires_grad]
     if not policy_params:
         raise RuntimeError(f"the policy has no trainable parameters (learner.mode={cfg.learner.mode})")
-    optimizer = torch.optim.AdamW(
-        [{"params": policy_params, "lr": tc.lr, "weight_decay": tc.weight_decay},
-         {"params": list(head.parameters()), "lr": t.lr or tc.lr, "weight_decay": 0.0}],
-    )  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
+    policy_group = {"params": policy_params, "lr": tc.lr, "weight_decay": tc.weight_decay}
+    head_group = {"params": list(head.parameters()), "lr": t.lr or tc.lr, "weight_decay": 0.0}
+    optimizer = torch.optim.AdamW([policy_group, head_group])
+    warmup = functools.partial(lr_factor, warmup_steps=tc.warmup_steps, total_steps=tc.steps)  # then constant
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
     batches = _batches(train, tc.batch_size, tc.seed)
     info = {"base_model": model_path, "mode": cfg.learner.mode, "train_examples": len(train), "step": 0}
     ckpt_dir = run_dir / "checkpoint"
@@ -396,8 +386,9 @@ def train_sft(cfg: TGRConfig) -> Path:
             head_norm = torch.nn.utils.clip_grad_norm_(head.parameters(), tc.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            row = {"step": step, **_mean_parts(parts), "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                   "head_grad_norm": float(head_norm), "step_time_s": round(time.time() - t_step, 4)}  # fmt: skip
+            row = {"step": step, **_mean_parts(parts), "lr": scheduler.get_last_lr()[0]}
+            row |= {"grad_norm": float(grad_norm), "head_grad_norm": float(head_norm)}
+            row["step_time_s"] = round(time.time() - t_step, 4)
             scheduler.step()
             log.write(json.dumps(row) + "\n")
             log.flush()
@@ -409,11 +400,8 @@ def train_sft(cfg: TGRConfig) -> Path:
     info |= {"step": tc.steps, "train_seconds": round(time.time() - t_start, 2)}
     if cfg.data.eval_limit:
         held_out = encode_examples(load_wikiqa(cfg.data.eval_split, cfg.data.eval_limit), tokenizer, tc.max_len)
-        result = {
-            "split": cfg.data.eval_split,
-            "examples": len(held_out),
-            **evaluate_sft(model, head, held_out, cfg, pad_id),
-        }
+        scores = evaluate_sft(model, head, held_out, cfg, pad_id)
+        result = {"split": cfg.data.eval_split, "examples": len(held_out), **scores}
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         info["eval"] = result
     return save_sft_checkpoint(model, head, tokenizer, cfg, ckpt_dir, info)

@@ -1,31 +1,36 @@
 """The training loop, in one file: rollouts -> verifier -> advantages -> learner update -> weight sync -> metrics.
 
-Per step ``s``:
+The driver process runs :class:`Trainer`; rollout workers (vLLM engines) and the learner are Ray actors. A step,
+phase by phase (each phase is a method, timed under its name in the ``time/*`` metrics):
 
-1. the temperature schedule gives the base temperature ``T_s`` (SPEC §4); each prompt's ``G`` responses get
-   their rollout temperatures (all ``T_s``, or the mixture around it, SPEC §3);
-2. rollout workers (Ray actors around vLLM) sample them; in ``token`` modes the entropy rule sets every token's
-   temperature inside vLLM (SPEC §1) and every token's temperature, entropy and log-prob come back;
-3. the verifier (math-verify in worker processes, hard time bound) scores the last ``\\boxed{}``; rewards are
-   shaped (binary / signed, format penalty, DAPO overlong penalty);
-4. DAPO dynamic sampling keeps groups whose rewards differ, generating more prompts (bounded) to fill the batch;
-5. group-normalised advantages (GRPO / Dr.GRPO) over each prompt's whole group, all temperatures together;
-6. the learner recomputes log-probs at the same per-token temperatures (on-policy, SPEC §2) and updates;
-7. merged plain-dtype weights go to every rollout worker (in place, no engine restart);
-8. metrics go to ``metrics.jsonl`` / TensorBoard, and a progress bar shows reward and ETA.
+1. ``generate``: the temperature strategy gives the step's base temperature ``T_s`` and each response's rollout
+   temperature; the rollout workers sample the responses and record every token's temperature, entropy and
+   log-prob (docs/temperature.md);
+2. ``verify``: the verifier scores the last ``\\boxed{}``; rewards are shaped (binary / signed, format penalty, DAPO
+   overlong penalty). DAPO dynamic sampling repeats 1-2 for more prompts (bounded) until the batch holds enough
+   groups whose rewards differ;
+3. ``learn``: group-normalised advantages over each prompt's whole group make a :class:`~rlvr_temp.batch.TrainBatch`;
+   the learner recomputes log-probs at the recorded temperatures (on-policy) and updates;
+4. ``sync``: the learner's merged plain-dtype weights go to every rollout worker (in place, no engine restart);
+5. metrics go to ``metrics.jsonl`` / TensorBoard, a progress bar shows reward and ETA; checkpoints as configured.
+
+Left out on purpose: no buffer of surplus groups between steps (verl's DAPO recipe drops them too), no asynchronous
+(off-by-one-step) rollouts. docs/loop.md walks through a step with the files involved.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import AutoTokenizer
 
 from rlvr_temp import losses
+from rlvr_temp.batch import Groups, TrainBatch, select_groups, write_rollout_dump
 from rlvr_temp.checkpoint import (
     check_compatible,
     find_resume,
@@ -35,140 +40,51 @@ from rlvr_temp.checkpoint import (
     set_rng_state,
 )
 from rlvr_temp.config import RunConfig, save_config
-from rlvr_temp.metrics import MetricsLogger, rollout_metrics
-from rlvr_temp.rollout import Rollout, write_rollout_dump
-from rlvr_temp.temperature import make_schedule, rollout_temperatures
+from rlvr_temp.data import PromptStream
+from rlvr_temp.evaluate import evaluate_run
+from rlvr_temp.launch import init_ray, load_train_prompts, resolve_model, start_learner, start_workers
+from rlvr_temp.metrics import MetricsLogger, rollout_metrics, truncate_metrics
+from rlvr_temp.temperature import make_strategy
+from rlvr_temp.utils import GracefulStop, derive_seed, timed
+from rlvr_temp.verify import Verifier, last_boxed, shape_reward
 
 log = logging.getLogger("rlvr_temp.trainer")
 
 
-# ------------------------------------------------------------------------------------------------- set-up
-def resolve_model(path: str) -> str:
-    """``tiny`` -> the embedded model (built if missing); otherwise a local Hugging Face directory."""
-    if path == "tiny":
-        from rlvr_temp.tiny_model import ensure_tiny_model
-
-        return str(ensure_tiny_model())
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"model.path {path!r}: no such directory (models load from local paths only)")
-    return path
-
-
-def load_train_rows(cfg: RunConfig) -> list[dict[str, Any]]:
-    """Training prompts as rows with ``id``, ``question``, ``ground_truth``."""
-    d = cfg.data
-    if d.train == "synthetic":
-        from rlvr_temp import synthetic
-
-        s = d.synthetic
-        rows = synthetic.generate(s.n_train, levels=s.levels, seed=s.seed, split="train")
-        rows = [{"id": r["id"], "question": r["question"], "ground_truth": r["answer"]} for r in rows]
-    else:
-        from rlvr_temp.data import load_prompts
-
-        ds = load_prompts(d.train, question_key=d.question_key, answer_key=d.answer_key, limit=d.limit)
-        rows = [dict(r) for r in ds]
-    if d.limit is not None:
-        rows = rows[: d.limit]
-    if not rows:
-        raise ValueError(f"data.train {d.train!r} gave no rows")
-    return rows
-
-
-def init_ray(cfg: RunConfig) -> None:
-    """Join ``ray.address`` / ``RAY_ADDRESS`` if given, else start a local cluster (no dashboard)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "RLVR_TEMP_CACHE") if k in os.environ}
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
-
-
-def ttm_settings(cfg: RunConfig) -> dict[str, Any] | None:
-    """Engine-side TTM head settings in ``learned`` mode (None otherwise)."""
-    if cfg.temperature.mode != "learned":
-        return None
-    lc = cfg.temperature.learned
-    return {"heads": lc.heads, "t_min": lc.t_min, "t_max": lc.t_max, "init_temperature": lc.init_temperature}
-
-
-def start_workers(cfg: RunConfig, model_path: str, ttm: dict[str, Any] | None = None) -> list[Any]:
-    """Start ``rollout.num_workers`` rollout actors with the recipe's engine settings and resources."""
-    from rlvr_temp.rollout import remote_worker
-
-    rc, ec = cfg.ray, cfg.rollout.engine
-    worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus)
-    return [
-        worker_cls.remote(
-            model_path, dtype=cfg.model.dtype, max_model_len=cfg.model.max_model_len, seed=cfg.trainer.seed + i,
-            kv_cache_gib=ec.kv_cache_gib, gpu_memory_utilization=ec.gpu_memory_utilization,
-            enforce_eager=ec.enforce_eager, enable_prefix_caching=ec.enable_prefix_caching,
-            max_num_seqs=ec.max_num_seqs, tensor_parallel_size=ec.tensor_parallel_size,
-            num_threads=max(1, int(rc.rollout_cpus)), trust_remote_code=cfg.model.trust_remote_code, ttm=ttm,
-            log_level=cfg.logging.engine_log_level,
-        )
-        for i in range(cfg.rollout.num_workers)
-    ]  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------- trainer
 class Trainer:
-    """Owns the actors and the loop state of one run."""
+    """Owns the actors and the loop state of one run (driver process)."""
 
     def __init__(self, cfg: RunConfig, workers: list[Any] | None = None) -> None:
-        """Start (or, with ``workers``, reuse — their entropy windows are reset) the rollout workers, start the
+        """Start (or, with ``workers``, reuse -- their entropy windows are reset) the rollout workers, start the
         learner, resume from a checkpoint when there is one, and sync the learner's weights to the engines."""
-        import ray
-        from transformers import AutoTokenizer
-
-        from rlvr_temp.data import PromptStream, format_prompt
-        from rlvr_temp.learner import LearnerSettings, remote_learner
-        from rlvr_temp.verify import Verifier
-
         self.cfg = cfg
         self.run_dir = Path(cfg.trainer.run_dir)
         ckpt_path = find_resume(self.run_dir, cfg.trainer.resume)
         ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
         if ckpt is not None:
             check_compatible(ckpt["config"], cfg, ckpt_path)  # before anything is started or written
+        for warning in cfg.warnings():
+            log.warning("%s", warning)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir)
-        torch.manual_seed(cfg.trainer.seed)
+        torch.manual_seed(derive_seed(cfg.trainer.seed, "driver"))
+        self.strategy = make_strategy(cfg.temperature)
         self.model_path = resolve_model(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.rows = load_train_rows(cfg)
-        self.prompts = {
-            r["id"]: format_prompt(
-                r["question"], self.tokenizer, template=cfg.data.prompt_template, suffix=cfg.data.prompt_suffix,
-                use_chat_template=cfg.data.use_chat_template,
-            )
-            for r in self.rows
-        }  # fmt: skip
-        self.stream = PromptStream(self.rows, cfg.rollout.prompts_per_step, seed=cfg.trainer.seed,
-                                   shuffle=cfg.data.shuffle)  # fmt: skip
-        self.schedule = make_schedule(cfg.temperature.schedule.kind, **self._schedule_kwargs())
+        rows, self.prompts = load_train_prompts(cfg, self.tokenizer)
+        self.stream = PromptStream(rows, cfg.rollout.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         self.verifier = Verifier(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s)
         init_ray(cfg)
-        rc = cfg.ray
         self._own_workers = workers is None
         if workers is None:
-            self.workers = start_workers(cfg, self.model_path, ttm_settings(cfg))
+            self.workers = start_workers(cfg, self.model_path, self.strategy)
+        elif len(workers) != cfg.rollout.num_workers:
+            raise ValueError(f"{len(workers)} workers given, rollout.num_workers is {cfg.rollout.num_workers}")
         else:
-            if len(workers) != cfg.rollout.num_workers:
-                raise ValueError(f"{len(workers)} workers given, rollout.num_workers is {cfg.rollout.num_workers}")
             self.workers = list(workers)
             ray.get([w.reset_temperature_state.remote() for w in self.workers])
-        self.learner = remote_learner(rc.learner_cpus, rc.learner_gpus).remote(
-            self.model_path, LearnerSettings.from_config(cfg), num_threads=max(1, int(rc.learner_cpus))
-        )
+        self.learner = start_learner(cfg, self.model_path)
         self.step = 0
-        self._stop_signal: int | None = None
         try:
             ray.get([w.ping.remote() for w in self.workers] + [self.learner.ping.remote()])
             if ckpt is not None:
@@ -181,276 +97,185 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def restore(self, ckpt: dict[str, Any]) -> None:
-        """Continue from a loaded checkpoint: learner, stream, RNG, entropy windows, step, metrics."""
-        import ray
-
+        """Continue from a loaded checkpoint: learner, stream, RNG, entropy windows, step; later metrics rows go."""
         ts = ckpt["trainer_state"]
-        ray.get(self.learner.set_state.remote(ckpt["learner_state"]))
-        self.stream.load_state_dict(ts["stream"])
-        set_rng_state(ts["rng"])
         temps = ts["temperature"]
         if len(temps) != len(self.workers):
             raise ValueError(f"checkpoint has {len(temps)} rollout workers' state, this run has {len(self.workers)}")
+        ray.get(self.learner.set_state.remote(ckpt["learner_state"]))
+        self.stream.load_state_dict(ts["stream"])
+        set_rng_state(ts["rng"])
         ray.get([w.load_temperature_state.remote(t) for w, t in zip(self.workers, temps)])
         self.step = int(ts["step"])
-        self._truncate_metrics(self.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metrics rows of steps after the checkpoint (written before a crash), atomically."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        import json
-
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line)["step"] < step:
-                    keep.append(line)
-            except (ValueError, KeyError):
-                continue
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        tmp.replace(path)
+        truncate_metrics(self.run_dir, self.step)
 
     def save(self) -> Path:
-        """Write a checkpoint of the current state (after ``self.step`` completed steps)."""
-        import ray
-
-        learner_state = ray.get(self.learner.get_state.remote())
+        """Write a checkpoint of the state after ``self.step`` completed steps (learner state comes from its actor)."""
         trainer_state = {
-            "step": self.step, "stream": self.stream.state_dict(), "rng": rng_state(),
+            "step": self.step,
+            "stream": self.stream.state_dict(),
+            "rng": rng_state(),
             "temperature": ray.get([w.temperature_state.remote() for w in self.workers]),
             "metrics_rows": self.step,
-        }  # fmt: skip
-        return save_checkpoint(self.run_dir, self.step, learner_state=learner_state, trainer_state=trainer_state,
-                               config=self.cfg, keep=self.cfg.checkpoint.keep)  # fmt: skip
-
-    def _schedule_kwargs(self) -> dict[str, Any]:
-        s, base = self.cfg.temperature.schedule, self.cfg.temperature.base
-        if s.kind == "constant":
-            return {"start": base}
-        if s.kind == "spike":
-            return {"start": base, "every": s.every, "increment": s.increment}
-        return {"start": base, "end": s.end, "steps": s.steps}
+        }
+        learner_state = ray.get(self.learner.get_state.remote())
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            learner_state=learner_state,
+            trainer_state=trainer_state,
+            config=self.cfg,
+            keep=self.cfg.checkpoint.keep,
+        )
 
     # ------------------------------------------------------------------------------------------ phases
-    def token_rule(self, base_t: float) -> dict[str, Any] | None:
-        tc = self.cfg.temperature
-        if tc.mode not in ("token", "token+mixture"):
-            return None
-        t = tc.token
-        shift = base_t - tc.base  # the schedule moves the rule's temperatures with the base
-        return {
-            "t_low": t.t_low + shift, "t_high": t.t_high + shift, "hot_fraction": t.hot_fraction,
-            "window": t.window, "scope": t.scope, "base_temperature": base_t, "warmup_tokens": t.warmup_tokens,
-        }  # fmt: skip
-
-    def learned_spec(self) -> dict[str, float] | None:
-        """Per-request mapping of the head's output to sampling temperatures in ``learned`` mode."""
-        tc = self.cfg.temperature
-        if tc.mode != "learned":
-            return None
-        lc = tc.learned
-        return {"t_low": lc.t_low, "t_high": lc.t_high, "t_min": lc.t_min, "t_max": lc.t_max, "base": tc.base}
-
-    def group_temperatures(self, base_t: float) -> list[float]:
-        tc, g = self.cfg.temperature, self.cfg.rollout.group_size
-        if tc.mode in ("mixture", "token+mixture"):
-            spec = "offsets" if tc.mixture.kind == "offsets" else tc.mixture.counts
-            nominal = None if tc.mixture.kind == "offsets" else tc.base
-            return rollout_temperatures(g, base_t, spec, offset_step=tc.mixture.step, nominal_base=nominal)
-        return rollout_temperatures(g, base_t, None)
-
-    def generate(self, rows: list[dict], base_t: float, seed: int) -> list[list[Rollout]]:
-        import ray
-
-        temps = self.group_temperatures(base_t)
-        rule = self.token_rule(base_t)
+    def generate(self, rows: list[dict[str, Any]], base_t: float, seed: int) -> Groups:
+        """Rollout workers (in parallel, prompts split round-robin) sample each row's ``G`` responses at the
+        strategy's rollout temperatures around ``base_t``. Returns one group of :class:`Rollout` per row."""
+        temps = self.strategy.group_temperatures(base_t, self.cfg.rollout.group_size)
         n_w = len(self.workers)
         shards = [rows[i::n_w] for i in range(n_w)]
         futures = [
             w.generate.remote(
-                [self.prompts[r["id"]] for r in shard], [temps] * len(shard), prompt_ids=[r["id"] for r in shard],
-                max_tokens=self.cfg.rollout.max_response_len, token_rule=rule, top_p=self.cfg.rollout.top_p,
-                top_k=self.cfg.rollout.top_k, seed=seed * 101 + k, learned=self.learned_spec(),
+                [self.prompts[r["id"]] for r in shard],
+                [temps] * len(shard),
+                prompt_ids=[r["id"] for r in shard],
+                max_tokens=self.cfg.rollout.max_response_len,
+                strategy=self.strategy,
+                top_p=self.cfg.rollout.top_p,
+                top_k=self.cfg.rollout.top_k,
+                seed=derive_seed(seed, "worker", k),
             )
-            for k, (w, shard) in enumerate(zip(self.workers, shards)) if shard
-        ]  # fmt: skip
-        groups: list[list[Rollout]] = [g for part in ray.get(futures) for g in part]
+            for k, (w, shard) in enumerate(zip(self.workers, shards))
+            if shard
+        ]
+        groups: Groups = [[] for _ in rows]
+        for k, part in enumerate(ray.get(futures)):
+            for j, group in enumerate(part):
+                groups[k + j * n_w] = group  # worker k got rows k, k + n_w, k + 2 n_w, ...
         return groups
 
-    def score(self, groups: list[list[Rollout]], truth: dict[str, str]) -> dict[str, float]:
-        from rlvr_temp.verify import last_boxed, shape_reward
-
+    def score(self, groups: Groups, truth: dict[str, str]) -> dict[str, float]:
+        """Verify every response against its prompt's ground truth (driver's verifier pool) and set its shaped
+        reward; returns the verifier's counters for this call."""
         flat = [r for g in groups for r in g]
         before = dict(self.verifier.stats)
         correct = self.verifier.score_batch([r.text for r in flat], [truth[r.prompt_id] for r in flat])
         rc, ol = self.cfg.reward, self.cfg.algorithm.overlong
-        max_len = self.cfg.rollout.max_response_len
-        for r, c in zip(flat, correct):
+        lengths = torch.tensor([float(len(r.token_ids)) for r in flat])
+        overlong = losses.overlong_penalty(lengths, self.cfg.rollout.max_response_len, ol.buffer, ol.penalty)
+        for r, c, pen in zip(flat, correct, overlong.tolist()):
             r.extra["correct"] = c
-            r.reward = shape_reward(c, mode=rc.mode, has_boxed=last_boxed(r.text) is not None,
-                                    format_penalty=rc.format_penalty)  # fmt: skip
-            if ol.enabled:
-                length = torch.tensor([float(len(r.token_ids))])
-                r.reward += float(losses.overlong_penalty(length, max_len, ol.buffer, ol.penalty)[0])
+            has_boxed = last_boxed(r.text) is not None
+            r.reward = shape_reward(c, mode=rc.mode, has_boxed=has_boxed, format_penalty=rc.format_penalty)
+            r.reward += pen if ol.enabled else 0.0
         after = self.verifier.stats
-        return {"verify/timeouts": after["timeouts"] - before["timeouts"],
-                "verify/no_boxed": after["no_boxed"] - before["no_boxed"]}  # fmt: skip
+        return {f"verify/{k}": after[k] - before[k] for k in ("timeouts", "no_boxed")}
 
-    def build_batch(self, groups: list[list[Rollout]]) -> dict[str, list]:
-        flat = [r for g in groups for r in g]
-        rewards = torch.tensor([r.reward for r in flat], dtype=torch.float64)
-        gid = torch.tensor([i for i, g in enumerate(groups) for _ in g])
-        adv = losses.get_advantage(self.cfg.algorithm.advantage)(rewards, gid)
-        return {
-            "prompt_ids": [r.prompt_token_ids for r in flat],
-            "response_ids": [r.token_ids for r in flat],
-            "token_temperatures": [r.token_temperatures for r in flat],
-            "rollout_logprobs": [r.token_logprobs for r in flat],
-            "token_entropies": [r.token_entropies for r in flat],
-            "advantages": adv.float().tolist(),
-        }
+    def learn(self, groups: Groups, base_t: float) -> dict[str, float]:
+        """Advantages within each group, then one learner update on the resulting batch (learner actor)."""
+        batch = TrainBatch.from_groups(groups, self.cfg.algorithm.advantage)
+        return ray.get(self.learner.train_step.remote(batch, base_t))
 
-    def sync_weights(self) -> float:
-        import ray
-
-        t0 = time.perf_counter()
+    def sync_weights(self) -> None:
+        """Send the learner's merged weights to every rollout worker (through Ray's object store, once)."""
         ref = self.learner.export_weights.remote()
         ray.get([w.update_weights.remote(ref) for w in self.workers])
-        return time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
-        import ray
-
+        """One training step (driver): generate + verify (with dynamic sampling), learn, sync; returns metrics."""
         cfg, ac = self.cfg, self.cfg.algorithm
-        step_start = time.perf_counter()
-        base_t = float(self.schedule.value(self.step))
+        base_t = self.strategy.base_temperature(self.step)
         metrics: dict[str, float] = {"temperature/base": base_t}
-        timing = {"generate": 0.0, "verify": 0.0}
-        kept: list[list[Rollout]] = []
-        seen: list[list[Rollout]] = []
-        for round_ in range(1 + (ac.max_refill_rounds if ac.dynamic_sampling else 0)):
+        timing: dict[str, float] = {}
+
+        def next_round(k: int) -> Groups:
             rows = next(self.stream)
-            truth = {r["id"]: r["ground_truth"] for r in rows}
-            t0 = time.perf_counter()
-            groups = self.generate(rows, base_t, seed=cfg.trainer.seed * 1_000_003 + self.step * 17 + round_)
-            t1 = time.perf_counter()
-            for k, v in self.score(groups, truth).items():
-                metrics[k] = metrics.get(k, 0) + v
-            timing["generate"] += t1 - t0
-            timing["verify"] += time.perf_counter() - t1
-            seen += groups
-            if not ac.dynamic_sampling:
-                kept = groups
-                break
-            kept += [g for g in groups if len({r.reward for r in g}) > 1]
-            if len(kept) >= cfg.rollout.prompts_per_step:
-                break
-        kept = kept[: cfg.rollout.prompts_per_step]
-        rule = self.token_rule(base_t)
-        metrics.update(rollout_metrics(seen, t_low=rule and rule["t_low"], t_high=rule and rule["t_high"],
-                                       base_temperature=base_t))  # fmt: skip
-        metrics["train/groups_generated"] = len(seen)
-        metrics["train/groups_used"] = len(kept)
-        if cfg.rollout.dump:
-            write_rollout_dump(self.run_dir / "rollouts" / f"step_{self.step:06d}.jsonl", seen, self.step)
-        t2 = time.perf_counter()
-        if kept:
-            batch = self.build_batch(kept)
-            metrics.update(ray.get(self.learner.train_step.remote(batch, base_t)))
-            timing["learn"] = time.perf_counter() - t2
-            timing["sync"] = self.sync_weights()
-        else:
-            log.warning("step %d: no informative group after %d rounds; update skipped", self.step, round_ + 1)
-            metrics["train/skipped"] = 1.0
+            with timed(timing, "generate"):
+                groups = self.generate(rows, base_t, seed=derive_seed(cfg.trainer.seed, "rollout", self.step, k))
+            with timed(timing, "verify"):
+                for key, v in self.score(groups, {r["id"]: r["ground_truth"] for r in rows}).items():
+                    metrics[key] = metrics.get(key, 0.0) + v
+            return groups
+
+        with timed(timing, "step"):
+            kept, seen, rounds = select_groups(
+                next_round, cfg.rollout.prompts_per_step, ac.dynamic_sampling, ac.max_refill_rounds
+            )
+            metrics.update(rollout_metrics(seen, hot_bounds=self.strategy.hot_bounds(base_t), base_temperature=base_t))
+            metrics.update({"train/groups_generated": len(seen), "train/groups_used": len(kept)})
+            if cfg.rollout.dump:
+                write_rollout_dump(self.run_dir / "rollouts" / f"step_{self.step:06d}.jsonl", seen, self.step)
+            if kept:
+                with timed(timing, "learn"):
+                    metrics.update(self.learn(kept, base_t))
+                with timed(timing, "sync"):
+                    self.sync_weights()
+            else:
+                log.warning("step %d: no informative group after %d rounds; update skipped", self.step, rounds)
+                metrics["train/skipped"] = 1.0
         metrics.update({f"time/{k}": v for k, v in timing.items()})
-        metrics["time/step"] = time.perf_counter() - step_start
         self.step += 1
         return metrics
 
     def evaluate(self) -> dict[str, float]:
-        """Periodic evaluation with the first rollout worker (current weights, token rule off)."""
-        from rlvr_temp.evaluate import evaluate_with
-
-        ev, d = self.cfg.eval, self.cfg.data
-        t0 = time.perf_counter()
-        results = evaluate_with(
-            self.workers[0], self.tokenizer, self.verifier, ev.datasets, n=ev.n, temperature=ev.temperature,
-            top_p=ev.top_p, max_tokens=ev.max_tokens or self.cfg.rollout.max_response_len, limit=ev.limit,
-            template=d.prompt_template, suffix=d.prompt_suffix, use_chat_template=d.use_chat_template,
-            seed=self.cfg.trainer.seed * 7919 + self.step,
-        )  # fmt: skip
-        out = {f"{name}/{k}": v for name, r in results.items() for k, v in r.items()}
-        out["time"] = time.perf_counter() - t0
-        return out
+        """Periodic held-out evaluation on the first rollout worker (``eval`` section; current weights)."""
+        timing: dict[str, float] = {}
+        with timed(timing, "time"):
+            out = evaluate_run(self.workers[0], self.tokenizer, self.verifier, self.cfg, step=self.step)
+        return out | timing
 
     def run(self) -> Path:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+        """Train until ``trainer.total_steps`` (or a signal: finish the step, checkpoint, stop); returns the run dir."""
         cfg = self.cfg
-        logger = MetricsLogger(self.run_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
-                               run_name=cfg.trainer.name, config=cfg.to_dict())  # fmt: skip
-        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip
+        logger = MetricsLogger(
+            self.run_dir,
+            tensorboard=cfg.logging.tensorboard,
+            wandb=cfg.logging.wandb,
+            run_name=cfg.trainer.name,
+            config=cfg.to_dict(),
+        )
         name = cfg.trainer.name or self.run_dir.name
-        every = cfg.checkpoint.every
-        previous = self._install_signal_handlers()
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}")]
         try:
-            with Progress(*columns, disable=not cfg.logging.progress, transient=False) as bar:
+            with (
+                GracefulStop() as stop,
+                Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), disable=not cfg.logging.progress) as bar,
+            ):
                 task = bar.add_task(name, total=cfg.trainer.total_steps, completed=self.step)
                 while self.step < cfg.trainer.total_steps:
                     step = self.step
                     m = self.train_step()
                     logger.log(step, m)
-                    bar.update(task, advance=1, description=f"{name} reward {m.get('reward/mean', 0):.3f} "
-                               f"acc {m.get('acc/mean', 0):.3f}")  # fmt: skip
-                    ev = cfg.eval
-                    if ev.every and (self.step % ev.every == 0 or self.step == cfg.trainer.total_steps):
+                    reward, acc = m.get("reward/mean", 0), m.get("acc/mean", 0)
+                    bar.update(task, advance=1, description=f"{name} reward {reward:.3f} acc {acc:.3f}")
+                    every = cfg.eval.every
+                    if every and (self.step % every == 0 or self.step == cfg.trainer.total_steps):
                         logger.log(step, {f"eval/{k}": v for k, v in self.evaluate().items()}, merge=True)
-                    if self._stop_signal is not None:
-                        log.warning("signal %d: checkpoint after step %d, then stop", self._stop_signal, step)
+                    if stop.signum is not None:
+                        log.warning("signal %d: checkpoint after step %d, then stop", stop.signum, step)
                         break
-                    if every and self.step % every == 0 and self.step < cfg.trainer.total_steps:
+                    ck = cfg.checkpoint.every
+                    if ck and self.step % ck == 0 and self.step < cfg.trainer.total_steps:
                         self.save()
             self.save()
         except Exception as exc:
-            log.error("training stopped during step %d (%s: %s); finished steps are in %s and the newest "
-                      "checkpoint is resumed by running the same command again", self.step, type(exc).__name__,
-                      exc, logger.path)  # fmt: skip
+            log.error(
+                "training stopped during step %d (%s: %s); finished steps are in %s and the newest checkpoint is "
+                "resumed by running the same command again",
+                self.step,
+                type(exc).__name__,
+                exc,
+                logger.path,
+            )
             raise
         finally:
             logger.close()
-            self._restore_signal_handlers(previous)
         return self.run_dir
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGTERM / SIGINT finish the current step, checkpoint, and stop (main thread only)."""
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum: int, _frame: Any) -> None:
-            if self._stop_signal is not None:  # a second signal: stop now
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
-        import signal
-
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-
     def close(self) -> None:
-        import ray
-
+        """Stop the verifier pool and this run's actors (workers passed in by the caller are left running)."""
         self.verifier.close()
         for actor in [*(self.workers if self._own_workers else []), self.learner]:
             ray.kill(actor)

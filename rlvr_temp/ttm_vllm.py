@@ -55,10 +55,13 @@ def make_ttm_class(base_cls: type) -> type:
             cfg = vllm_config.model_config.hf_config
             s = dict(getattr(cfg, "rlvr_ttm", None) or {})
             self.ttm_head = TokenTemperatureHead(
-                cfg.hidden_size, heads=int(s.get("heads", 4)), t_min=float(s.get("t_min", 0.01)),
-                t_max=float(s.get("t_max", 0.99)), init_temperature=float(s.get("init_temperature", 0.5)),
+                cfg.hidden_size,
+                heads=int(s.get("heads", 4)),
+                t_min=float(s.get("t_min", 0.01)),
+                t_max=float(s.get("t_max", 0.99)),
+                init_temperature=float(s.get("init_temperature", 0.5)),
                 init_std=0.0,
-            )  # fmt: skip
+            )
 
         def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
             logits = super().compute_logits(hidden_states)

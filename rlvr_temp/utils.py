@@ -1,4 +1,5 @@
-"""One helper for each chore the package repeats: atomic writes (files and directories), seeds, LR warm-up.
+"""One helper for each chore the package repeats: atomic writes (files and directories), seeds, LR warm-up,
+phase timers and graceful stops.
 
 Nothing here imports another ``rlvr_temp`` module, so every module may import it.
 """
@@ -8,11 +9,14 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 
@@ -119,3 +123,54 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+# ------------------------------------------------------------------------------------------------- run control
+@contextmanager
+def timed(store: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` body to ``store[name]`` (a step's phase timers)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        store[name] = store.get(name, 0.0) + time.perf_counter() - t0
+
+
+class GracefulStop:
+    """While active (``with GracefulStop() as stop``), SIGTERM / SIGINT set ``stop.signum`` so that a loop can finish
+    its step, checkpoint and stop; a second signal raises ``KeyboardInterrupt``. Signal handlers can only be
+    installed in the main thread: elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
+# ------------------------------------------------------------------------------------------------- registries
+def register(table: dict[str, Any], name: str, what: str) -> Callable[[Any], Any]:
+    """Decorator adding a function or class to a name registry (losses, advantages, schedules, temperature modes,
+    verl style). A class gets ``name`` as its ``name`` attribute; another object under a taken name is an error."""
+
+    def deco(obj: Any) -> Any:
+        if name in table and table[name] is not obj:
+            raise ValueError(f"a {what} named {name!r} is already registered ({getattr(table[name], '__name__', '?')})")
+        if isinstance(obj, type):
+            obj.name = name
+        table[name] = obj
+        return obj
+
+    return deco

@@ -7,21 +7,26 @@ rollout worker neutralises by sending every request with ``temperature=1.0``. A 
 
     {"uid": str,                  # key under which the token temperatures are recorded
      "temperature": float,        # the response's rollout-level temperature T_req
-     "token_rule": None | {...}}  # kwargs of rlvr_temp.temperature.TokenTemperatureRule (mode `token`)
+     "token_rule": None | {...},  # kwargs of rlvr_temp.temperature.TokenTemperatureRule (token modes)
+     "learned": None | {...}}     # the TTM head's sampling range (learned mode)
+
+The specs are written by the run's temperature strategy (``rlvr_temp.temperature.strategy``).
 
 Per decode step, for the participating rows of the batch at once (no per-row tensor work):
 
 1. logits are sanitised (NaN/inf clamped, the TGR seed's ClampLogits),
-2. the entropy at temperature 1 is computed (SPEC §1.1),
-3. rows without a token rule get ``T = T_req``; rows with one get ``T_t`` from the rule, whose entropy window is
-   shared by all rows with the same window settings (scope ``global``) or kept per response (``sequence``),
+2. the entropy at temperature 1 is computed (docs/temperature.md, "The token rule"),
+3. rows without a token rule get ``T = T_req``; rows with one get ``T_t`` from the rule. Entropy windows are keyed
+   by the window settings alone (scope, capacity, hot fraction, warm-up), never by temperatures: entropies are
+   measured at temperature 1, so one window serves a whole run whatever its schedule or mixture does; it is shared
+   by all rows (scope ``global``) or kept per response (``sequence``, released when the response finishes),
 4. the rows are divided by their ``T`` (clamped ``>= 1e-4``), so vLLM's ``processed_logprobs`` are
    ``log_softmax(logits / T_t)`` — exactly what the learner recomputes on-policy,
-5. ``(T, H)`` are appended to a step log; :func:`drain` turns it into per-request lists.
+5. ``(T, H)`` are appended to a step log; :meth:`TemperatureProcessor.drain` turns it into per-request lists.
 
 Requests without the key (evaluation at a plain temperature, greedy decoding) pass through untouched.
-The engine must run in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that :func:`drain` and
-:func:`temperature_state` see the processor; the rollout worker arranges that.
+The engine must run in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that the rollout worker can
+reach the processor; the worker arranges that.
 """
 
 from __future__ import annotations
@@ -34,13 +39,15 @@ from typing import Any
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from rlvr_temp.temperature import TokenTemperatureRule, sanitize_logits
-from rlvr_temp.temperature.token_rule import _row_chunk
+from rlvr_temp import ttm_vllm
+from rlvr_temp.temperature import TokenTemperatureRule, sanitize_logits, to_sampling_range
+from rlvr_temp.temperature.token_rule import row_chunk
 
 EXTRA_KEY = "rlvr_temp"
 MIN_TEMPERATURE = 1e-4
 _RULE_KEYS = {"t_low", "t_high", "hot_fraction", "window", "scope", "base_temperature", "warmup_tokens"}
 _LEARNED_KEYS = {"t_low", "t_high", "t_min", "t_max", "base"}
+_WINDOW_KEYS = ("scope", "window", "hot_fraction", "warmup_tokens")  # what an entropy window depends on
 _INSTANCES: weakref.WeakSet[TemperatureProcessor] = weakref.WeakSet()
 # token rules already validated (keys carry the value types, so that e.g. window=True never matches window=1):
 # validate_params and update_state parse every request, and building a rule allocates its whole window
@@ -100,7 +107,7 @@ def _entropy_of_sanitized(logits: torch.Tensor) -> torch.Tensor:
     """
     cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     vocab = logits.shape[-1]
-    step = _row_chunk(vocab, None)
+    step = row_chunk(vocab, None)
     outs = []
     for i in range(0, logits.shape[0], step):
         z = logits[i : i + step]
@@ -112,12 +119,29 @@ def _entropy_of_sanitized(logits: torch.Tensor) -> torch.Tensor:
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
+def window_key(rule: dict[str, Any]) -> tuple:
+    """The key of a token rule's entropy window: its window settings, not its temperatures."""
+    return tuple((k, rule.get(k)) for k in _WINDOW_KEYS)
+
+
+def _rule_temps(rule: dict[str, Any]) -> tuple[float, float, float]:
+    return float(rule["t_low"]), float(rule["t_high"]), float(rule.get("base_temperature", 1.0))
+
+
+def _cold_hot(rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cold and hot temperatures ``t_low / t_high + (T_req - base)`` (clamped later with all others)."""
+    cold = [r.rule_temps[0] + r.t_req - r.rule_temps[2] for r in rows]
+    hot = [r.rule_temps[1] + r.t_req - r.rule_temps[2] for r in rows]
+    return torch.tensor(cold, dtype=torch.float32), torch.tensor(hot, dtype=torch.float32)
+
+
 @dataclass
 class _Row:
     uid: str
     t_req: float
-    rule_key: tuple | None
+    rule_key: tuple | None  # window_key of the request's token rule
     output_ids: list[int]  # vLLM's live list of this request's generated tokens
+    rule_temps: tuple[float, float, float] | None = None  # the request's t_low, t_high, base_temperature
     learned: tuple[float, float, float, float, float] | None = None  # t_low, t_high, t_min, t_max, shift
 
 
@@ -138,6 +162,8 @@ class _Group:
     uids: list[str]
     everyone: bool  # the group is every participating row, in plan order (no gather / scatter needed)
     t_req: float | None  # the group's common request temperature, None if they differ
+    # per-row (cold, hot) temperatures when some rows' rule temperatures differ from the window's rule's
+    cold_hot: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -153,7 +179,8 @@ class _Plan:
     outputs: list[list[int]] = field(default_factory=list)  # the rows' live output-id lists
     learned_pos: torch.Tensor | None = None  # plan positions of `learned` rows
     learned_rows: torch.Tensor | None = None  # their batch rows (index into the TTM head's output)
-    learned_params: torch.Tensor | None = None  # [n, 5]: t_low, t_high, t_min, t_max, shift
+    learned_groups: list[tuple[tuple[float, float, float, float], torch.Tensor]] = field(default_factory=list)
+    learned_shift: torch.Tensor | None = None  # [n learned rows]: T_req - base
 
 
 class TemperatureProcessor(LogitsProcessor):
@@ -189,25 +216,35 @@ class TemperatureProcessor(LogitsProcessor):
         for index, params, _prompt_ids, output_ids in batch_update.added:
             self._drop(index)
             spec = parse_request(params.extra_args) if params is not None else None
-            if spec is None:
-                continue
-            rule = spec.get("token_rule")
-            key = tuple(sorted(rule.items())) if rule else None
-            if key is not None and key not in self.rules:
-                self.rules[key] = TokenTemperatureRule(**rule)
-            t_req = float(spec.get("temperature", 1.0))
-            lv = spec.get("learned")
-            learned = None
-            if lv is not None:
-                learned = (lv["t_low"], lv["t_high"], lv["t_min"], lv["t_max"], t_req - lv["base"])
-            self.rows[index] = _Row(spec["uid"], t_req, key, output_ids, learned)
+            if spec is not None:
+                self.rows[index] = self._row(spec, output_ids)
         for a, b, direction in batch_update.moved:
-            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            ra = self.rows.pop(a, None)
+            if direction == MoveDirectionality.SWAP:
+                rb = self.rows.pop(b, None)
+                if rb is not None:
+                    self.rows[a] = rb
+            else:
+                # a one-way move lands on a row whose request has finished (vLLM condenses the batch without
+                # listing that removal): release its window, or per-sequence windows would leak
+                self._drop(b)
             if ra is not None:
                 self.rows[b] = ra
-            if direction == MoveDirectionality.SWAP and rb is not None:
-                self.rows[a] = rb
         self._dirty = True
+
+    def _row(self, spec: dict[str, Any], output_ids: list[int]) -> _Row:
+        t_req = float(spec.get("temperature", 1.0))
+        row = _Row(spec["uid"], t_req, None, output_ids)
+        rule = spec.get("token_rule")
+        if rule:
+            row.rule_key = window_key(rule)
+            if row.rule_key not in self.rules:
+                self.rules[row.rule_key] = TokenTemperatureRule(**rule)
+            row.rule_temps = _rule_temps(rule)
+        lv = spec.get("learned")
+        if lv is not None:
+            row.learned = (lv["t_low"], lv["t_high"], lv["t_min"], lv["t_max"], t_req - lv["base"])
+        return row
 
     def _drop(self, index: int) -> None:
         row = self.rows.pop(index, None)
@@ -215,6 +252,20 @@ class TemperatureProcessor(LogitsProcessor):
             rule = self.rules.get(row.rule_key)  # None after a reset (a new run reusing the engine)
             if rule is not None:
                 rule.release(row.uid)
+
+    def release(self, uids: list[str]) -> None:
+        """Forget finished requests: their rows and their per-sequence windows (the worker calls this once a
+        ``generate`` call has returned, when every one of its requests is finished)."""
+        gone = set(uids)
+        for index in [i for i, r in self.rows.items() if r.uid in gone]:
+            self._drop(index)
+        for rule in self.rules.values():
+            rule.release(list(uids))
+        self._dirty = True
+
+    def open_windows(self) -> int:
+        """Per-sequence windows currently held (for tests and leak checks)."""
+        return sum(len(r.window) for r in self.rules.values() if r.scope == "sequence")
 
     def _rebuild(self) -> None:
         order = sorted(self.rows)
@@ -234,18 +285,24 @@ class TemperatureProcessor(LogitsProcessor):
             if lpos:
                 plan.learned_pos = torch.tensor(lpos, dtype=torch.long)
                 plan.learned_rows = torch.tensor([order[p] for p in lpos], dtype=torch.long)
-                plan.learned_params = torch.tensor([rows[p].learned for p in lpos], dtype=torch.float32)
+                plan.learned_shift = torch.tensor([rows[p].learned[4] for p in lpos], dtype=torch.float32)
+                by_range: dict[tuple[float, float, float, float], list[int]] = {}
+                for j, p in enumerate(lpos):
+                    by_range.setdefault(rows[p].learned[:4], []).append(j)
+                plan.learned_groups = [(k, torch.tensor(v, dtype=torch.long)) for k, v in by_range.items()]
             for key, pos in by_key.items():
                 t_reqs = {rows[p].t_req for p in pos}
-                plan.groups.append(
-                    _Group(
-                        key=key,
-                        positions=torch.tensor(pos, dtype=torch.long),
-                        uids=[rows[p].uid for p in pos],
-                        everyone=len(pos) == len(rows),
-                        t_req=t_reqs.pop() if len(t_reqs) == 1 else None,
-                    )
+                group = _Group(
+                    key=key,
+                    positions=torch.tensor(pos, dtype=torch.long),
+                    uids=[rows[p].uid for p in pos],
+                    everyone=len(pos) == len(rows),
+                    t_req=t_reqs.pop() if len(t_reqs) == 1 else None,
                 )
+                rule = self.rules[key]
+                if any(rows[p].rule_temps != _rule_temps(rule.config()) for p in pos):
+                    group.cold_hot = _cold_hot([rows[p] for p in pos])
+                plan.groups.append(group)
         self.plan = plan
         self._dirty = False
 
@@ -279,39 +336,39 @@ class TemperatureProcessor(LogitsProcessor):
         return logits
 
     def _temperatures(self, entropies: torch.Tensor) -> torch.Tensor:
-        """Every participating row's temperature this step: ``T_req``, or the token rule's ``T_t``."""
+        """Every participating row's temperature this step: ``T_req``, the token rule's ``T_t``, or the mapped TTM
+        head output."""
         plan = self.plan
         assert plan.t_req is not None
-        if plan.learned_pos is not None:
-            return self._learned_temperatures()
-        if not plan.groups:
-            return plan.t_req.clone()
-        if len(plan.groups) == 1 and plan.groups[0].everyone:
+        if len(plan.groups) == 1 and plan.groups[0].everyone and plan.groups[0].cold_hot is None:
             g = plan.groups[0]
             # one float when all rows share T_req: the rule's float path computes the same fp32 values
             req = plan.t_req if g.t_req is None else g.t_req
             return self.rules[g.key].step(entropies, req, seq_ids=g.uids).to(torch.float32)
         temps = plan.t_req.clone()
         for g in plan.groups:
+            rule = self.rules[g.key]
             req = plan.t_req[g.positions] if g.t_req is None else g.t_req
-            temps[g.positions] = self.rules[g.key].step(entropies[g.positions], req, seq_ids=g.uids)
+            out = rule.step(entropies[g.positions], req, seq_ids=g.uids)
+            if g.cold_hot is not None:  # rows whose rule temperatures differ from the window's rule's
+                out = torch.where(rule.last_hot.cpu(), g.cold_hot[1], g.cold_hot[0])
+            temps[g.positions] = out
+        if plan.learned_pos is not None:
+            temps[plan.learned_pos] = self._learned_temperatures()
         return temps
 
     def _learned_temperatures(self) -> torch.Tensor:
-        """``T_req`` for plain rows; the TTM head's output mapped into ``[t_low, t_high]`` (+ the rollout shift)
-        for ``learned`` rows. The head ran in the model's ``compute_logits`` (:mod:`rlvr_temp.ttm_vllm`)."""
-        from rlvr_temp import ttm_vllm
-
+        """The ``learned`` rows' TTM head output mapped into ``[t_low, t_high]`` plus their rollout shift. The head
+        ran in the model's ``compute_logits`` (:mod:`rlvr_temp.ttm_vllm`)."""
         plan = self.plan
         head = ttm_vllm.LAST["t"]
         if head is None or head.shape[0] <= int(plan.learned_rows.max()):
             raise RuntimeError("learned temperatures requested, but the engine's model has no TTM head output")
         t = head.detach().float().cpu()[plan.learned_rows]
-        lo, hi, tmin, tmax, shift = plan.learned_params.unbind(-1)
-        mapped = lo + (t.clamp(min=0).clamp(tmin, tmax) - tmin) * (hi - lo) / (tmax - tmin) + shift
-        temps = plan.t_req.clone()
-        temps[plan.learned_pos] = mapped
-        return temps
+        mapped = torch.empty_like(t)
+        for (lo, hi, tmin, tmax), idx in plan.learned_groups:
+            mapped[idx] = to_sampling_range(t[idx], lo, hi, tmin, tmax)  # the learner maps with the same function
+        return mapped + plan.learned_shift
 
     # ------------------------------------------------------------------------------------------ records
     def drain(self) -> dict[str, tuple[list[float], list[float]]]:
@@ -327,35 +384,23 @@ class TemperatureProcessor(LogitsProcessor):
         return {uid: ([t[p] for p in sorted(t)], [h[p] for p in sorted(h)]) for uid, (t, h) in out.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rules": {repr(k): (dict(k), r.state_dict()) for k, r in self.rules.items()}}
+        """Entropy windows, one per window key, with the rule that owns each (``torch.save``-able)."""
+        return {"rules": {repr(k): (r.config(), r.state_dict()) for k, r in self.rules.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for kwargs, rule_state in state.get("rules", {}).values():
-            key = tuple(sorted(kwargs.items()))
-            rule = self.rules.get(key) or TokenTemperatureRule(**kwargs)
+            rule = TokenTemperatureRule(**kwargs)
             rule.load_state_dict(rule_state)
-            self.rules[key] = rule
+            self.rules[window_key(kwargs)] = rule
+
+    def reset(self) -> None:
+        """Forget every entropy window, row and pending record (a new run reusing this engine)."""
+        self.rules.clear()
+        self.rows.clear()
+        self.log.clear()
+        self._dirty = True
 
 
 def instances() -> list[TemperatureProcessor]:
     """The live processors of engines in this process (one per engine)."""
     return list(_INSTANCES)
-
-
-def drain() -> dict[str, tuple[list[float], list[float]]]:
-    """Collect and clear the recorded (temperatures, entropies) of every processor in this process."""
-    out: dict[str, tuple[list[float], list[float]]] = {}
-    for proc in instances():
-        out.update(proc.drain())
-    return out
-
-
-def temperature_state() -> dict[str, Any]:
-    """Entropy-window state of the processor in this process (for checkpoints)."""
-    procs = instances()
-    return procs[0].state_dict() if procs else {}
-
-
-def load_temperature_state(state: dict[str, Any]) -> None:
-    for proc in instances():
-        proc.load_state_dict(state)

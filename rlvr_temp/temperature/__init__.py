@@ -1,8 +1,10 @@
-"""The one home of temperature logic: entropy windows, the token rule, rollout mixtures and schedules.
+"""The one home of temperature logic: the per-mode strategy, entropy windows, the token rule, rollout mixtures
+and schedules.
 
 Pure torch / numpy, vectorised over the batch; used by the vLLM logits processor (one call per decode step)
 and by the learner (log-probs at the per-token temperatures the rollout used). Method: Wu et al., "Exploring
-Multi-Temperature Strategies for Token- and Rollout-Level Control in RLVR" (arXiv 2510.08892); see SPEC §1-§4.
+Multi-Temperature Strategies for Token- and Rollout-Level Control in RLVR" (arXiv 2510.08892); the semantics are
+written out in ``docs/temperature.md``.
 """
 
 from .mixture import (
@@ -23,6 +25,7 @@ from .schedule import (
     register_schedule,
 )
 from .seq_window import SequenceEntropyWindows
+from .strategy import MODES, TemperatureStrategy, make_strategy, register_mode
 from .token_rule import (
     MIN_TEMPERATURE,
     TokenTemperatureRule,
@@ -44,6 +47,7 @@ from .window import GlobalEntropyWindow, quantile_index
 
 __all__ = [
     "MIN_TEMPERATURE",
+    "MODES",
     "SCHEDULES",
     "ConstantSchedule",
     "CosineSchedule",
@@ -52,6 +56,7 @@ __all__ = [
     "Schedule",
     "SequenceEntropyWindows",
     "SpikeSchedule",
+    "TemperatureStrategy",
     "TokenTemperatureHead",
     "TokenTemperatureRule",
     "authors_offsets",
@@ -62,8 +67,10 @@ __all__ = [
     "gsot_weights",
     "load_head",
     "make_schedule",
+    "make_strategy",
     "offset_pattern",
     "quantile_index",
+    "register_mode",
     "register_schedule",
     "rollout_temperatures",
     "sanitize_logits",

@@ -1,4 +1,4 @@
-"""Schedules of the base sampling temperature over training steps (SPEC §4).
+"""Schedules of the base sampling temperature over training steps (see docs/temperature.md).
 
 Wu et al. (arXiv 2510.08892) leave open how the temperature should move during training (their open
 question 2) and try a linear ramp (1.2 -> 1.4 over 300 steps) and periodic raises (+0.1 every 50 steps). A
@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from typing import Any
+
+from rlvr_temp.utils import register
 
 __all__ = [
     "SCHEDULES",
@@ -90,15 +92,7 @@ SCHEDULES: dict[str, type[Schedule]] = {}
 
 def register_schedule(name: str) -> Callable[[type[Schedule]], type[Schedule]]:
     """Class decorator adding a :class:`Schedule` subclass to :data:`SCHEDULES` under ``name``."""
-
-    def deco(cls: type[Schedule]) -> type[Schedule]:
-        if name in SCHEDULES and SCHEDULES[name] is not cls:
-            raise ValueError(f"a schedule named {name!r} is already registered ({SCHEDULES[name].__name__})")
-        cls.name = name
-        SCHEDULES[name] = cls
-        return cls
-
-    return deco
+    return register(SCHEDULES, name, "schedule")
 
 
 @register_schedule("constant")

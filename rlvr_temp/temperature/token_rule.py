@@ -53,7 +53,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _row_chunk(vocab: int, chunk_size: int | None) -> int:
+def row_chunk(vocab: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -116,7 +116,7 @@ def token_entropies(
     flat = logits.reshape(-1, vocab)
     cdt = _compute_dtype(logits.dtype)
     t = _as_temperatures(temperatures, lead, cdt, logits.device)
-    step = _row_chunk(vocab, chunk_size)
+    step = row_chunk(vocab, chunk_size)
     outs = [_entropy_rows(flat[i : i + step].to(cdt) / t[i : i + step, None]) for i in range(0, flat.shape[0], step)]
     if not outs:
         return torch.empty(lead, dtype=cdt, device=logits.device)
@@ -188,7 +188,7 @@ def token_logprobs(
     flat = logits.reshape(-1, vocab)
     ids = token_ids.reshape(-1).to(device=logits.device, dtype=torch.long)
     t = _as_temperatures(temperatures, lead, _compute_dtype(logits.dtype), logits.device).contiguous()
-    out = _TokenLogprob.apply(flat, ids, t, _row_chunk(vocab, chunk_size))
+    out = _TokenLogprob.apply(flat, ids, t, row_chunk(vocab, chunk_size))
     return out.reshape(lead)
 
 

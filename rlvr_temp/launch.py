@@ -1,0 +1,104 @@
+"""Set-up of a run's processes: the model directory, the training rows, the Ray cluster, the actors.
+
+Each helper takes the run's typed config (or the section it needs) as it is. Used by the trainer, the demo, the
+evaluation and the export commands.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from rlvr_temp import synthetic
+from rlvr_temp.config import DataConfig, RunConfig
+from rlvr_temp.data import format_prompt, load_prompts
+from rlvr_temp.learner import remote_learner
+from rlvr_temp.temperature import TemperatureStrategy
+from rlvr_temp.tiny_model import ensure_tiny_model
+from rlvr_temp.utils import derive_seed
+
+#: environment passed from the driver to every actor (offline hubs, the tiny model's cache)
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "RLVR_TEMP_CACHE")
+
+
+def resolve_model(path: str) -> str:
+    """``tiny`` -> the embedded model (built if missing); otherwise a local Hugging Face directory."""
+    if path == "tiny":
+        return str(ensure_tiny_model())
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model.path {path!r}: no such directory (models load from local paths only)")
+    return path
+
+
+def load_train_rows(cfg: RunConfig) -> list[dict[str, Any]]:
+    """Training prompts as rows with ``id``, ``question``, ``ground_truth``."""
+    d = cfg.data
+    if d.train == "synthetic":
+        s = d.synthetic
+        rows = synthetic.generate(s.n_train, levels=s.levels, seed=s.seed, split="train")
+        rows = [{"id": r["id"], "question": r["question"], "ground_truth": r["answer"]} for r in rows]
+    else:
+        ds = load_prompts(d.train, question_key=d.question_key, answer_key=d.answer_key, limit=d.limit)
+        rows = [dict(r) for r in ds]
+    if d.limit is not None:
+        rows = rows[: d.limit]
+    if not rows:
+        raise ValueError(f"data.train {d.train!r} gave no rows")
+    return rows
+
+
+def format_prompts(rows: list[dict[str, Any]], tokenizer: Any, data: DataConfig) -> list[str]:
+    """Each row's prompt text as the ``data`` section says (template, suffix, chat template)."""
+    kw = {"template": data.prompt_template, "suffix": data.prompt_suffix, "use_chat_template": data.use_chat_template}
+    return [format_prompt(r["question"], tokenizer, **kw) for r in rows]
+
+
+def load_train_prompts(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The training rows and each row's prompt text, by row id."""
+    rows = load_train_rows(cfg)
+    return rows, dict(zip([r["id"] for r in rows], format_prompts(rows, tokenizer, cfg.data)))
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Join ``ray.address`` / ``RAY_ADDRESS`` if given, else start a local cluster (no dashboard)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})
+
+
+def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy) -> list[Any]:
+    """Start ``rollout.num_workers`` rollout actors with the recipe's engine settings and resources."""
+    # imported here, not at the top: rlvr_temp.rollout imports vLLM, which only the engines' processes need
+    from rlvr_temp.rollout import remote_worker
+
+    rc = cfg.ray
+    worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus)
+    return [
+        worker_cls.remote(
+            model_path,
+            cfg.model,
+            cfg.rollout.engine,
+            seed=derive_seed(cfg.trainer.seed, "engine", i),
+            num_threads=max(1, int(rc.rollout_cpus)),
+            engine_settings=strategy.engine_settings(),
+            log_level=cfg.logging.engine_log_level,
+        )
+        for i in range(cfg.rollout.num_workers)
+    ]
+
+
+def start_learner(cfg: RunConfig, model_path: str) -> Any:
+    """Start the learner actor with the recipe's resources; it receives the whole typed config."""
+    rc = cfg.ray
+    return remote_learner(rc.learner_cpus, rc.learner_gpus).remote(
+        model_path, cfg, num_threads=max(1, int(rc.learner_cpus))
+    )
