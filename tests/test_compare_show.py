@@ -61,10 +61,17 @@ def run_with_dump(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({"model": {"path": str(tok_dir)}}))
     tok = build_tokenizer()
     ids = tok(" 3+4=7. \\boxed{7}")["input_ids"]
-    row = {"step": 2, "prompt_id": "p0", "temperature": 1.0, "token_ids": ids, "finish_reason": "stop",
-           "token_temperatures": [0.8 if i % 3 else 1.3 for i in range(len(ids))],
-           "token_entropies": [0.1 * i for i in range(len(ids))], "token_logprobs": [-0.5] * len(ids),
-           "reward": 1.0}  # fmt: skip
+    row = {
+        "step": 2,
+        "prompt_id": "p0",
+        "temperature": 1.0,
+        "token_ids": ids,
+        "finish_reason": "stop",
+        "token_temperatures": [0.8 if i % 3 else 1.3 for i in range(len(ids))],
+        "token_entropies": [0.1 * i for i in range(len(ids))],
+        "token_logprobs": [-0.5] * len(ids),
+        "reward": 1.0,
+    }
     (run / "rollouts" / "step_000002.jsonl").write_text(json.dumps(row) + "\n")
     return run
 

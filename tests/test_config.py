@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rlvr_temp.cli import main
-from rlvr_temp.config import ConfigError, RunConfig, config_reference, load_config, save_config
+from rlvr_temp.config import ConfigError, RunConfig, load_config, save_config
+from rlvr_temp.config_docs import config_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

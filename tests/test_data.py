@@ -87,8 +87,9 @@ def test_limit_and_split_errors() -> None:
 
 # ------------------------------------------------------------------------------------------- files
 def test_verl_parquet_round_trip(tmp_path: Path) -> None:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rows = [
         {
             "data_source": "toy_math",
@@ -170,8 +171,9 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- prompt
 def _tiny_tokenizer(chat_template: str | None):
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
+    import tokenizers
+    import transformers
+
     vocab = {"[UNK]": 0, "hello": 1}
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()

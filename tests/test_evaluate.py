@@ -9,8 +9,10 @@ import pytest
 from rlvr_temp.evaluate import k_values, maj_at_k, pass_at_k, summarize
 
 
-@pytest.mark.parametrize("n, c, k", [(1, 0, 1), (1, 1, 1), (5, 0, 3), (5, 5, 3), (5, 2, 5), (10, 3, 1), (10, 3, 4),
-                                     (16, 1, 16), (256, 7, 32)])  # fmt: skip
+@pytest.mark.parametrize(
+    "n, c, k",
+    [(1, 0, 1), (1, 1, 1), (5, 0, 3), (5, 5, 3), (5, 2, 5), (10, 3, 1), (10, 3, 4), (16, 1, 16), (256, 7, 32)],
+)
 def test_pass_at_k_matches_the_combinatorial_definition(n, c, k):
     expected = 1 - comb(n - c, k) / comb(n, k)
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
@@ -59,9 +61,31 @@ def test_eval_tiny_model_on_its_synthetic_test_set(tmp_path, tiny_model_path, mo
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     out = tmp_path / "eval.json"
-    code = main(["eval", "--model", tiny_model_path, "--data", "synthetic", "--n", "4", "--limit", "24",
-                 "--temperature", "0.6", "--top-p", "1.0", "--max-tokens", "48", "--max-model-len", "256",
-                 "--template", "Q: {question}\nA:", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--model",
+            tiny_model_path,
+            "--data",
+            "synthetic",
+            "--n",
+            "4",
+            "--limit",
+            "24",
+            "--temperature",
+            "0.6",
+            "--top-p",
+            "1.0",
+            "--max-tokens",
+            "48",
+            "--max-model-len",
+            "256",
+            "--template",
+            "Q: {question}\nA:",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     res = json.loads(out.read_text())["results"]["synthetic"]
     assert res["problems"] == 24

@@ -44,7 +44,9 @@ def test_aggregation_modes():
     m = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
     assert losses.aggregate(v, m, "token-mean").item() == pytest.approx((1 + 2 + 3 + 4) / 4)
     assert losses.aggregate(v, m, "seq-mean-token-mean").item() == pytest.approx((2.0 + 4.0) / 2)
-    assert losses.aggregate(v, m, "seq-mean-token-sum-norm").item() == pytest.approx((6 / 4 + 4 / 4) / 2)
+    assert losses.aggregate(v, m, "seq-mean-token-sum-norm", norm_len=4).item() == pytest.approx((6 / 4 + 4 / 4) / 2)
+    with pytest.raises(ValueError, match="norm_len"):
+        losses.aggregate(v, m, "seq-mean-token-sum-norm")  # Dr.GRPO's normaliser is a constant: never implied
     assert losses.aggregate(v, m, "seq-mean-token-sum-norm", norm_len=2).item() == pytest.approx((3 + 2) / 2)
     with pytest.raises(ValueError, match="unknown loss aggregation"):
         losses.aggregate(v, m, "nope")

@@ -20,17 +20,38 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # 10 training prompts, 4 per step: epochs end inside steps 2 and 4.
 COMMON = [
-    "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_response_len=24",
-    "data.synthetic.n_train=10", "temperature.mode=token", "temperature.token.window=300",
-    "temperature.token.t_low=0.8", "temperature.token.t_high=1.3", "checkpoint.every=1", "checkpoint.keep=10",
-    "logging.progress=false", "logging.tensorboard=false", "algorithm.dynamic_sampling=false",
-    "learner.mini_batch_size=8", "learner.micro_batch_size=8", "learner.lr=0.01", "learner.warmup_steps=0",
-]  # fmt: skip
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "rollout.max_response_len=24",
+    "data.synthetic.n_train=10",
+    "temperature.mode=token",
+    "temperature.token.window=300",
+    "temperature.token.t_low=0.8",
+    "temperature.token.t_high=1.3",
+    "checkpoint.every=1",
+    "checkpoint.keep=10",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "algorithm.dynamic_sampling=false",
+    "learner.mini_batch_size=8",
+    "learner.micro_batch_size=8",
+    "learner.lr=0.01",
+    "learner.warmup_steps=0",
+]
 
 
 def _cmd(run_dir: Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "rlvr_temp.cli", "train", str(ROOT / "recipes/demo/base.yaml"), *COMMON,
-            f"trainer.run_dir={run_dir}", f"trainer.total_steps={steps}", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "rlvr_temp.cli",
+        "train",
+        str(ROOT / "recipes/demo/base.yaml"),
+        *COMMON,
+        f"trainer.run_dir={run_dir}",
+        f"trainer.total_steps={steps}",
+        *extra,
+    ]
 
 
 def _env(model: str) -> dict[str, str]:
@@ -57,8 +78,13 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path, tiny_model_path):
     run = tmp_path / "run"
     env = _env(tiny_model_path)
     # longer total (a safe key), killed while step 3 runs
-    proc = subprocess.Popen(_cmd(run, 6, f"model.path={tiny_model_path}"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _cmd(run, 6, f"model.path={tiny_model_path}"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     latest = run / "checkpoints" / "latest"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -68,8 +94,9 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path, tiny_model_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    resumed = subprocess.run(_cmd(run, 4, f"model.path={tiny_model_path}"), env=env, capture_output=True,
-                             text=True, timeout=900)  # fmt: skip
+    resumed = subprocess.run(
+        _cmd(run, 4, f"model.path={tiny_model_path}"), env=env, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     assert _rows(run) == _rows(reference)
@@ -81,8 +108,13 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path, tiny_model_path):
 
 
 def test_changed_experiment_refused(reference, tiny_model_path):
-    proc = subprocess.run(_cmd(reference, 4, f"model.path={tiny_model_path}", "temperature.token.t_high=1.5"),
-                          env=_env(tiny_model_path), capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        _cmd(reference, 4, f"model.path={tiny_model_path}", "temperature.token.t_high=1.5"),
+        env=_env(tiny_model_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "temperature.token.t_high" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 

@@ -112,15 +112,22 @@ def test_invalid_settings_rejected_before_generation(ray_cluster, worker):
 
 
 def test_rollout_dump_has_every_field(ray_cluster, worker, tmp_path):
-    from rlvr_temp.rollout import write_rollout_dump
+    from rlvr_temp.batch import write_rollout_dump
 
     groups = ray_cluster.get(worker.generate.remote(PROMPTS[:2], [[1.0, 1.1]] * 2, max_tokens=8, seed=1))
     groups[0][0].reward = 1.0
     path = write_rollout_dump(tmp_path / "rollouts" / "step_000003.jsonl", groups, step=3)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 4 and rows[0]["reward"] == 1.0 and rows[0]["step"] == 3
-    for key in ("prompt_id", "temperature", "token_ids", "token_temperatures", "token_entropies",
-                "token_logprobs", "finish_reason"):  # fmt: skip
+    for key in (
+        "prompt_id",
+        "temperature",
+        "token_ids",
+        "token_temperatures",
+        "token_entropies",
+        "token_logprobs",
+        "finish_reason",
+    ):
         assert all(key in row for row in rows)
 
 

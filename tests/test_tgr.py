@@ -221,8 +221,10 @@ def _run(tmp_path: Path, overrides: list[str]) -> tuple[Path, list[dict], float]
 
 
 def test_cpu_sft_recipe_few_steps(tmp_path: Path) -> None:
-    ckpt, rows, _ = _run(tmp_path, ["training.steps=8", "training.batch_size=4", "training.max_len=128",
-                                    "data.limit=64", "data.eval_limit=8"])  # fmt: skip
+    ckpt, rows, _ = _run(
+        tmp_path,
+        ["training.steps=8", "training.batch_size=4", "training.max_len=128", "data.limit=64", "data.eval_limit=8"],
+    )
     assert [r["step"] for r in rows] == list(range(1, 9))
     for r in rows:
         assert all(math.isfinite(r[k]) for k in ("loss", "lm_loss", "reg", "temp_mean", "cold_share"))

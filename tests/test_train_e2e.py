@@ -11,14 +11,21 @@ import pytest
 import torch
 
 from rlvr_temp.config import load_config
+from rlvr_temp.temperature import make_strategy
 
 pytestmark = pytest.mark.slow
 
 BASE = [
-    "rollout.prompts_per_step=8", "rollout.group_size=4", "rollout.max_response_len=40", "learner.mode=qlora",
-    "learner.mini_batch_size=32", "learner.micro_batch_size=16", "logging.progress=false",
-    "logging.tensorboard=false", "algorithm.max_refill_rounds=1",
-]  # fmt: skip
+    "rollout.prompts_per_step=8",
+    "rollout.group_size=4",
+    "rollout.max_response_len=40",
+    "learner.mode=qlora",
+    "learner.mini_batch_size=32",
+    "learner.micro_batch_size=16",
+    "logging.progress=false",
+    "logging.tensorboard=false",
+    "algorithm.max_refill_rounds=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +55,20 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
         rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [0, 1, 2]
         for row in rows:
-            for key in ("reward/mean", "acc/mean", "response/length_mean", "logprob/mismatch_mean",
-                        "time/generate", "time/verify"):  # fmt: skip
+            for key in (
+                "reward/mean",
+                "acc/mean",
+                "response/length_mean",
+                "logprob/mismatch_mean",
+                "time/generate",
+                "time/verify",
+            ):
                 assert math.isfinite(row[key]), key
         updated = [r for r in rows if "actor/grad_norm" in r]
         assert updated, "no step produced an update"
         for r in updated:
             assert math.isfinite(r["actor/grad_norm"]) and math.isfinite(r["actor/loss"])
-            assert r["logprob/mismatch_mean"] <= 1e-3
+            assert r["logprob/mismatch_mean"] <= 1e-5 and r["logprob/mismatch_max"] <= 1e-3
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert changed, "no trainable weight changed"
         assert versions_before == [1] * len(trainer.workers)  # the initial sync of the learner's NF4 weights
@@ -69,9 +82,10 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
 
         for mode in ("mixture", "token", "token+mixture"):
             trainer.cfg.temperature.mode = mode
+            trainer.strategy = make_strategy(trainer.cfg.temperature)
             trainer.cfg.algorithm.dynamic_sampling = False
             m = trainer.train_step()
-            assert m["logprob/mismatch_mean"] <= 1e-3, (mode, m["logprob/mismatch_mean"])
+            assert m["logprob/mismatch_mean"] <= 1e-5 and m["logprob/mismatch_max"] <= 1e-3, (mode, m)
             if "token" in mode:
                 assert 0.0 < m["rollout/hot_token_share"] < 1.0
             if "mixture" in mode:
@@ -82,10 +96,16 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
 
 def test_off_policy_token_mode_has_a_clear_mismatch(ray_cluster, tmp_path, tiny_model_path):
     trainer = _trainer(
-        tmp_path, "offp",
-        ["temperature.mode=token", "temperature.logprobs=off_policy", "algorithm.dynamic_sampling=false",
-         "temperature.token.t_low=0.7", "temperature.token.t_high=1.3"],
-    )  # fmt: skip
+        tmp_path,
+        "offp",
+        [
+            "temperature.mode=token",
+            "temperature.logprobs=off_policy",
+            "algorithm.dynamic_sampling=false",
+            "temperature.token.t_low=0.7",
+            "temperature.token.t_high=1.3",
+        ],
+    )
     try:
         m = trainer.train_step()
         assert m["logprob/mismatch_mean"] > 1e-2
@@ -99,9 +119,10 @@ def test_dead_rollout_worker_stops_the_run_and_keeps_what_was_written(ray_cluste
     from rlvr_temp.checkpoint import find_resume
 
     trainer = _trainer(
-        tmp_path, "dead",
+        tmp_path,
+        "dead",
         ["temperature.mode=token", "trainer.total_steps=1", "checkpoint.every=1", "algorithm.dynamic_sampling=false"],
-    )  # fmt: skip
+    )
     try:
         trainer.run()
         trainer.cfg.trainer.total_steps = 3
@@ -121,15 +142,23 @@ def test_two_rollout_workers_share_the_batch_and_each_keep_their_window(ray_clus
     """`rollout.num_workers=2`: prompts are sharded over both engines, both receive every weight update, the
     on-policy mismatch stays at fp32 round-off, and each engine's entropy window is checkpointed."""
     trainer = _trainer(
-        tmp_path, "two",
-        ["rollout.num_workers=2", "ray.rollout_cpus=0.5", "ray.learner_cpus=0.5", "temperature.mode=token",
-         "trainer.total_steps=1", "checkpoint.every=1", "algorithm.dynamic_sampling=false"],
-    )  # fmt: skip
+        tmp_path,
+        "two",
+        [
+            "rollout.num_workers=2",
+            "ray.rollout_cpus=0.5",
+            "ray.learner_cpus=0.5",
+            "temperature.mode=token",
+            "trainer.total_steps=1",
+            "checkpoint.every=1",
+            "algorithm.dynamic_sampling=false",
+        ],
+    )
     try:
         assert len(trainer.workers) == 2
         trainer.run()
         rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert len(rows) == 1 and rows[0]["logprob/mismatch_mean"] <= 1e-3
+        assert len(rows) == 1 and rows[0]["logprob/mismatch_mean"] <= 1e-5 and rows[0]["logprob/mismatch_max"] <= 1e-3
         assert 0.0 < rows[0]["rollout/hot_token_share"] < 1.0
         assert ray_cluster.get([w.version.remote() for w in trainer.workers]) == [2, 2]  # initial sync + update
         states = torch.load(trainer.run_dir / "checkpoints" / "step_00000001" / "trainer.pt", weights_only=False)
@@ -155,3 +184,36 @@ def test_demo_fixed_arm_learns_and_writes_the_comparison(tmp_path, tiny_model_pa
     rewards = [r["reward/mean"] for r in read_metrics(tmp_path / "demo" / "fixed")]
     assert len(rewards) == 20
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5
+
+
+def test_a_new_temperature_mode_is_one_registered_class(ray_cluster, tmp_path, tiny_model_path):
+    """A toy mode registered from outside the package trains through the real loop (engine, verifier, learner):
+    adding a mode touches temperature/ (here: this test) and nothing else."""
+    from rlvr_temp.temperature import MODES, TemperatureStrategy, register_mode
+
+    @register_mode("toy-alternate")
+    class Alternate(TemperatureStrategy):
+        """Odd responses 0.3 hotter than the base, even ones 0.3 colder."""
+
+        mixture = True
+
+        def group_temperatures(self, base_t: float, group_size: int) -> list[float]:
+            return [round(base_t + (0.3 if j % 2 else -0.3), 6) for j in range(group_size)]
+
+    try:
+        trainer = _trainer(
+            tmp_path,
+            "toy",
+            ["temperature.mode=toy-alternate", "trainer.total_steps=1", "algorithm.dynamic_sampling=false"],
+        )
+        try:
+            trainer.run()
+            rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+            assert len(rows) == 1
+            assert {k for k in rows[0] if k.startswith("acc/T=")} == {"acc/T=0.7", "acc/T=1.3"}
+            assert rows[0]["logprob/mismatch_mean"] <= 1e-5 and rows[0]["logprob/mismatch_max"] <= 1e-3
+            assert "actor/grad_norm" in rows[0]
+        finally:
+            trainer.close()
+    finally:
+        MODES.pop("toy-alternate")

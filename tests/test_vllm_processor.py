@@ -28,8 +28,18 @@ def _proc() -> TemperatureProcessor:
 def test_fixed_rows_divided_by_their_request_temperature_others_untouched():
     proc = _proc()
     outs = [[], [], []]
-    proc.update_state(BatchUpdate(3, [], [(0, _params("a", 0.5), [1], outs[0]), (2, _params("c", 2.0), [1], outs[2]),
-                                         (1, SamplingParams(temperature=0.8), [1], outs[1])], []))  # fmt: skip
+    proc.update_state(
+        BatchUpdate(
+            3,
+            [],
+            [
+                (0, _params("a", 0.5), [1], outs[0]),
+                (2, _params("c", 2.0), [1], outs[2]),
+                (1, SamplingParams(temperature=0.8), [1], outs[1]),
+            ],
+            [],
+        )
+    )
     logits = torch.randn(3, 11)
     expected = logits.clone()
     out = proc.apply(logits.clone())
@@ -87,10 +97,14 @@ def test_token_rule_rows_take_two_values_shifted_by_request_temperature():
 
 @pytest.mark.parametrize(
     "spec, match",
-    [({"uid": "x", "temperature": -1.0}, "finite number > 0"), ({"uid": "x", "temperature": float("nan")}, "finite"),
-     ({"temperature": 1.0}, "uid"), ({"uid": "x", "token_rule": {"t_low": 0}}, "t_low"),
-     ({"uid": "x", "token_rule": {"bogus": 1}}, "unknown keys")],
-)  # fmt: skip
+    [
+        ({"uid": "x", "temperature": -1.0}, "finite number > 0"),
+        ({"uid": "x", "temperature": float("nan")}, "finite"),
+        ({"temperature": 1.0}, "uid"),
+        ({"uid": "x", "token_rule": {"t_low": 0}}, "t_low"),
+        ({"uid": "x", "token_rule": {"bogus": 1}}, "unknown keys"),
+    ],
+)
 def test_invalid_settings_rejected(spec, match):
     with pytest.raises(ValueError, match=match):
         parse_request({"rlvr_temp": spec})
