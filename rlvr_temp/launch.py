@@ -96,9 +96,9 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
     ]
 
 
-def start_learner(cfg: RunConfig, model_path: str) -> Any:
-    """Start the learner actor with the recipe's resources; it receives the whole typed config."""
+def start_learner(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy) -> Any:
+    """Start the learner actor with the recipe's resources; it gets the typed config and the strategy as they are."""
     rc = cfg.ray
     return remote_learner(rc.learner_cpus, rc.learner_gpus).remote(
-        model_path, cfg, num_threads=max(1, int(rc.learner_cpus))
+        model_path, cfg, strategy=strategy, num_threads=max(1, int(rc.learner_cpus))
     )

@@ -25,6 +25,7 @@ from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches
 from rlvr_temp.config import RunConfig
 from rlvr_temp.losses import ClipSettings, get_policy_loss
 from rlvr_temp.temperature import (
+    TemperatureStrategy,
     TokenTemperatureHead,
     make_strategy,
     temperature_regularization,
@@ -110,14 +111,23 @@ def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
 class Learner:
     """Owns the policy, the optimizer and the LR schedule. Run it as a Ray actor (:func:`remote_learner`)."""
 
-    def __init__(self, model_path: str, cfg: RunConfig, *, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        cfg: RunConfig,
+        *,
+        strategy: TemperatureStrategy | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        """``strategy``: the driver's temperature strategy (default: built from ``cfg.temperature``); passing it lets
+        a mode registered only in the driver's process reach the learner's."""
         if num_threads:
             torch.set_num_threads(num_threads)
         from transformers import AutoTokenizer
 
         self.cfg = cfg
         self.lc, self.ac = cfg.learner, cfg.algorithm
-        self.strategy = make_strategy(cfg.temperature)
+        self.strategy = strategy or make_strategy(cfg.temperature)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(derive_seed(cfg.trainer.seed, "learner-init"))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)

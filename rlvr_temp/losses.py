@@ -5,7 +5,7 @@ Registries (verl style) map a recipe name to a function, so a new estimator or l
 * ``ADVANTAGES``: ``grpo`` (Shao et al. 2024, arXiv 2402.03300): ``(r - mean) / (std + eps)`` within a prompt's
   group (all of its rollout temperatures together, docs/temperature.md); ``drgrpo`` (Liu et al. 2025, arXiv 2503.20783):
   ``r - mean``.
-* ``POLICY_LOSSES``: ``grpo`` (PPO clip, symmetric eps, ``seq-mean-token-mean``), ``dapo`` (Yu et al. 2025,
+* ``POLICY_LOSSES``: ``grpo`` (PPO clip, ``seq-mean-token-mean``), ``dapo`` (Yu et al. 2025,
   arXiv 2503.14476: clip-higher, ``token-mean``), ``drgrpo`` (``seq-mean-token-sum-norm``). Each takes the
   per-token log-probs under the current and the old policy, per-token advantages and a response mask, and returns
   the loss and its statistics. Optional dual-clip (Ye et al. 2020) and the Archer dual-token constraint

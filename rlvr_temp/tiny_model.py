@@ -149,9 +149,6 @@ def make_model(settings: TinyModelSettings, tokenizer: Any) -> Any:
     return LlamaForCausalLM(config).float()
 
 
-_make_model = make_model  # older name, still used by tests
-
-
 def _encode_examples(rows: Sequence[dict], tokenizer) -> list[tuple[list[int], int]]:
     """(token ids of prompt + response + EOS, prompt length) per row."""
     prompts = tokenizer([synthetic.prompt_of(r) for r in rows], add_special_tokens=False)["input_ids"]

@@ -83,7 +83,7 @@ class Trainer:
         else:
             self.workers = list(workers)
             ray.get([w.reset_temperature_state.remote() for w in self.workers])
-        self.learner = start_learner(cfg, self.model_path)
+        self.learner = start_learner(cfg, self.model_path, self.strategy)
         self.step = 0
         try:
             ray.get([w.ping.remote() for w in self.workers] + [self.learner.ping.remote()])

@@ -125,13 +125,13 @@ def test_export_loads_and_decodes_like_the_policy(reference, tmp_path, tiny_mode
     from rlvr_temp.checkpoint import load_checkpoint
     from rlvr_temp.config import RunConfig
     from rlvr_temp.export import export_run
-    from rlvr_temp.learner import Learner, LearnerSettings
+    from rlvr_temp.learner import Learner
 
     out = export_run(reference, tmp_path / "exported")
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(out)
     ck = load_checkpoint(reference / "checkpoints" / "step_00000004")
-    policy = Learner(tiny_model_path, LearnerSettings.from_config(RunConfig.model_validate(ck["config"])))
+    policy = Learner(tiny_model_path, RunConfig.model_validate(ck["config"]))
     policy.set_state(ck["learner_state"])
     policy.model.eval()
     for prompt in ["Q: 12+7\nA:", "Q: 47+38\nA:", "Q: 3*4\nA:"]:

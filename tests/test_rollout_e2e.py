@@ -23,11 +23,28 @@ def ray_cluster():
     ray.shutdown()
 
 
+def _engine(cls, path: str):
+    from rlvr_temp.config import EngineConfig, ModelConfig
+
+    return cls.remote(path, ModelConfig(path=path, max_model_len=256), EngineConfig(), seed=0)
+
+
+def _token(**rule):
+    """The `token` strategy with this rule (base temperature 1.0); unvalidated, so bad values reach the engine."""
+    from rlvr_temp.config import TemperatureConfig, TokenRuleConfig
+    from rlvr_temp.temperature import make_strategy
+
+    token = TokenRuleConfig.model_construct(**{**TokenRuleConfig().model_dump(), **rule})
+    return make_strategy(
+        TemperatureConfig.model_construct(**{**TemperatureConfig(mode="token").__dict__, "token": token})
+    )
+
+
 @pytest.fixture(scope="module")
 def worker(ray_cluster, tiny_model_path):
     from rlvr_temp.rollout import remote_worker
 
-    w = remote_worker(num_cpus=1).remote(tiny_model_path, max_model_len=256, seed=0)
+    w = _engine(remote_worker(num_cpus=1), tiny_model_path)
     assert ray_cluster.get(w.ping.remote()) == "ok"
     yield w
     ray_cluster.kill(w)
@@ -56,9 +73,9 @@ def _hf_logprobs(model_path: str, groups) -> tuple[list[float], list[float], lis
 
 
 def test_sequence_scope_follows_the_rule_response_by_response(ray_cluster, worker):
-    rule = {"t_low": 0.8, "t_high": 1.4, "hot_fraction": 0.3, "window": 512, "scope": "sequence"}
+    rule = _token(t_low=0.8, t_high=1.4, hot_fraction=0.3, window=512, scope="sequence")
     groups = ray_cluster.get(
-        worker.generate.remote(PROMPTS, [[1.0, 1.2]] * len(PROMPTS), max_tokens=40, token_rule=rule, seed=3)
+        worker.generate.remote(PROMPTS, [[1.0, 1.2]] * len(PROMPTS), max_tokens=40, strategy=rule, seed=3)
     )
     seen = set()
     for g in groups:
@@ -75,9 +92,9 @@ def test_sequence_scope_follows_the_rule_response_by_response(ray_cluster, worke
 
 
 def test_global_scope_two_values_and_logprobs_match_transformers(ray_cluster, worker, tiny_model_path):
-    rule = {"t_low": 0.7, "t_high": 1.3, "hot_fraction": 0.2, "window": 4096, "scope": "global"}
+    rule = _token(t_low=0.7, t_high=1.3, hot_fraction=0.2, window=4096, scope="global")
     groups = ray_cluster.get(
-        worker.generate.remote(PROMPTS, [[0.9, 1.0, 1.1]] * len(PROMPTS), max_tokens=40, token_rule=rule, seed=5)
+        worker.generate.remote(PROMPTS, [[0.9, 1.0, 1.1]] * len(PROMPTS), max_tokens=40, strategy=rule, seed=5)
     )
     temps = [round(t - r.temperature + 1.0, 6) for g in groups for r in g for t in r.token_temperatures]
     assert set(temps) == {0.7, 1.3}
@@ -107,7 +124,7 @@ def test_invalid_settings_rejected_before_generation(ray_cluster, worker):
     with pytest.raises(ValueError, match="temperature"):
         ray_cluster.get(worker.generate.remote(PROMPTS[:1], [[-0.5]], max_tokens=4))
     with pytest.raises(ValueError, match="hot_fraction"):
-        ray_cluster.get(worker.generate.remote(PROMPTS[:1], [[1.0]], max_tokens=4, token_rule={"hot_fraction": 2}))
+        ray_cluster.get(worker.generate.remote(PROMPTS[:1], [[1.0]], max_tokens=4, strategy=_token(hot_fraction=2)))
     assert ray_cluster.get(worker.ping.remote()) == "ok"  # the engine survived
 
 
@@ -147,13 +164,13 @@ def test_greedy_after_update_weights_equals_fresh_engine(ray_cluster, tiny_model
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     cls = remote_worker(num_cpus=1)
-    live = cls.remote(tiny_model_path, max_model_len=256, seed=0)
+    live = _engine(cls, tiny_model_path)
     greedy = [[0.0]] * len(PROMPTS)
     before = ray_cluster.get(live.generate.remote(PROMPTS, greedy, max_tokens=32))
     assert ray_cluster.get(live.update_weights.remote(state)) == 1
     after = ray_cluster.get(live.generate.remote(PROMPTS, greedy, max_tokens=32))
     ray_cluster.kill(live)
-    fresh = cls.remote(str(new_dir), max_model_len=256, seed=0)
+    fresh = _engine(cls, str(new_dir))
     reference = ray_cluster.get(fresh.generate.remote(PROMPTS, greedy, max_tokens=32))
     ray_cluster.kill(fresh)
     ids = lambda groups: [r.token_ids for g in groups for r in g]  # noqa: E731

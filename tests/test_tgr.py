@@ -162,10 +162,10 @@ def test_labels_never_contain_padding(pad_is_eos: bool) -> None:
 
 
 def _tiny(t0: float) -> tuple[torch.nn.Module, TokenTemperatureHead, dict, object]:
-    from rlvr_temp.tiny_model import TinyModelSettings, _make_model, build_tokenizer
+    from rlvr_temp.tiny_model import TinyModelSettings, build_tokenizer, make_model
 
     tok = build_tokenizer()
-    model = _make_model(TinyModelSettings(num_layers=1), tok)
+    model = make_model(TinyModelSettings(num_layers=1), tok)
     head = TokenTemperatureHead(128, heads=2, init_temperature=t0, init_std=0.0)
     batch = collate_sft(encode_examples(load_wikiqa("dev", limit=3), tok, 96), tok.pad_token_id)
     return model, head, batch, tok

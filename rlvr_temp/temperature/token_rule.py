@@ -1,6 +1,6 @@
 """The entropy-guided token temperature rule and the logits helpers the rollout and the learner share.
 
-Rule (Wu et al., arXiv 2510.08892, SPEC §1): at each decode step every sequence's next-token entropy ``H``
+Rule (Wu et al., arXiv 2510.08892, docs/temperature.md): at each decode step every sequence's next-token entropy ``H``
 (of ``softmax(logits)`` at temperature 1, after penalties) is pushed into an entropy window; the window's
 upper-tail quantile ``H_th`` splits tokens into *hot* ("forking" / reasoning tokens, ``H >= H_th``, sampled at
 ``t_high``) and *cold* (knowledge tokens, ``t_low``). A rollout-level (request) temperature shifts both:
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 MIN_TEMPERATURE = 1e-4
-"""Lower clamp of every temperature (SPEC §2: the learner clamps ``T_t >= 1e-4``)."""
+"""Lower clamp of every temperature (docs/temperature.md: the learner clamps ``T_t >= 1e-4``)."""
 
 _CHUNK_ELEMENTS = 1 << 24  # rows per chunk = this // vocab: ~64 MiB of fp32 temporaries
 
@@ -168,7 +168,7 @@ def token_logprobs(
     temperatures: torch.Tensor | float = 1.0,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """``log_softmax(logits / T)`` gathered at ``token_ids``: the learner's on-policy log-probs (SPEC §2).
+    """``log_softmax(logits / T)`` gathered at ``token_ids``: the learner's on-policy log-probs (docs/temperature.md).
 
     Args:
         logits: ``[..., V]`` (any float dtype; math in fp32, fp64 for fp64 input).
@@ -194,7 +194,7 @@ def token_logprobs(
 
 # ------------------------------------------------------------------------------------------ the rule
 class TokenTemperatureRule:
-    """Per-token temperature from an entropy window (arXiv 2510.08892; SPEC §1).
+    """Per-token temperature from an entropy window (arXiv 2510.08892; docs/temperature.md).
 
     Args:
         t_low: temperature of cold (low-entropy, knowledge) tokens (paper: 1.2).
