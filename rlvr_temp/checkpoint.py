@@ -1,4 +1,4 @@
-"""Checkpoints that make a run resumable exactly, written atomically.
+"""Checkpoints that make a run resumable exactly, written atomically and verified before they are trusted.
 
 A checkpoint is a directory ``<run>/checkpoints/step_<N>/`` (N = steps completed) holding:
 
@@ -7,21 +7,30 @@ A checkpoint is a directory ``<run>/checkpoints/step_<N>/`` (N = steps completed
 * ``trainer.pt`` — step counter, prompt-stream position (epoch, cursor, seed), python / numpy / torch RNG
   states, every rollout worker's temperature state (entropy windows), the metrics offset;
 * ``config.yaml`` — the resolved config, with its hash;
-* ``manifest.json`` — written last: the file list with sizes, the step and the config hash.
+* ``manifest.json`` — written last: every file's size and SHA-256, the step and the config hash.
 
-It is first written into a hidden temporary directory, every file flushed and fsynced, then renamed into place;
-then ``<run>/checkpoints/latest`` (a one-line pointer) is replaced atomically. A crash at any point leaves the
-previous checkpoints untouched; a directory without a valid manifest is incomplete and is skipped on resume
-with a warning. Only the last ``checkpoint.keep`` checkpoints are kept. Dynamic sampling keeps no buffer
-between steps (surplus informative groups are dropped, as in verl's DAPO recipe), so none is saved.
+It is written into a hidden temporary directory (:func:`rlvr_temp.utils.atomic_dir`), every file fsynced, and
+renamed into place; then ``<run>/checkpoints/latest`` (a one-line pointer) is replaced atomically. A process
+killed at any point (SIGKILL, or SIGTERM / SIGINT raising in the middle) leaves the previous checkpoints, and a
+``latest`` that names a complete one (or no ``latest`` when there is none); the hidden leftovers are ignored, and
+removed by the next save.
+
+A checkpoint is trusted only when :func:`verify_checkpoint` finds nothing wrong: the manifest lists the four
+files and each has the recorded size and checksum (a checkpoint written before checksums were recorded, with
+sizes only, is checked by size). On ``trainer.resume=auto`` a damaged newest checkpoint is skipped with one
+warning naming the directory, the file and the fault, and the previous complete one is used. Only the last
+``checkpoint.keep`` checkpoints are kept. Dynamic sampling keeps no buffer between steps (surplus informative
+groups are dropped, as in verl's DAPO recipe), so none is saved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,7 +40,7 @@ import torch
 import yaml
 
 from rlvr_temp.config import RunConfig
-from rlvr_temp.utils import atomic_write_text, flatten, fsync_dir
+from rlvr_temp.utils import atomic_dir, atomic_write_text, flatten, fsync_dir
 
 log = logging.getLogger("rlvr_temp.checkpoint")
 
@@ -41,6 +50,7 @@ SAFE_KEYS = (
     "trainer.resume",
     "trainer.name",
     "trainer.run_dir",
+    "trainer.max_retries",
     "checkpoint.",
     "logging.",
     "ray.",
@@ -48,14 +58,21 @@ SAFE_KEYS = (
     "reward.num_workers",
 )
 
+#: The files of a checkpoint, besides ``manifest.json``.
+FILES = ("policy.safetensors", "learner.pt", "trainer.pt", "config.yaml")
+_STEP_DIR = re.compile(r"step_\d+")
+# hidden leftovers of interrupted saves: atomic_dir's ``.step_N.tmp-*`` / ``.step_N.old-<pid>``, pruning's
+# ``.step_N.del-<pid>``, atomic_write's ``.latest.*.tmp``, and the previous version's ``.tmp-step_N-<pid>``
+_LEFTOVER = re.compile(r"\.(step_\d+\.(tmp|old|del)-.*|tmp-step_\d+-.*|latest\..*\.tmp)")
+_CHUNK = 1 << 20
+
 
 class ResumeError(RuntimeError):
     """A checkpoint cannot be used to resume this run (missing, corrupt, or a different experiment)."""
 
 
-def _flush(path: Path) -> None:
+def _fsync(path: Path) -> None:
     with path.open("rb+") as fh:
-        fh.flush()
         os.fsync(fh.fileno())
 
 
@@ -73,6 +90,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (checkpoints may be many GB)."""
+    digest = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -83,91 +111,201 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write ``step_<step>`` atomically, point ``latest`` at it, prune old ones; return its path."""
-    from safetensors.torch import save_file
-
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
     final = root / f"step_{step:08d}"
-    tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    trainable = {k: v.contiguous() for k, v in learner_state["trainable"].items()}
-    save_file(trainable, str(tmp / "policy.safetensors"))
-    learner_rest = {k: v for k, v in learner_state.items() if k != "trainable"}
-    torch.save(learner_rest, tmp / "learner.pt")
-    torch.save(trainer_state, tmp / "trainer.pt")
-    (tmp / "config.yaml").write_text(f"# resolved config, hash {config.hash()}\n" + config.to_yaml())
-    files = ["policy.safetensors", "learner.pt", "trainer.pt", "config.yaml"]
-    for name in files:
-        _flush(tmp / name)
-    manifest = {"step": step, "config_hash": config.hash(), "files": {n: (tmp / n).stat().st_size for n in files}}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    _flush(tmp / "manifest.json")
-    fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    fsync_dir(root)
+    with atomic_dir(final) as tmp:
+        _write_files(tmp, step, learner_state, trainer_state, config)
+        if final.exists() and _latest_name(root) == final.name:
+            _point_latest_before(root, step)
     atomic_write_text(root / "latest", final.name + "\n")
     fsync_dir(root)
-    for old in complete_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(root, step, keep)
     return final
 
 
-def is_complete(path: str | Path) -> bool:
-    """True when the manifest exists and every file it lists has the recorded size."""
+def _write_files(
+    tmp: Path, step: int, learner_state: dict[str, Any], trainer_state: dict[str, Any], config: RunConfig
+) -> None:
+    """The checkpoint's files, each fsynced, then the manifest of their sizes and checksums, then the directory."""
+    from safetensors.torch import save_file
+
+    trainable = {k: v.contiguous() for k, v in learner_state["trainable"].items()}
+    save_file(trainable, str(tmp / "policy.safetensors"))
+    torch.save({k: v for k, v in learner_state.items() if k != "trainable"}, tmp / "learner.pt")
+    torch.save(trainer_state, tmp / "trainer.pt")
+    for name in ("policy.safetensors", "learner.pt", "trainer.pt"):
+        _fsync(tmp / name)
+    atomic_write_text(tmp / "config.yaml", f"# resolved config, hash {config.hash()}\n" + config.to_yaml())
+    files = {n: {"size": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)} for n in FILES}
+    manifest = {"step": step, "config_hash": config.hash(), "files": files}
+    atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
+    fsync_dir(tmp)
+
+
+def _point_latest_before(root: Path, step: int) -> None:
+    """Point ``latest`` at the newest complete checkpoint before ``step`` (or remove it): done just before the
+    checkpoint it names is replaced (a finished run started again), which atomic_dir moves aside for a moment."""
+    older = [p for p in _step_dirs(root) if _step_of(p) < step and verify_checkpoint(p, checksums=False) is None]
+    if older:
+        atomic_write_text(root / "latest", older[-1].name + "\n")
+    else:
+        (root / "latest").unlink(missing_ok=True)
+    fsync_dir(root)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """``step_<N>`` directories, oldest first (hidden leftovers of interrupted saves are not among them)."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if _STEP_DIR.fullmatch(p.name) and p.is_dir()), key=_step_of)
+
+
+def _latest_name(root: Path) -> str | None:
+    try:
+        name = (root / "latest").read_text().strip()
+    except OSError:
+        return None
+    return name if _STEP_DIR.fullmatch(name) else None
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint: renamed to a hidden name first, so that a kill part-way leaves no half checkpoint."""
+    hidden = path.parent / f".{path.name}.del-{os.getpid()}"
+    try:
+        os.rename(path, hidden)
+    except OSError:
+        hidden = path
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Remove what interrupted saves left behind (hidden temporary / moved-aside directories and files)."""
+    for p in root.iterdir():
+        if _LEFTOVER.fullmatch(p.name):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted save", p)
+
+
+def _prune(root: Path, step: int, keep: int) -> None:
+    """Keep the checkpoint of ``step`` and the ``keep - 1`` newest complete ones before it; delete older ones.
+    Checkpoints of later steps (an earlier run in the same directory, ``trainer.resume=never``) are left alone."""
+    kept = 1
+    for p in reversed([p for p in _step_dirs(root) if _step_of(p) < step]):
+        if kept < keep and verify_checkpoint(p, checksums=False) is None:
+            kept += 1
+        else:
+            _remove(p)
+
+
+def _entry(value: Any) -> tuple[int, str | None]:
+    """A manifest's file entry as (size, sha256): ``{"size", "sha256"}``, or a bare size (written before checksums
+    were recorded)."""
+    size, digest = (value.get("size"), value.get("sha256")) if isinstance(value, dict) else (value, None)
+    if not isinstance(size, int) or isinstance(size, bool) or not isinstance(digest, (str, type(None))):
+        raise TypeError(f"bad file entry {value!r}")
+    return size, digest
+
+
+def verify_checkpoint(path: str | Path, *, checksums: bool = True) -> str | None:
+    """None when ``path`` is a complete checkpoint, else what is wrong, naming the file (``"trainer.pt is 812 bytes,
+    the manifest says 1604 (truncated)"``). Complete: the manifest lists every file, and each has its recorded size
+    and (unless ``checksums=False``) SHA-256. A manifest without checksums (an older version's) is checked by size."""
     path = Path(path)
+    if not path.is_dir():
+        return "no such directory"
     try:
         manifest = json.loads((path / "manifest.json").read_text())
-        return all((path / n).stat().st_size == size for n, size in manifest["files"].items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        entries = {str(n): _entry(v) for n, v in manifest["files"].items()}
+        int(manifest["step"])
+    except FileNotFoundError:
+        return "manifest.json is missing (the save did not finish)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"manifest.json is unreadable ({type(exc).__name__}: {exc})"
+    missing = [n for n in FILES if n not in entries]
+    if missing or any("/" in n or n.startswith(".") for n in entries):
+        return f"manifest.json lists {sorted(entries)}, not the checkpoint's files {list(FILES)}"
+    for name, (size, _) in entries.items():
+        try:
+            actual = (path / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            how = "truncated" if actual < size else "longer than written"
+            return f"{name} is {actual} bytes, the manifest says {size} ({how})"
+    if not checksums:
+        return None
+    if all(digest is None for _, digest in entries.values()):
+        log.debug("%s: manifest without checksums (an older version's); sizes checked", path)
+    for name, (_, digest) in entries.items():
+        if digest is None:
+            continue
+        try:
+            actual_digest = sha256_file(path / name)
+        except OSError as exc:
+            return f"{name} is unreadable ({exc})"
+        if actual_digest != digest:
+            return f"{name} does not match its SHA-256 checksum (corrupt)"
+    return None
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when :func:`verify_checkpoint` finds nothing wrong (every file has its recorded size and checksum)."""
+    return verify_checkpoint(path) is None
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return []
+    """Complete checkpoints of a run, oldest first (each one verified; the others are named in a warning)."""
     found = []
-    for p in sorted(root.glob("step_*")):
-        if is_complete(p):
+    for p in _step_dirs(checkpoints_dir(run_dir)):
+        problem = verify_checkpoint(p)
+        if problem is None:
             found.append(p)
         else:
-            log.warning("skipping incomplete or corrupt checkpoint %s", p)
+            log.warning("skipping checkpoint %s: %s", p, problem)
     return found
 
 
 def find_resume(run_dir: str | Path, resume: str) -> Path | None:
     """The checkpoint to resume from: ``never`` -> None; a path -> it (must be complete); ``auto`` -> the one
-    ``latest`` names if complete, else the newest complete one, else None."""
+    ``latest`` names if complete, else the newest complete one, else None. Each checkpoint found unusable on the
+    way is reported in one warning line (directory, file, fault); hidden leftovers of interrupted saves are
+    ignored."""
     if resume == "never":
         return None
     if resume != "auto":
         path = Path(resume)
-        if not is_complete(path):
-            raise ResumeError(f"trainer.resume={resume}: not a complete checkpoint directory")
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            raise ResumeError(f"trainer.resume={resume}: not a complete checkpoint directory ({problem})")
         return path
     root = checkpoints_dir(run_dir)
-    latest = root / "latest"
-    if latest.is_file():
-        named = root / latest.read_text().strip()
-        if is_complete(named):
-            return named
-        log.warning("checkpoint %s named by 'latest' is incomplete; looking for an older one", named)
-    done = complete_checkpoints(run_dir)
-    return done[-1] if done else None
+    named = _latest_name(root)
+    first = [root / named] if named else []
+    for p in first + [p for p in reversed(_step_dirs(root)) if p.name != named]:
+        problem = verify_checkpoint(p)
+        if problem is None:
+            return p
+        log.warning("skipping checkpoint %s: %s; trying an older one", p, problem)
+    return None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint: ``learner_state``, ``trainer_state``, ``config`` (dict), ``step``."""
+    """Read a checkpoint (verified first): ``learner_state``, ``trainer_state``, ``config`` (dict), ``step``."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not is_complete(path):
-        raise ResumeError(f"{path}: incomplete or corrupt checkpoint")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise ResumeError(f"{path}: incomplete or corrupt checkpoint ({problem})")
     learner_state = torch.load(path / "learner.pt", weights_only=False)
     learner_state["trainable"] = load_file(str(path / "policy.safetensors"))
     trainer_state = torch.load(path / "trainer.pt", weights_only=False)
