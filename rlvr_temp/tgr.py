@@ -18,7 +18,7 @@ threshold as *cold*. The pieces live in :mod:`rlvr_temp.temperature.ttm`; this m
   ``reg_weight * mean((t - t0)^2)`` over real tokens. The head reads the last element of
   ``output_hidden_states`` (the LM head's input); the model's own forward pass is left untouched.
 
-Run directory (``checkpoint.out_dir``): ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per step),
+Run directory (``trainer.run_dir``): ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per step),
 ``base_model/`` (``tiny-wikiqa`` only: the random-init model and tokenizer the adapters refer to), ``eval.json``
 and ``checkpoint/`` with ``policy/`` (``full``) or ``adapter/`` (``lora``/``qlora``) safetensors, the tokenizer,
 ``ttm_head.safetensors`` (:func:`rlvr_temp.temperature.load_head`), ``config.yaml`` and ``checkpoint.json``.
@@ -39,9 +39,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 import yaml
+from omegaconf import OmegaConf
 from pydantic import Field, model_validator
 
-from rlvr_temp.config import ConfigError, PolicyConfig, Section, load_config
+from rlvr_temp.config import ConfigError, PolicyConfig, Section, TrainerBase, load_config
 from rlvr_temp.learner import load_policy
 from rlvr_temp.temperature.ttm import (
     TokenTemperatureHead,
@@ -53,6 +54,7 @@ from rlvr_temp.temperature.ttm import (
 )
 from rlvr_temp.tiny_model import TinyModelSettings, build_tokenizer, collate_sft, make_model
 from rlvr_temp.utils import atomic_dir, lr_factor
+from rlvr_temp.yaml_recipe import apply_overrides, read_yaml
 
 WIKIQA_DIR = Path(__file__).resolve().parent / "bundled" / "wikiqa"
 WIKIQA_FILES = {"train": "WikiQA-train.txt", "dev": "WikiQA-dev.txt", "test": "WikiQA-test.txt"}
@@ -109,7 +111,7 @@ class TGRModelConfig(Section):
     path: str = Field(
         TINY_WIKIQA,
         description="Hugging Face model directory (or hub name in the local cache), or `tiny-wikiqa`: a character-"
-        "level Llama of the embedded tiny model's architecture, randomly initialised (seed `training.seed`); its "
+        "level Llama of the embedded tiny model's architecture, randomly initialised (seed `trainer.seed`); its "
         "tokenizer covers ASCII, other characters become `<unk>`.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -125,13 +127,19 @@ class TGRModelConfig(Section):
 
 
 class TGRLearnerConfig(PolicyConfig):
-    """The RL learner's policy settings (``config.PolicyConfig``), with all weights trained by default."""
+    """The RL learner's policy settings (``config.PolicyConfig``) and optimizer keys; all weights trained by default."""
 
     mode: Literal["full", "lora", "qlora"] = Field(
         "full",
         description="`full`: all weights; `lora`: LoRA on a plain base; `qlora`: LoRA on an NF4, "
         "double-quantised base (bitsandbytes, the seed script's 4-bit setup).",
     )
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate of the policy's trainable weights.")
+    warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps, then constant.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the policy (none on the head).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping, policy and head separately.")
+    micro_batch_size: int = Field(8, ge=1, description="Examples per forward/backward (micro-batch).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
 
 
 class TTMConfig(Section):
@@ -143,7 +151,7 @@ class TTMConfig(Section):
     init_std: float | None = Field(
         None, ge=0, description="Std of the head's initial weights (None: 0.01 / sqrt(hidden)); bias is logit(t0)."
     )
-    lr: float | None = Field(None, gt=0, description="Learning rate of the head (None: `training.lr`).")
+    lr: float | None = Field(None, gt=0, description="Learning rate of the head (None: `learner.lr`).")
     calibration_weight: float = Field(
         1.0,
         ge=0,
@@ -185,25 +193,21 @@ class TGRDataConfig(Section):
     limit: int | None = Field(None, ge=1, description="Use only the first N pairs.")
     eval_split: Literal["train", "dev", "test"] = Field("dev", description="Split of the final evaluation.")
     eval_limit: int = Field(64, ge=0, description="Pairs evaluated after training (0: no evaluation).")
-
-
-class TGRTrainingConfig(Section):
-    steps: int = Field(40, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(3e-3, gt=0, description="AdamW learning rate of the policy's trainable weights.")
-    warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps, then constant.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the policy (none on the head).")
-    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping, policy and head separately.")
     max_len: int = Field(256, ge=8, description="Tokens per example (prompt + answer + EOS), longer ones cut.")
+
+
+class TGRTrainerConfig(TrainerBase):
+    """The keys shared with the RL recipe (``config.TrainerBase``) with TGR's defaults, and TGR's own."""
+
+    total_steps: int = Field(40, ge=1, description="Optimizer steps.")
     seed: int = Field(0, description="Seed of initialisation and data order.")
+    run_dir: str = Field("runs/tgr/wikiqa_sft", description="Run directory (its metrics.jsonl is overwritten).")
     log_every: int = Field(10, ge=0, description="Print a progress line every N steps (0: never).")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: leave as is).")
 
 
 class TGRCheckpointConfig(Section):
-    out_dir: str = Field("runs/tgr/wikiqa_sft", description="Run directory (its metrics.jsonl is overwritten).")
-    save_every: int = Field(0, ge=0, description="Also save every N steps (0: only at the end); latest kept.")
+    every: int = Field(0, ge=0, description="Also save every N steps (0: only at the end); latest kept.")
 
 
 class TGRConfig(Section):
@@ -214,7 +218,7 @@ class TGRConfig(Section):
     ttm: TTMConfig = Field(default_factory=TTMConfig)
     gsot: GSoTConfig = Field(default_factory=GSoTConfig)
     data: TGRDataConfig = Field(default_factory=TGRDataConfig)
-    training: TGRTrainingConfig = Field(default_factory=TGRTrainingConfig)
+    trainer: TGRTrainerConfig = Field(default_factory=TGRTrainerConfig)
     checkpoint: TGRCheckpointConfig = Field(default_factory=TGRCheckpointConfig)
 
     def to_yaml(self) -> str:
@@ -222,9 +226,39 @@ class TGRConfig(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+#: Keys the TGR recipe had before it took the RL recipe's names; a recipe or override that still uses one fails.
+RENAMED_KEYS = {
+    "training.steps": "trainer.total_steps",
+    "checkpoint.out_dir": "trainer.run_dir",
+    **{f"training.{k}": f"trainer.{k}" for k in ("seed", "log_every", "num_threads")},
+    "training.batch_size": "learner.micro_batch_size",
+    **{f"training.{k}": f"learner.{k}" for k in ("grad_accum", "lr", "warmup_steps", "weight_decay", "grad_clip")},
+    "training.max_len": "data.max_len",
+    "checkpoint.save_every": "checkpoint.every",
+}
+
+
+def renamed_key(recipe: dict) -> str | None:
+    """What is wrong with the first old key in a raw recipe mapping (:data:`RENAMED_KEYS`), or None."""
+    for old, new in RENAMED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(recipe.get(section), dict) and key in recipe[section]:
+            return f"{old} was renamed {new}"
+    if "training" in recipe:
+        return "the training section was removed: its keys moved to trainer, learner and data (docs/tgr.md)"
+    return None
+
+
 def load_tgr_config(path: str | Path | None = None, overrides: Sequence[str] | None = None) -> TGRConfig:
-    """Load a TGR recipe (``base:`` inheritance, ``key.path=value`` overrides); raises :class:`ConfigError`."""
-    return load_config(path, list(overrides or []), schema=TGRConfig)
+    """Load a TGR recipe (``base:`` inheritance, ``key.path=value`` overrides); raises :class:`ConfigError`, also
+    (one line naming the new key) when the recipe or an override uses a key of :data:`RENAMED_KEYS`."""
+    overrides = list(overrides or [])
+    raw = [(str(path), read_yaml(Path(path).resolve(), ()))] if path is not None else []
+    raw += [(f"override {item!r}", apply_overrides(OmegaConf.create({}), [item])) for item in overrides]
+    for origin, node in raw:
+        if problem := renamed_key(OmegaConf.to_container(node, resolve=False)):
+            raise ConfigError(f"{origin}: {problem}")
+    return load_config(path, overrides, schema=TGRConfig)
 
 
 # ----------------------------------------------------------------------------------------------------- model
@@ -234,13 +268,9 @@ def _prepare_base(cfg: TGRConfig, run_dir: Path) -> str:
         return cfg.model.path
     base = run_dir / "base_model"
     tokenizer = build_tokenizer()
-    make_model(TinyModelSettings(seed=cfg.training.seed), tokenizer).save_pretrained(base, safe_serialization=True)
+    make_model(TinyModelSettings(seed=cfg.trainer.seed), tokenizer).save_pretrained(base, safe_serialization=True)
     tokenizer.save_pretrained(base)
     return str(base)
-
-
-def _load_policy(cfg: TGRConfig, model_path: str, device: torch.device) -> torch.nn.Module:
-    return load_policy(model_path, cfg.model, cfg.learner, device)
 
 
 def _batches(examples: list[tuple[list[int], int]], batch_size: int, seed: int) -> Iterator[list]:
@@ -304,24 +334,19 @@ def _mean_parts(parts: list[dict[str, float]]) -> dict[str, float]:
 def evaluate_sft(
     model: torch.nn.Module, head: TokenTemperatureHead, examples: list, cfg: TGRConfig, pad_id: int
 ) -> dict[str, float]:
-    """Mean loss parts over ``examples`` (eval mode, batches of ``training.batch_size``)."""
+    """Mean loss parts over ``examples`` (eval mode, batches of ``learner.micro_batch_size``)."""
     model.eval()
     device = next(head.parameters()).device
-    parts = []
-    for start in range(0, len(examples), cfg.training.batch_size):
-        batch = collate_sft(examples[start : start + cfg.training.batch_size], pad_id)
+    parts, size = [], cfg.learner.micro_batch_size
+    for start in range(0, len(examples), size):
+        batch = collate_sft(examples[start : start + size], pad_id)
         parts.append(sft_loss(model, head, {k: v.to(device) for k, v in batch.items()}, cfg)[1])
     model.train()
     return _mean_parts(parts) if parts else {}
 
 
 def save_sft_checkpoint(
-    model: torch.nn.Module,
-    head: TokenTemperatureHead,
-    tokenizer: Any,
-    cfg: TGRConfig,
-    ckpt_dir: Path,
-    info: dict[str, Any],
+    model: torch.nn.Module, head: TokenTemperatureHead, tokenizer: Any, cfg: TGRConfig, ckpt_dir: Path, info: dict
 ) -> Path:
     """Write policy (``full``) or adapter safetensors, tokenizer, head, config and info; replaces ``ckpt_dir``
     atomically (written beside it, then renamed into place)."""
@@ -340,50 +365,50 @@ def train_sft(cfg: TGRConfig) -> Path:
     """Train policy and TTM head on WikiQA as configured; returns the checkpoint directory."""
     from transformers import AutoTokenizer
 
-    tc = cfg.training
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    torch.manual_seed(tc.seed)
-    run_dir = Path(cfg.checkpoint.out_dir)
+    tr, lc, max_len, steps = cfg.trainer, cfg.learner, cfg.data.max_len, cfg.trainer.total_steps
+    if tr.num_threads:
+        torch.set_num_threads(tr.num_threads)
+    torch.manual_seed(tr.seed)
+    run_dir = Path(tr.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_path = _prepare_base(cfg, run_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    train = encode_examples(load_wikiqa(cfg.data.split, cfg.data.limit), tokenizer, tc.max_len)
+    train = encode_examples(load_wikiqa(cfg.data.split, cfg.data.limit), tokenizer, max_len)
     if not train:
-        raise ValueError(f"no WikiQA {cfg.data.split} example fits training.max_len={tc.max_len}")
-    model = _load_policy(cfg, model_path, device)
+        raise ValueError(f"no WikiQA {cfg.data.split} example fits data.max_len={max_len}")
+    model = load_policy(model_path, cfg.model, cfg.learner, device)
     hidden_size = model.get_input_embeddings().embedding_dim
     t = cfg.ttm
     head = TokenTemperatureHead(hidden_size, t.heads, t.t_min, t.t_max, t.t0, t.init_std).to(device)
     policy_params = [p for p in model.parameters() if p.requires_grad]
     if not policy_params:
         raise RuntimeError(f"the policy has no trainable parameters (learner.mode={cfg.learner.mode})")
-    policy_group = {"params": policy_params, "lr": tc.lr, "weight_decay": tc.weight_decay}
-    head_group = {"params": list(head.parameters()), "lr": t.lr or tc.lr, "weight_decay": 0.0}
+    policy_group = {"params": policy_params, "lr": lc.lr, "weight_decay": lc.weight_decay}
+    head_group = {"params": list(head.parameters()), "lr": t.lr or lc.lr, "weight_decay": 0.0}
     optimizer = torch.optim.AdamW([policy_group, head_group])
-    warmup = functools.partial(lr_factor, warmup_steps=tc.warmup_steps, total_steps=tc.steps)  # then constant
+    warmup = functools.partial(lr_factor, warmup_steps=lc.warmup_steps, total_steps=steps)  # then constant
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
-    batches = _batches(train, tc.batch_size, tc.seed)
+    batches = _batches(train, lc.micro_batch_size, tr.seed)
     info = {"base_model": model_path, "mode": cfg.learner.mode, "train_examples": len(train), "step": 0}
     ckpt_dir = run_dir / "checkpoint"
     model.train()
     t_start = time.time()
     with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as log:
-        for step in range(1, tc.steps + 1):
+        for step in range(1, steps + 1):
             t_step = time.time()
             parts = []
-            for _ in range(tc.grad_accum):
+            for _ in range(lc.grad_accum):
                 batch = {k: v.to(device) for k, v in collate_sft(next(batches), pad_id).items()}
                 loss, p = sft_loss(model, head, batch, cfg)
                 if not math.isfinite(p["loss"]):
                     raise FloatingPointError(f"non-finite loss at step {step}: {p}")
-                (loss / tc.grad_accum).backward()
+                (loss / lc.grad_accum).backward()
                 parts.append(p)
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy_params, tc.grad_clip)
-            head_norm = torch.nn.utils.clip_grad_norm_(head.parameters(), tc.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy_params, lc.grad_clip)
+            head_norm = torch.nn.utils.clip_grad_norm_(head.parameters(), lc.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             row = {"step": step, **_mean_parts(parts), "lr": scheduler.get_last_lr()[0]}
@@ -392,14 +417,14 @@ def train_sft(cfg: TGRConfig) -> Path:
             scheduler.step()
             log.write(json.dumps(row) + "\n")
             log.flush()
-            if tc.log_every and (step % tc.log_every == 0 or step == 1):
+            if tr.log_every and (step % tr.log_every == 0 or step == 1):
                 msg = f"loss {row['loss']:.4f} lm {row['lm_loss']:.4f} calib {row['calib_loss']:.4f}"
-                print(f"step {step}/{tc.steps} {msg} T {row['temp_mean']:.3f} cold {row['cold_share']:.2f}", flush=True)
-            if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and step < tc.steps:
+                print(f"step {step}/{steps} {msg} T {row['temp_mean']:.3f} cold {row['cold_share']:.2f}", flush=True)
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < steps:
                 save_sft_checkpoint(model, head, tokenizer, cfg, ckpt_dir, info | {"step": step})
-    info |= {"step": tc.steps, "train_seconds": round(time.time() - t_start, 2)}
+    info |= {"step": steps, "train_seconds": round(time.time() - t_start, 2)}
     if cfg.data.eval_limit:
-        held_out = encode_examples(load_wikiqa(cfg.data.eval_split, cfg.data.eval_limit), tokenizer, tc.max_len)
+        held_out = encode_examples(load_wikiqa(cfg.data.eval_split, cfg.data.eval_limit), tokenizer, max_len)
         scores = evaluate_sft(model, head, held_out, cfg, pad_id)
         result = {"split": cfg.data.eval_split, "examples": len(held_out), **scores}
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

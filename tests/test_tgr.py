@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from rlvr_temp.config import ConfigError
+from rlvr_temp.cli import main as cli_main
+from rlvr_temp.config import ConfigError, TrainerBase, TrainerConfig, load_config
 from rlvr_temp.temperature import (
     TokenTemperatureHead,
     gsot_mask,
@@ -23,8 +25,10 @@ from rlvr_temp.temperature import (
     to_sampling_range,
 )
 from rlvr_temp.tgr import (
+    RENAMED_KEYS,
     WIKIQA_POSITIVES,
     TGRConfig,
+    TGRTrainerConfig,
     collate_sft,
     encode_examples,
     load_tgr_config,
@@ -211,9 +215,59 @@ def test_malformed_recipe_names_the_key(tmp_path: Path) -> None:
         load_tgr_config(CPU_RECIPE, ["learner.mode=int8"])
 
 
+SHARED = {
+    "trainer.total_steps": 3,
+    "trainer.seed": 7,
+    "trainer.run_dir": "runs/x",
+    "model.path": "/m",
+    "model.dtype": "bfloat16",
+}
+
+
+def _get(cfg: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def test_rl_and_tgr_recipes_share_keys() -> None:
+    overrides = [f"{key}={value}" for key, value in SHARED.items()]
+    rl, tgr = load_config(None, overrides), load_tgr_config(CPU_RECIPE, overrides)
+    for key, value in SHARED.items():
+        assert _get(rl, key) == _get(tgr, key) == value, key
+    assert issubclass(TrainerConfig, TrainerBase) and issubclass(TGRTrainerConfig, TrainerBase)
+    assert set(TrainerBase.model_fields) == {"total_steps", "seed", "run_dir"}
+    assert TGRConfig().trainer.total_steps == 40 and TGRConfig().trainer.run_dir == "runs/tgr/wikiqa_sft"
+    for key in ("checkpoint.every", "learner.lr", "learner.warmup_steps", "learner.micro_batch_size"):
+        assert _get(rl, key) is not None and _get(tgr, key) is not None  # optimizer keys: the RL learner's names
+    assert "training" not in TGRConfig.model_fields
+
+
+def test_old_keys_fail_naming_the_new_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    msg = "override 'training.steps=3': training.steps was renamed trainer.total_steps"
+    with pytest.raises(ConfigError, match=f"^{re.escape(msg)}$"):
+        load_tgr_config(CPU_RECIPE, ["training.steps=3"])
+    assert cli_main(["sft", str(CPU_RECIPE), "training.steps=3"]) == 2  # fails before any training
+    assert capsys.readouterr().err == f"rlvr-temp: error: {msg}\n"
+    old_recipe = tmp_path / "old.yaml"
+    for old, new in RENAMED_KEYS.items():
+        section, key = old.split(".")
+        with pytest.raises(
+            ConfigError, match=f"^override '{re.escape(old)}=1': {re.escape(old)} was renamed {re.escape(new)}$"
+        ):
+            load_tgr_config(CPU_RECIPE, [f"{old}=1"])
+        old_recipe.write_text(f"base: {CPU_RECIPE}\n{section}:\n  {key}: 1\n", encoding="utf-8")
+        with pytest.raises(
+            ConfigError, match=f"^{re.escape(str(old_recipe))}: {re.escape(old)} was renamed {re.escape(new)}$"
+        ):
+            load_tgr_config(old_recipe)
+    with pytest.raises(ConfigError, match=r"^override 'training\.foo=4': the training section was removed"):
+        load_tgr_config(CPU_RECIPE, ["training.foo=4"])
+
+
 # -------------------------------------------------------------------------------------------------- SFT run
 def _run(tmp_path: Path, overrides: list[str]) -> tuple[Path, list[dict], float]:
-    cfg = load_tgr_config(CPU_RECIPE, [f"checkpoint.out_dir={tmp_path / 'run'}", "training.log_every=0", *overrides])
+    cfg = load_tgr_config(CPU_RECIPE, [f"trainer.run_dir={tmp_path / 'run'}", "trainer.log_every=0", *overrides])
     start = time.time()
     ckpt = train_sft(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -223,7 +277,13 @@ def _run(tmp_path: Path, overrides: list[str]) -> tuple[Path, list[dict], float]
 def test_cpu_sft_recipe_few_steps(tmp_path: Path) -> None:
     ckpt, rows, _ = _run(
         tmp_path,
-        ["training.steps=8", "training.batch_size=4", "training.max_len=128", "data.limit=64", "data.eval_limit=8"],
+        [
+            "trainer.total_steps=8",
+            "learner.micro_batch_size=4",
+            "data.max_len=128",
+            "data.limit=64",
+            "data.eval_limit=8",
+        ],
     )
     assert [r["step"] for r in rows] == list(range(1, 9))
     for r in rows:
@@ -231,16 +291,25 @@ def test_cpu_sft_recipe_few_steps(tmp_path: Path) -> None:
     assert rows[-1]["lm_loss"] < rows[0]["lm_loss"] - 0.3  # falls from ln(128) = 4.85
     assert (ckpt / "policy" / "model.safetensors").is_file()
     assert load_head(ckpt / "ttm_head.safetensors").heads == 8
-    assert load_tgr_config(ckpt / "config.yaml").training.steps == 8  # resolved config is itself a recipe
+    assert load_tgr_config(ckpt / "config.yaml").trainer.total_steps == 8  # resolved config is itself a recipe
     info = json.loads((ckpt / "checkpoint.json").read_text())
     assert info["step"] == 8 and info["eval"]["examples"] == 8
+
+
+def test_sft_cli_takes_the_rl_step_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    small = ["data.limit=16", "data.eval_limit=0", "data.max_len=64", "learner.micro_batch_size=2"]
+    assert cli_main(["sft", str(CPU_RECIPE), "trainer.total_steps=3", f"trainer.run_dir={run}", *small]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert f"TGR checkpoint: {run / 'checkpoint'}" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_cpu_sft_recipe_as_shipped(tmp_path: Path) -> None:
     ckpt, rows, seconds = _run(tmp_path, [])
     first, last = rows[0], rows[-1]
-    assert len(rows) == load_tgr_config(CPU_RECIPE).training.steps
+    assert len(rows) == load_tgr_config(CPU_RECIPE).trainer.total_steps
     assert sum(r["lm_loss"] for r in rows[-5:]) / 5 < first["lm_loss"] - 1.0
     assert 0.01 <= last["temp_mean"] <= 0.99
     assert seconds < 240  # the recipe's budget is 2 minutes on 2 idle cores; CI machines are shared
