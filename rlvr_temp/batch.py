@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from rlvr_temp import losses
+from rlvr_temp.answers import last_boxed, shape_reward
 from rlvr_temp.utils import atomic_write
 
 
@@ -181,6 +182,20 @@ def micro_batches(index: Sequence[int], size: int) -> list[list[int]]:
     """Consecutive chunks of ``index`` of at most ``size`` responses."""
     index = list(index)
     return [index[i : i + size] for i in range(0, len(index), size)]
+
+
+# ------------------------------------------------------------------------------------------------- rewards
+def set_rewards(flat: list[Rollout], correct: list[float], reward: Any, overlong: Any, max_len: int) -> None:
+    """Each response's shaped reward from its verified correctness (``reward`` section: binary / signed, format
+    penalty) plus DAPO's overlong penalty (``algorithm.overlong``, when enabled); ``extra["correct"]`` keeps the
+    verifier's score."""
+    lengths = torch.tensor([float(len(r.token_ids)) for r in flat])
+    penalty = losses.overlong_penalty(lengths, max_len, overlong.buffer, overlong.penalty).tolist()
+    for r, c, pen in zip(flat, correct, penalty):
+        r.extra["correct"] = c
+        has_boxed = last_boxed(r.text) is not None
+        r.reward = shape_reward(c, mode=reward.mode, has_boxed=has_boxed, format_penalty=reward.format_penalty)
+        r.reward += pen if overlong.enabled else 0.0
 
 
 # ------------------------------------------------------------------------------------------------- dynamic sampling

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rlvr_temp import __version__
 from rlvr_temp.config import ConfigError, EvalConfig, TokenRuleConfig, format_validation, load_config
 from rlvr_temp.config_docs import config_reference
+from rlvr_temp.yaml_recipe import read_yaml
 
 EXIT_USAGE = 2  # bad recipe, override or argument
 
@@ -23,7 +24,20 @@ def _fail(msg: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def recipe_kind(recipe: str) -> str:
+    """``sft`` for a TGR supervised recipe (it has a ``ttm`` section, after ``base:`` inheritance), else ``rl``."""
+    return "sft" if "ttm" in read_yaml(Path(recipe).resolve(), ()) else "rl"
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate a recipe of either kind against its own schema and print the resolved config."""
+    if recipe_kind(args.recipe) == "sft":
+        from rlvr_temp.tgr import load_tgr_config
+
+        tgr = load_tgr_config(args.recipe, args.overrides)
+        print(f"# {args.recipe}: valid TGR supervised recipe (rlvr-temp sft)")
+        print(tgr.to_yaml(), end="")
+        return 0
     cfg = load_config(args.recipe, args.overrides)
     for warning in cfg.warnings():
         print(f"rlvr-temp: warning: {warning}", file=sys.stderr)
@@ -158,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (paper: 0.6)")
     s.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (paper: 0.95)")
     s.add_argument("--max-tokens", type=int, default=1024, help="maximum response tokens")
-    s.add_argument("--max-model-len", type=int, default=2048, help="engine context length")
+    s.add_argument("--max-model-len", type=int, default=None, help="engine context length (default: the model's)")
     s.add_argument("--limit", type=int, default=None, help="first N problems of each set")
     s.add_argument("--template", default=None, help="prompt template (default: the run's, or the standard one)")
     s.add_argument("--seed", type=int, default=0)
@@ -211,19 +225,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line. Options may come before or after a recipe's KEY=VALUE overrides (argparse alone stops
+    collecting a positional list at the first option): leftover KEY=VALUE words join the overrides."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(w.startswith("-") or "=" not in w for w in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        build_parser().print_help()
         return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         return _fail(str(exc))
     except Exception as exc:
-        from rlvr_temp.checkpoint import ResumeError
+        from rlvr_temp.checkpoint import ResumeError  # these import torch and Ray: only once something failed
+        from rlvr_temp.recovery import RunError
 
+        if isinstance(exc, RunError):  # one line: step, actor, cause, where the traceback is
+            return _fail(str(exc), 1)
         if isinstance(exc, (ResumeError, FileNotFoundError, ValueError)):
             return _fail(str(exc))
         raise

@@ -50,7 +50,9 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype of the rollout engine and of the learner's compute."
     )
-    max_model_len: int = Field(512, ge=16, description="Prompt + response token budget of the rollout engine.")
+    max_model_len: int | None = Field(
+        512, ge=16, description="Prompt + response token budget of the rollout engine (None: the model's own limit)."
+    )
     trust_remote_code: bool = Field(False, description="Passed to transformers and vLLM.")
 
 
@@ -271,12 +273,20 @@ class LearnerConfig(PolicyConfig):
     )
 
 
-class TrainerConfig(Section):
+class TrainerBase(Section):
+    """The `trainer` keys every recipe kind shares (RL: :class:`TrainerConfig`; TGR: ``tgr.TGRTrainerConfig``)."""
+
     total_steps: int = Field(20, ge=1, description="Training steps (paper: 400).")
     seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
     run_dir: str = Field("runs/default", description="Where metrics, checkpoints and the resolved config go.")
+
+
+class TrainerConfig(TrainerBase):
     name: str | None = Field(None, description="Arm name in comparisons (default: the run directory's name).")
     resume: str = Field("auto", description="`auto` (newest complete checkpoint), `never`, or a path.")
+    max_retries: int = Field(
+        2, ge=0, description="Retries of a step after a rollout worker or the learner died (docs/loop.md, faults)."
+    )
 
 
 class CheckpointConfig(Section):
@@ -313,6 +323,7 @@ class RayConfig(Section):
     rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker.")
     learner_cpus: float = Field(1.0, ge=0, description="CPUs reserved for the learner.")
     learner_gpus: float = Field(0.0, ge=0, description="GPUs for the learner.")
+    max_restarts: int = Field(3, ge=0, description="How often Ray restarts a killed rollout worker or learner.")
 
 
 class RunConfig(Section):
@@ -346,6 +357,13 @@ class RunConfig(Section):
             raise ValueError("temperature.schedule.end is required for linear and cosine schedules")
         if self.learner.micro_batch_size > self.learner.mini_batch_size:
             raise ValueError("learner.micro_batch_size must be <= learner.mini_batch_size")
+        tok, ro = self.temperature.token, self.rollout
+        per_engine = min(ro.engine.max_num_seqs, -(-ro.prompts_per_step // ro.num_workers) * ro.group_size)
+        if MODES[self.temperature.mode].token_rule and tok.scope == "global" and tok.window < per_engine:
+            raise ValueError(
+                f"temperature.token.window ({tok.window}) is smaller than one decode step of an engine ({per_engine} "
+                "sequences): each step would overwrite the whole window"
+            )
         if self.rollout.engine.tensor_parallel_size > 1:
             raise ValueError(
                 "rollout.engine.tensor_parallel_size > 1 is not supported yet: the engine runs inside its rollout "

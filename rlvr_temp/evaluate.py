@@ -155,7 +155,7 @@ def evaluate_model(
     template: str | None = None,
     token_rule: TokenRuleConfig | None = None,
     seed: int = 0,
-    max_model_len: int = 2048,
+    max_model_len: int | None = None,
     dtype: str = "float32",
 ) -> dict[str, dict[str, float]]:
     """Evaluate a model directory, ``tiny``, or a run (``RUN`` or ``RUN@STEP``, exported on the fly) as ``ev`` says

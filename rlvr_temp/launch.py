@@ -81,7 +81,7 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
     from rlvr_temp.rollout import remote_worker
 
     rc = cfg.ray
-    worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus)
+    worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus, rc.max_restarts)
     return [
         worker_cls.remote(
             model_path,
@@ -99,6 +99,6 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
 def start_learner(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy) -> Any:
     """Start the learner actor with the recipe's resources; it gets the typed config and the strategy as they are."""
     rc = cfg.ray
-    return remote_learner(rc.learner_cpus, rc.learner_gpus).remote(
+    return remote_learner(rc.learner_cpus, rc.learner_gpus, rc.max_restarts).remote(
         model_path, cfg, strategy=strategy, num_threads=max(1, int(rc.learner_cpus))
     )

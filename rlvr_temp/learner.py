@@ -19,11 +19,13 @@ import functools
 import os
 from typing import Any, Protocol
 
+import ray
 import torch
 
 from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches
 from rlvr_temp.config import RunConfig
 from rlvr_temp.losses import ClipSettings, get_policy_loss
+from rlvr_temp.recovery import check_incarnation, new_incarnation
 from rlvr_temp.temperature import (
     TemperatureStrategy,
     TokenTemperatureHead,
@@ -155,6 +157,7 @@ class Learner:
         self.clip = ClipSettings(self.ac.clip_eps_low, self.ac.clip_eps_high, self.ac.dual_clip_c)
         self._base_cache: dict[str, torch.Tensor] | None = None
         self.step = 0
+        self._incarnation = new_incarnation()
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -260,8 +263,12 @@ class Learner:
                 stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "actor/loss" else v * share)
         return stats_sum
 
-    def train_step(self, batch: TrainBatch, base_temperature: float = 1.0) -> dict[str, float]:
-        """One policy update (``algorithm.ppo_epochs`` passes over shuffled mini-batches) on a scored batch."""
+    def train_step(
+        self, batch: TrainBatch, base_temperature: float = 1.0, incarnation: str | None = None
+    ) -> dict[str, float]:
+        """One policy update (``algorithm.ppo_epochs`` passes over shuffled mini-batches) on a scored batch.
+        ``incarnation``: the token the driver last saw (refused after a restart: the updates are gone)."""
+        check_incarnation(self._incarnation, incarnation, "learner")
         n = len(batch)
         self.model.eval()  # no dropout: the old log-probs must match the rollout's
         old = self._logprobs(batch, base_temperature)
@@ -323,8 +330,9 @@ class Learner:
         return self._base_cache
 
     @torch.no_grad()
-    def export_weights(self) -> dict[str, torch.Tensor]:
+    def export_weights(self, incarnation: str | None = None) -> dict[str, torch.Tensor]:
         """Plain-dtype Hugging Face state dict of the current policy (LoRA merged; never packed 4-bit)."""
+        check_incarnation(self._incarnation, incarnation, "learner")
         head = {}
         if self.ttm_head is not None:
             head = {
@@ -380,14 +388,18 @@ class Learner:
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
 
+    def identity(self) -> tuple[str, int]:
+        """(incarnation token, updates made): what the driver checks after an actor failure."""
+        return self._incarnation, self.step
+
     def ping(self) -> str:
         return "ok"
 
 
-def remote_learner(num_cpus: float = 1.0, num_gpus: float = 0.0) -> Any:
-    """The learner as a Ray actor class with these resources."""
-    import ray
-
+def remote_learner(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = 0) -> Any:
+    """The learner as a Ray actor class with these resources; Ray restarts a killed one up to ``max_restarts``
+    times (rlvr_temp.recovery)."""
     env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(max(1, int(num_cpus or 1)))}
     env.update({k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ})
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env})(Learner)
+    options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
+    return ray.remote(**options, runtime_env={"env_vars": env})(Learner)

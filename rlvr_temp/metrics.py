@@ -84,7 +84,6 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self._fh = self.path.open("a", encoding="utf-8")
         self._last: dict[str, Any] | None = None
         self._tb = None
         if tensorboard:
@@ -98,18 +97,17 @@ class MetricsLogger:
             self._wandb = wb.init(name=run_name, config=config, dir=str(self.run_dir))
 
     def log(self, step: int, metrics: dict[str, Any], merge: bool = False) -> None:
-        """Append a row; ``merge`` adds the metrics to the last row instead (same step), rewriting it."""
+        """Append a row; ``merge`` adds the metrics to the last row instead (same step), rewriting it. The file is
+        opened for each row (one line per step), so that rows dropped by :func:`truncate_metrics` stay dropped."""
         if merge and self._last is not None and self._last["step"] == step:
             self._last.update(metrics)
-            self._fh.close()
             lines = self.path.read_text(encoding="utf-8").splitlines()
             lines[-1] = json.dumps(self._last, allow_nan=True)
             atomic_write_text(self.path, "".join(line + "\n" for line in lines))
-            self._fh = self.path.open("a", encoding="utf-8")
         else:
             self._last = {"step": step, "time": time.time(), **metrics}
-            self._fh.write(json.dumps(self._last, allow_nan=True) + "\n")
-            self._fh.flush()
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(self._last, allow_nan=True) + "\n")
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
             for k, v in scalars.items():
@@ -119,7 +117,6 @@ class MetricsLogger:
             self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
-        self._fh.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

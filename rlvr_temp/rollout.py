@@ -15,11 +15,13 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import ray
 import torch
 
 from rlvr_temp import vllm_processor
 from rlvr_temp.batch import Rollout
 from rlvr_temp.config import EngineConfig, ModelConfig
+from rlvr_temp.recovery import check_incarnation, new_incarnation
 from rlvr_temp.temperature import TemperatureStrategy
 from rlvr_temp.utils import derive_seed
 
@@ -89,6 +91,7 @@ class RolloutWorker:
         self.seed = seed
         self.weights_version = 0
         self._uid = 0
+        self._incarnation = new_incarnation()
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(
@@ -103,6 +106,7 @@ class RolloutWorker:
         top_k: int = -1,
         seed: int | None = None,
         ignore_eos: bool = False,
+        incarnation: str | None = None,
     ) -> list[list[Rollout]]:
         """Sample ``len(temperatures[i])`` responses for prompt ``i``, the j-th at rollout temperature
         ``temperatures[i][j]``.
@@ -111,11 +115,13 @@ class RolloutWorker:
         of the processor on top of its rollout temperature (the token rule, the learned head); without one every
         token is sampled at its response's temperature. A temperature of 0 means greedy decoding (recorded as 0;
         its log-probs are at temperature 1). ``seed`` makes sampling reproducible (one derived seed per
-        response); ``ignore_eos`` generates exactly ``max_tokens`` (benchmarks). Invalid settings raise
-        ``ValueError`` before anything is generated.
+        response); ``ignore_eos`` generates exactly ``max_tokens`` (benchmarks). ``incarnation``: the token the
+        driver last saw (:func:`rlvr_temp.recovery.check_incarnation`). Invalid settings raise ``ValueError`` before
+        anything is generated.
         """
         from vllm import SamplingParams
 
+        check_incarnation(self._incarnation, incarnation, "rollout worker")
         if len(prompts) != len(temperatures):
             raise ValueError(f"{len(prompts)} prompts but {len(temperatures)} temperature lists")
         if max_tokens < 1:
@@ -132,15 +138,18 @@ class RolloutWorker:
                 t = _check_temperature(t, f"prompt {i} response {j} temperature")
                 self._uid += 1
                 uid = f"r{self._uid}"
-                common = dict(max_tokens=max_tokens, logprobs=0, top_p=top_p, top_k=top_k, ignore_eos=ignore_eos)
+                common = dict(max_tokens=max_tokens, logprobs=0, ignore_eos=ignore_eos)
                 if seed is not None:
                     common["seed"] = derive_seed(seed, i, j)
                 if t == 0:
-                    if strategy is not None and "token_rule" in strategy.request_spec(1.0):
+                    if strategy is not None and strategy.token_rule:
                         raise ValueError("greedy (temperature 0) cannot be combined with the token rule")
                     sp = SamplingParams(temperature=0.0, **common)
                 else:
                     spec = {"uid": uid, **(strategy.request_spec(t) if strategy else {"temperature": t})}
+                    # top-p / top-k are applied by the processor after the per-token temperature (vLLM's CPU
+                    # sampler cannot combine them with seeded requests)
+                    spec.update(top_p=top_p, top_k=top_k)
                     vllm_processor.parse_request({vllm_processor.EXTRA_KEY: spec})  # fail here, not in the engine
                     sp = SamplingParams(temperature=1.0, extra_args={vllm_processor.EXTRA_KEY: spec}, **common)
                 requests.append(request)
@@ -207,6 +216,10 @@ class RolloutWorker:
         """How many weight updates this engine has received."""
         return self.weights_version
 
+    def incarnation(self) -> str:
+        """A token drawn at construction: it changes when Ray restarts this actor."""
+        return self._incarnation
+
     def ping(self) -> str:
         return "ok"
 
@@ -243,9 +256,9 @@ def quiet_vllm_logs(level: str | None) -> None:
             log.addFilter(_DropPrefix(prefix))
 
 
-def remote_worker(num_cpus: float = 1.0, num_gpus: float = 0.0) -> Any:
-    """The worker as a Ray actor class with these resources (``.remote(...)`` to start one)."""
-    import ray
-
+def remote_worker(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = 0) -> Any:
+    """The worker as a Ray actor class with these resources (``.remote(...)`` to start one); Ray restarts a killed
+    one up to ``max_restarts`` times (rlvr_temp.recovery)."""
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env})(RolloutWorker)
+    options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
+    return ray.remote(**options, runtime_env={"env_vars": env})(RolloutWorker)

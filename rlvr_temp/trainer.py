@@ -29,8 +29,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoTokenizer
 
-from rlvr_temp import losses
-from rlvr_temp.batch import Groups, TrainBatch, select_groups, write_rollout_dump
+from rlvr_temp import recovery
+from rlvr_temp.batch import Groups, TrainBatch, select_groups, set_rewards, write_rollout_dump
 from rlvr_temp.checkpoint import (
     check_compatible,
     find_resume,
@@ -46,7 +46,7 @@ from rlvr_temp.launch import init_ray, load_train_prompts, resolve_model, start_
 from rlvr_temp.metrics import MetricsLogger, rollout_metrics, truncate_metrics
 from rlvr_temp.temperature import make_strategy
 from rlvr_temp.utils import GracefulStop, derive_seed, timed
-from rlvr_temp.verify import Verifier, last_boxed, shape_reward
+from rlvr_temp.verify import Verifier
 
 log = logging.getLogger("rlvr_temp.trainer")
 
@@ -84,9 +84,12 @@ class Trainer:
             self.workers = list(workers)
             ray.get([w.reset_temperature_state.remote() for w in self.workers])
         self.learner = start_learner(cfg, self.model_path, self.strategy)
-        self.step = 0
+        self.step, self.retries = 0, 0
+        self._start = {"stream": self.stream.state_dict(), "rng": rng_state()}
         try:
-            ray.get([w.ping.remote() for w in self.workers] + [self.learner.ping.remote()])
+            # incarnation tokens: a call meant for an actor that Ray has restarted since is refused (recovery.py)
+            self.worker_ids = ray.get([w.incarnation.remote() for w in self.workers])
+            self.learner_id = ray.get(self.learner.identity.remote())[0]
             if ckpt is not None:
                 self.restore(ckpt)
                 log.warning("resumed from %s at step %d", ckpt_path, self.step)
@@ -108,6 +111,20 @@ class Trainer:
         ray.get([w.load_temperature_state.remote(t) for w, t in zip(self.workers, temps)])
         self.step = int(ts["step"])
         truncate_metrics(self.run_dir, self.step)
+
+    def rewind(self) -> None:
+        """Back to the newest checkpoint, or to the run's start: what a resume would do, in-process (recovery.py)."""
+        path = find_resume(self.run_dir, "auto")
+        if path is not None:
+            return self.restore(load_checkpoint(path))
+        if ray.get(self.learner.identity.remote())[1] != 0:  # updated since its start: a fresh one is the start
+            ray.kill(self.learner, no_restart=False)
+            ray.get(self.learner.ping.remote())
+        self.stream.load_state_dict(self._start["stream"])
+        set_rng_state(self._start["rng"])
+        ray.get([w.reset_temperature_state.remote() for w in self.workers])
+        self.step = 0
+        truncate_metrics(self.run_dir, 0)
 
     def save(self) -> Path:
         """Write a checkpoint of the state after ``self.step`` completed steps (learner state comes from its actor)."""
@@ -144,6 +161,7 @@ class Trainer:
                 strategy=self.strategy,
                 top_p=self.cfg.rollout.top_p,
                 top_k=self.cfg.rollout.top_k,
+                incarnation=self.worker_ids[k],
                 seed=derive_seed(seed, "worker", k),
             )
             for k, (w, shard) in enumerate(zip(self.workers, shards))
@@ -161,25 +179,18 @@ class Trainer:
         flat = [r for g in groups for r in g]
         before = dict(self.verifier.stats)
         correct = self.verifier.score_batch([r.text for r in flat], [truth[r.prompt_id] for r in flat])
-        rc, ol = self.cfg.reward, self.cfg.algorithm.overlong
-        lengths = torch.tensor([float(len(r.token_ids)) for r in flat])
-        overlong = losses.overlong_penalty(lengths, self.cfg.rollout.max_response_len, ol.buffer, ol.penalty)
-        for r, c, pen in zip(flat, correct, overlong.tolist()):
-            r.extra["correct"] = c
-            has_boxed = last_boxed(r.text) is not None
-            r.reward = shape_reward(c, mode=rc.mode, has_boxed=has_boxed, format_penalty=rc.format_penalty)
-            r.reward += pen if ol.enabled else 0.0
+        set_rewards(flat, correct, self.cfg.reward, self.cfg.algorithm.overlong, self.cfg.rollout.max_response_len)
         after = self.verifier.stats
         return {f"verify/{k}": after[k] - before[k] for k in ("timeouts", "no_boxed")}
 
     def learn(self, groups: Groups, base_t: float) -> dict[str, float]:
         """Advantages within each group, then one learner update on the resulting batch (learner actor)."""
         batch = TrainBatch.from_groups(groups, self.cfg.algorithm.advantage)
-        return ray.get(self.learner.train_step.remote(batch, base_t))
+        return ray.get(self.learner.train_step.remote(batch, base_t, incarnation=self.learner_id))
 
     def sync_weights(self) -> None:
         """Send the learner's merged weights to every rollout worker (through Ray's object store, once)."""
-        ref = self.learner.export_weights.remote()
+        ref = self.learner.export_weights.remote(incarnation=self.learner_id)
         ray.get([w.update_weights.remote(ref) for w in self.workers])
 
     # ------------------------------------------------------------------------------------------ one step
@@ -246,10 +257,11 @@ class Trainer:
                 task = bar.add_task(name, total=cfg.trainer.total_steps, completed=self.step)
                 while self.step < cfg.trainer.total_steps:
                     step = self.step
-                    m = self.train_step()
+                    m = recovery.run_step(self)  # train_step, retried after an actor failure
+                    step = self.step - 1  # a recovery may have gone back to a checkpoint
                     logger.log(step, m)
                     reward, acc = m.get("reward/mean", 0), m.get("acc/mean", 0)
-                    bar.update(task, advance=1, description=f"{name} reward {reward:.3f} acc {acc:.3f}")
+                    bar.update(task, completed=self.step, description=f"{name} reward {reward:.3f} acc {acc:.3f}")
                     every = cfg.eval.every
                     if every and (self.step % every == 0 or self.step == cfg.trainer.total_steps):
                         logger.log(step, {f"eval/{k}": v for k, v in self.evaluate().items()}, merge=True)
@@ -261,15 +273,11 @@ class Trainer:
                         self.save()
             self.save()
         except Exception as exc:
-            log.error(
-                "training stopped during step %d (%s: %s); finished steps are in %s and the newest checkpoint is "
-                "resumed by running the same command again",
-                self.step,
-                type(exc).__name__,
-                exc,
-                logger.path,
-            )
-            raise
+            where = recovery.write_traceback(self.run_dir, self.step, exc)
+            raise recovery.RunError(
+                f"training stopped in step {self.step}: {recovery.describe(exc)} (traceback: {where}); finished "
+                f"steps are in {logger.path}, and running the same command again resumes from the newest checkpoint"
+            ) from exc
         finally:
             logger.close()
         return self.run_dir

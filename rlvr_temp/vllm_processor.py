@@ -8,7 +8,8 @@ rollout worker neutralises by sending every request with ``temperature=1.0``. A 
     {"uid": str,                  # key under which the token temperatures are recorded
      "temperature": float,        # the response's rollout-level temperature T_req
      "token_rule": None | {...},  # kwargs of rlvr_temp.temperature.TokenTemperatureRule (token modes)
-     "learned": None | {...}}     # the TTM head's sampling range (learned mode)
+     "learned": None | {...},     # the TTM head's sampling range (learned mode)
+     "top_p": float, "top_k": int}  # optional truncation of the tempered distribution (default: none)
 
 The specs are written by the run's temperature strategy (``rlvr_temp.temperature.strategy``).
 
@@ -40,7 +41,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from rlvr_temp import ttm_vllm
-from rlvr_temp.temperature import TokenTemperatureRule, sanitize_logits, to_sampling_range
+from rlvr_temp.temperature import TokenTemperatureRule, sanitize_logits, to_sampling_range, truncate_logits
 from rlvr_temp.temperature.token_rule import row_chunk
 
 EXTRA_KEY = "rlvr_temp"
@@ -65,6 +66,11 @@ def parse_request(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
     t = spec.get("temperature", 1.0)
     if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
         raise ValueError(f"rollout temperature must be a finite number > 0, got {t!r}")
+    top_p, top_k = spec.get("top_p", 1.0), spec.get("top_k", -1)
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    if not isinstance(top_k, int) or isinstance(top_k, bool):
+        raise ValueError(f"top_k must be an integer (-1 or 0: off), got {top_k!r}")
     rule = spec.get("token_rule")
     if rule is not None:
         if not isinstance(rule, dict):
@@ -142,6 +148,8 @@ class _Row:
     rule_key: tuple | None  # window_key of the request's token rule
     output_ids: list[int]  # vLLM's live list of this request's generated tokens
     rule_temps: tuple[float, float, float] | None = None  # the request's t_low, t_high, base_temperature
+    top_p: float = 1.0  # nucleus / top-k truncation, applied here after the temperature (see apply)
+    top_k: int = -1
     learned: tuple[float, float, float, float, float] | None = None  # t_low, t_high, t_min, t_max, shift
 
 
@@ -181,6 +189,7 @@ class _Plan:
     learned_rows: torch.Tensor | None = None  # their batch rows (index into the TTM head's output)
     learned_groups: list[tuple[tuple[float, float, float, float], torch.Tensor]] = field(default_factory=list)
     learned_shift: torch.Tensor | None = None  # [n learned rows]: T_req - base
+    truncate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # plan positions, top_p, top_k
 
 
 class TemperatureProcessor(LogitsProcessor):
@@ -235,6 +244,7 @@ class TemperatureProcessor(LogitsProcessor):
     def _row(self, spec: dict[str, Any], output_ids: list[int]) -> _Row:
         t_req = float(spec.get("temperature", 1.0))
         row = _Row(spec["uid"], t_req, None, output_ids)
+        row.top_p, row.top_k = float(spec.get("top_p", 1.0)), int(spec.get("top_k", -1))
         rule = spec.get("token_rule")
         if rule:
             row.rule_key = window_key(rule)
@@ -281,6 +291,14 @@ class TemperatureProcessor(LogitsProcessor):
             for pos, r in enumerate(rows):
                 if r.rule_key is not None:
                     by_key.setdefault(r.rule_key, []).append(pos)
+            cut = [p for p, r in enumerate(rows) if r.top_p < 1.0 or r.top_k > 0]
+            if cut:
+                p_k = [(rows[p].top_p, rows[p].top_k) for p in cut]
+                plan.truncate = (
+                    torch.tensor(cut, dtype=torch.long, device=self.device),
+                    torch.tensor([x[0] for x in p_k], dtype=torch.float32),
+                    torch.tensor([x[1] for x in p_k], dtype=torch.long),
+                )
             lpos = [p for p, r in enumerate(rows) if r.learned is not None]
             if lpos:
                 plan.learned_pos = torch.tensor(lpos, dtype=torch.long)
@@ -327,6 +345,11 @@ class TemperatureProcessor(LogitsProcessor):
             scaled = sub
         else:
             scaled = (sub / t_col).to(sub.dtype)  # computed in fp32 (promotion), stored in the logits' dtype
+        if plan.truncate is not None:
+            # top-p / top-k of the tempered distribution, here rather than in vLLM's sampler: its CPU path cannot
+            # combine them with per-request seeds ("CPU Generator does not use offset")
+            pos, top_p, top_k = plan.truncate
+            scaled[pos] = truncate_logits(scaled[pos], top_p, top_k)
         if plan.contiguous:
             if scaled is not sub:
                 logits[:n] = scaled

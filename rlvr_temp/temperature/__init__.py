@@ -33,6 +33,7 @@ from .token_rule import (
     sanitize_logits,
     token_entropies,
     token_logprobs,
+    truncate_logits,
 )
 from .ttm import (
     TokenTemperatureHead,
@@ -79,4 +80,5 @@ __all__ = [
     "to_sampling_range",
     "token_entropies",
     "token_logprobs",
+    "truncate_logits",
 ]

@@ -70,6 +70,8 @@ class TemperatureStrategy:
     name: ClassVar[str] = "fixed"
     #: whether responses of one prompt differ in temperature (the rollout-level mixture)
     mixture: ClassVar[bool] = False
+    #: whether the processor applies the entropy rule (``temperature.token``) to this mode's requests
+    token_rule: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -136,6 +138,8 @@ class MixtureTemperature(TemperatureStrategy):
 class TokenTemperature(TemperatureStrategy):
     """The entropy rule inside vLLM: hot tokens at ``t_high``, cold ones at ``t_low``, both shifted by the response's
     rollout temperature minus the configured base (so a schedule or a mixture moves them)."""
+
+    token_rule = True
 
     def hot_bounds(self, base_t: float) -> tuple[float, float]:
         shift = base_t - self.cfg.base

@@ -41,6 +41,7 @@ __all__ = [
     "sanitize_logits",
     "token_entropies",
     "token_logprobs",
+    "truncate_logits",
 ]
 
 MIN_TEMPERATURE = 1e-4
@@ -121,6 +122,23 @@ def token_entropies(
     if not outs:
         return torch.empty(lead, dtype=cdt, device=logits.device)
     return torch.cat(outs).reshape(lead)
+
+
+def truncate_logits(logits: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """Nucleus / top-k truncation of ``[B, V]`` logits (already divided by their temperatures): per row, keep the
+    ``top_k`` largest (``<= 0``: all) and of those the smallest set whose probability reaches ``top_p`` (vLLM's and
+    Hugging Face's rule: a token goes when the tokens above it already hold ``top_p``); the rest become ``-inf``.
+    The most likely token always stays. Returns a new tensor."""
+    vocab = logits.shape[-1]
+    ordered, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=logits.device)
+    k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab).to(logits.device)
+    drop = ranks[None, :] >= k[:, None]
+    probs = ordered.masked_fill(drop, -math.inf).float().softmax(dim=-1)
+    above = probs.cumsum(dim=-1) - probs  # probability held by the strictly more likely tokens
+    drop |= above >= top_p.to(logits.device, torch.float32)[:, None]
+    drop[:, 0] = False
+    return logits.scatter(-1, order, ordered.masked_fill(drop, -math.inf))
 
 
 class _TokenLogprob(torch.autograd.Function):
