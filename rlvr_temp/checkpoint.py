@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 from rlvr_temp.config import RunConfig
 from rlvr_temp.utils import atomic_dir, atomic_write_text, flatten, fsync_dir
@@ -129,8 +130,6 @@ def _write_files(
     tmp: Path, step: int, learner_state: dict[str, Any], trainer_state: dict[str, Any], config: RunConfig
 ) -> None:
     """The checkpoint's files, each fsynced, then the manifest of their sizes and checksums, then the directory."""
-    from safetensors.torch import save_file
-
     trainable = {k: v.contiguous() for k, v in learner_state["trainable"].items()}
     save_file(trainable, str(tmp / "policy.safetensors"))
     torch.save({k: v for k, v in learner_state.items() if k != "trainable"}, tmp / "learner.pt")
@@ -300,8 +299,6 @@ def find_resume(run_dir: str | Path, resume: str) -> Path | None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint (verified first): ``learner_state``, ``trainer_state``, ``config`` (dict), ``step``."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     problem = verify_checkpoint(path)
     if problem is not None:

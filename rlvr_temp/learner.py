@@ -19,8 +19,13 @@ import functools
 import os
 from typing import Any, Protocol
 
+import bitsandbytes as bnb
 import ray
 import torch
+from bitsandbytes.functional import dequantize_4bit
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.lora import LoraLayer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches
 from rlvr_temp.config import RunConfig
@@ -59,7 +64,6 @@ class PolicySettings(Protocol):
 
 def load_policy(model_path: str, model: ModelSettings, policy: PolicySettings, device: torch.device) -> torch.nn.Module:
     """Load the policy in ``policy.mode`` (``full`` / ``lora`` / ``qlora``) with ``model.dtype`` compute."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = DTYPES[model.dtype]
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model.trust_remote_code}
@@ -78,7 +82,6 @@ def load_policy(model_path: str, model: ModelSettings, policy: PolicySettings, d
         if policy.gradient_checkpointing:
             net.gradient_checkpointing_enable()
         return net
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if policy.mode == "qlora":
         net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=policy.gradient_checkpointing)
@@ -100,7 +103,6 @@ def load_policy(model_path: str, model: ModelSettings, policy: PolicySettings, d
 def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
     """Work around silently wrong LoRA gradients on CPU (docs/stack.md): bitsandbytes repacks 4-bit weights on the
     first no-grad forward, after which backward runs through a kernel without autograd. Returns modules touched."""
-    import bitsandbytes as bnb
 
     n = 0
     for module in model.modules():
@@ -125,7 +127,6 @@ class Learner:
         a mode registered only in the driver's process reach the learner's."""
         if num_threads:
             torch.set_num_threads(num_threads)
-        from transformers import AutoTokenizer
 
         self.cfg = cfg
         self.lc, self.ac = cfg.learner, cfg.algorithm
@@ -307,9 +308,6 @@ class Learner:
     def _base_weights(self) -> dict[str, torch.Tensor]:
         """Frozen base weights (dequantised for NF4), HF names, export dtype; computed once."""
         if self._base_cache is None:
-            import bitsandbytes as bnb
-            from bitsandbytes.functional import dequantize_4bit
-
             inner = self.model.get_base_model()
             cache: dict[str, torch.Tensor] = {}
             for name, module in inner.named_modules():
@@ -342,7 +340,6 @@ class Learner:
         if self.lc.mode == "full":
             sd = {k: v.detach().to(self.export_dtype).cpu().clone() for k, v in self.model.state_dict().items()}
             return sd | head
-        from peft.tuners.lora import LoraLayer
 
         out = dict(self._base_weights())
         for name, module in self.model.get_base_model().named_modules():

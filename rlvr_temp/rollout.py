@@ -17,8 +17,9 @@ from typing import Any
 
 import ray
 import torch
+from vllm import LLM, SamplingParams
 
-from rlvr_temp import vllm_processor
+from rlvr_temp import ttm_vllm, vllm_processor
 from rlvr_temp.batch import Rollout
 from rlvr_temp.config import EngineConfig, ModelConfig
 from rlvr_temp.recovery import check_incarnation, new_incarnation
@@ -55,14 +56,11 @@ class RolloutWorker:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         if num_threads:
             os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
-        from vllm import LLM  # after the environment above: vLLM reads it at import
 
         quiet_vllm_logs(log_level)
         before = set(map(id, vllm_processor.instances()))
         kwargs: dict[str, Any] = {}
         if engine_settings is not None:  # learned mode: the engine's model runs the TTM head (rlvr_temp.ttm_vllm)
-            from rlvr_temp import ttm_vllm
-
             kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(engine_settings))
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
@@ -119,7 +117,6 @@ class RolloutWorker:
         driver last saw (:func:`rlvr_temp.recovery.check_incarnation`). Invalid settings raise ``ValueError`` before
         anything is generated.
         """
-        from vllm import SamplingParams
 
         check_incarnation(self._incarnation, incarnation, "rollout worker")
         if len(prompts) != len(temperatures):

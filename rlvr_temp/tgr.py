@@ -41,6 +41,7 @@ import torch.nn.functional as F
 import yaml
 from omegaconf import OmegaConf
 from pydantic import Field, model_validator
+from transformers import AutoTokenizer
 
 from rlvr_temp.config import ConfigError, PolicyConfig, Section, TrainerBase, load_config
 from rlvr_temp.learner import load_policy
@@ -363,8 +364,6 @@ def save_sft_checkpoint(
 # --------------------------------------------------------------------------------------------------- trainer
 def train_sft(cfg: TGRConfig) -> Path:
     """Train policy and TTM head on WikiQA as configured; returns the checkpoint directory."""
-    from transformers import AutoTokenizer
-
     tr, lc, max_len, steps = cfg.trainer, cfg.learner, cfg.data.max_len, cfg.trainer.total_steps
     if tr.num_threads:
         torch.set_num_threads(tr.num_threads)

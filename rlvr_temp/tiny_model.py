@@ -38,6 +38,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+import transformers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
 from rlvr_temp import synthetic
 from rlvr_temp.utils import atomic_dir, lr_factor
 
@@ -97,8 +103,6 @@ def is_complete(path: str | Path) -> bool:
 # ---------------------------------------------------------------------------------------------- tokenizer
 def build_tokenizer(vocab_size: int = 128) -> Any:
     """Character-level tokenizer: specials, printable ASCII, newline, reserved tokens up to ``vocab_size``."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     specials = [PAD_TOKEN, EOS_TOKEN, UNK_TOKEN]
     chars = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
@@ -125,8 +129,6 @@ def build_tokenizer(vocab_size: int = 128) -> Any:
 # -------------------------------------------------------------------------------------------------- model
 def make_model(settings: TinyModelSettings, tokenizer: Any) -> Any:
     """Randomly initialised fp32 ``LlamaForCausalLM`` of ``settings`` (seeded), for ``tokenizer``'s ids."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     if settings.intermediate_size % 32 or settings.hidden_size % 32:
         raise ValueError("hidden_size and intermediate_size must be multiples of 32 (bitsandbytes CPU 4-bit)")
@@ -160,7 +162,6 @@ def collate_sft(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (torch tensors) of ``(ids, prompt length)``
     examples: labels hold the response tokens only, -100 on prompt and padding positions (whatever the pad id is
     -- it may equal EOS)."""
-    import torch
 
     width = max(len(ids) for ids, _ in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -175,7 +176,6 @@ def collate_sft(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[
 
 def _batches(examples, settings: TinyModelSettings, pad_id: int) -> Iterator:
     """Deterministic, reshuffled every epoch, right-padded (input_ids, attention_mask, labels) batches."""
-    import torch
 
     gen = torch.Generator().manual_seed(settings.seed + 1)
     while True:
@@ -192,8 +192,6 @@ def _lr_factor(step: int, settings: TinyModelSettings) -> float:
 
 def train_sft(model: Any, tokenizer: Any, settings: TinyModelSettings, *, log_every: int = 0) -> list[float]:
     """Supervised warm start (response tokens only); returns the loss of every step."""
-    import torch
-    import torch.nn.functional as F
 
     train_rows = synthetic.generate(settings.n_train, levels=settings.levels, seed=settings.seed, split="train")
     batches = _batches(_encode_examples(train_rows, tokenizer), settings, tokenizer.pad_token_id)
@@ -229,7 +227,6 @@ def greedy_generate(
     model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 64
 ) -> list[str]:
     """Batched greedy decoding in plain torch (left padding, full recompute each step); returns responses."""
-    import torch
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     out: list[str] = []
@@ -297,7 +294,6 @@ def evaluate(model: Any, tokenizer: Any, rows: Sequence[dict], *, max_new_tokens
 # ------------------------------------------------------------------------------------------------ build/cache
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
-    import torch
 
     previous = torch.get_num_threads()
     if n:
@@ -311,8 +307,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 def _write_folder(
     folder: Path, settings: TinyModelSettings, *, name: str, num_threads: int | None, verbose: bool
 ) -> dict:
-    import torch
-    import transformers
 
     t0 = time.time()
     with _torch_threads(num_threads):

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from transformers import AutoConfig
 
 from rlvr_temp.temperature import TokenTemperatureHead
 
@@ -78,6 +79,7 @@ def make_ttm_class(base_cls: type) -> type:
 
 def register(base_arch: str) -> str:
     """Register the TTM variant of a vLLM architecture (e.g. ``LlamaForCausalLM``); return its name."""
+    # vLLM's model classes are imported only here: only an engine built for `learned` mode needs them
     from vllm import ModelRegistry
 
     name = PREFIX + base_arch
@@ -96,7 +98,5 @@ def register(base_arch: str) -> str:
 
 def hf_overrides(model_path: str, settings: dict[str, Any]) -> dict[str, Any]:
     """``LLM(hf_overrides=...)`` that selects the TTM class and passes the head settings."""
-    from transformers import AutoConfig
-
     arch = (AutoConfig.from_pretrained(model_path).architectures or ["LlamaForCausalLM"])[0]
     return {"architectures": [register(arch)], "rlvr_ttm": dict(settings)}

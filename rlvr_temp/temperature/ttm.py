@@ -31,6 +31,8 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = [
@@ -173,8 +175,6 @@ def to_sampling_range(
 
 def save_head(head: TokenTemperatureHead, path: str | Path) -> Path:
     """Write the head's weights (fp32) and settings (safetensors metadata) to ``path``."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -184,9 +184,6 @@ def save_head(head: TokenTemperatureHead, path: str | Path) -> Path:
 
 def load_head(path: str | Path, device: torch.device | str = "cpu") -> TokenTemperatureHead:
     """Rebuild a head written by :func:`save_head`."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     try:
