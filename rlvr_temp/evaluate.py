@@ -33,7 +33,7 @@ from rlvr_temp.export import export_run
 from rlvr_temp.launch import format_prompts
 from rlvr_temp.temperature import TemperatureStrategy, make_strategy
 from rlvr_temp.tiny_model import ensure_tiny_model
-from rlvr_temp.utils import derive_seed
+from rlvr_temp.utils import atomic_write_text, derive_seed
 from rlvr_temp.verify import Verifier, extract_answer
 
 
@@ -111,10 +111,13 @@ def evaluate_with(
     max_tokens: int,
     strategy: TemperatureStrategy | None = None,
     seed: int = 0,
+    per_problem: dict[str, dict[str, dict[str, list]]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate with a live :class:`rlvr_temp.rollout.RolloutWorker` (in-process object or Ray actor) as the ``eval``
     section says (sets, samples per problem, temperature, top-p, limit), prompts formatted as the ``data`` section
-    says. Every response is sampled at ``ev.temperature``; ``strategy`` adds a per-token rule (default: none)."""
+    says. Every response is sampled at ``ev.temperature``; ``strategy`` adds a per-token rule (default: none).
+    ``per_problem``, when given, receives every sample's score and answer by set and problem id
+    (``{set: {problem: {"correct": [...], "answers": [...]}}}``), so that runs can be compared problem by problem."""
     call = worker.generate.remote if hasattr(worker.generate, "remote") else worker.generate
     results: dict[str, dict[str, float]] = {}
     for name in ev.datasets:
@@ -137,14 +140,27 @@ def evaluate_with(
             for (row, r), c in zip(flat, scores)
         ]
         results[name] = summarize(samples, ev.n)
+        if per_problem is not None:
+            kept = per_problem.setdefault(name, {})
+            for sample in samples:
+                entry = kept.setdefault(sample["problem"], {"correct": [], "answers": []})
+                entry["correct"].append(float(sample["correct"]))
+                entry["answers"].append(sample["answer"])
     return results
 
 
 def evaluate_run(worker: Any, tokenizer: Any, verifier: Any, cfg: RunConfig, step: int) -> dict[str, float]:
-    """A training run's periodic evaluation (its ``eval`` and ``data`` sections), flattened to ``set/metric``."""
-    max_tokens = cfg.eval.max_tokens or cfg.rollout.max_response_len
+    """A training run's held-out evaluation after ``step`` completed steps (its ``eval`` and ``data`` sections):
+    metrics flattened to ``set/metric``, and every sample's outcome in ``<run>/eval/step_<step>.json``."""
+    ev = cfg.eval
+    max_tokens = ev.max_tokens or cfg.rollout.max_response_len
     seed = derive_seed(cfg.trainer.seed, "eval", step)
-    results = evaluate_with(worker, tokenizer, verifier, cfg.eval, cfg.data, max_tokens=max_tokens, seed=seed)
+    per_problem: dict[str, dict[str, dict[str, list]]] = {}
+    results = evaluate_with(
+        worker, tokenizer, verifier, ev, cfg.data, max_tokens=max_tokens, seed=seed, per_problem=per_problem
+    )
+    record = {"step": step, "n": ev.n, "temperature": ev.temperature, "top_p": ev.top_p, "datasets": per_problem}
+    atomic_write_text(Path(cfg.trainer.run_dir) / "eval" / f"step_{step:06d}.json", json.dumps(record) + "\n")
     return {f"{name}/{k}": v for name, r in results.items() for k, v in r.items()}
 
 
