@@ -176,10 +176,12 @@ class Learner:
             position_ids=mb.position_ids,
             use_cache=False,
             output_hidden_states=use_head,
+            # logits at position j predict token j + 1: the L response tokens come from the last L + 1 columns but
+            # one (P-1 .. P+L-2); the LM head runs on those only, not on the prompt
+            logits_to_keep=mb.response_ids.shape[1] + 1,
         )
-        # logits at position j predict token j + 1: the response's L tokens are predicted from columns P-1 .. P+L-2
         p, r_len = mb.prompt_len, mb.response_ids.shape[1]
-        logits = out.logits[:, p - 1 : p - 1 + r_len, :]
+        logits = out.logits[:, :r_len, :]
         head_t = None
         if use_head:
             # learned mode: the sampling temperature is the head's output on the final hidden states, kept in the
@@ -214,14 +216,25 @@ class Learner:
         return out
 
     # ------------------------------------------------------------------------------------------ update
+    def _has_dropout(self) -> bool:
+        """Whether a training forward differs from an eval one (any dropout module or attention dropout)."""
+        drop = any(m.p > 0 for m in self.model.modules() if isinstance(m, torch.nn.Dropout))
+        return drop or float(getattr(self.model.config, "attention_dropout", 0.0) or 0.0) > 0
+
     def accumulate(
-        self, batch: TrainBatch, mini: list[int], extra: dict[str, list[torch.Tensor]], base_t: float
+        self,
+        batch: TrainBatch,
+        mini: list[int],
+        extra: dict[str, list[torch.Tensor]],
+        base_t: float,
+        record: list[torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """Forward/backward the mini-batch ``mini`` in micro-batches, leaving its exact gradient in ``.grad``.
 
         Every micro-batch loss is normalised by the mini-batch's token / response count and its constant length
         (``losses.aggregate``), so the gradients sum to the mini-batch's whatever ``micro_batch_size`` is.
-        Returns the micro-batches' statistics weighted by their token share."""
+        Without ``extra["old"]`` the old log-probs are this forward's, detached, and ``record`` receives them per
+        response. Returns the micro-batches' statistics weighted by their token share."""
         lengths = batch.response_lengths()
         mini_tokens = max(1, sum(lengths[i] for i in mini))
         stats_sum: dict[str, float] = {}
@@ -229,9 +242,12 @@ class Learner:
         for idx in micro_batches(mini, self.lc.micro_batch_size):
             mb = collate(batch, idx, self.pad_id, self.device, extra)
             logp, ent, head_t = self._forward(mb, base_t, with_entropy=want_ent)
+            if record is not None:
+                for row, i in enumerate(idx):
+                    record[i] = logp[row, : lengths[i]].detach().float().cpu()
             loss, stats = self.loss_fn(
                 logp,
-                mb.extra["old"],
+                mb.extra["old"] if "old" in mb.extra else logp.detach(),
                 mb.advantages,
                 mb.mask,
                 agg=self.ac.loss_agg,
@@ -272,14 +288,12 @@ class Learner:
         check_incarnation(self._incarnation, incarnation, "learner")
         n = len(batch)
         self.model.eval()  # no dropout: the old log-probs must match the rollout's
-        old = self._logprobs(batch, base_temperature)
-        diffs = [(o - torch.tensor(r, dtype=torch.float32)).abs() for o, r in zip(old, batch.rollout_logprobs)]
-        tokens = max(1, sum(d.numel() for d in diffs))
-        metrics = {
-            "logprob/mismatch_mean": float(sum(d.sum() for d in diffs)) / tokens,
-            "logprob/mismatch_max": max((float(d.max()) for d in diffs if d.numel()), default=0.0),
-        }
-        extra = {"old": old}
+        # One pass over one mini-batch without dropout: the old policy is the current one, so the old log-probs are
+        # the update's own forward, detached (the ratio is exactly 1, as in verl on-policy); otherwise a separate
+        # no-grad pass before any update. Either way they are compared with the rollout's (the mismatch metric).
+        single = self.ac.ppo_epochs == 1 and n <= self.lc.mini_batch_size and not self._has_dropout()
+        extra = {} if single else {"old": self._logprobs(batch, base_temperature)}
+        seen: list[torch.Tensor] = extra["old"] if not single else [torch.empty(0)] * n
         if self.ac.kl_coef > 0 or self.ac.archer:
             if self.lc.mode == "full":
                 raise ValueError("KL / Archer against the frozen base needs a LoRA policy (learner.mode lora or qlora)")
@@ -292,12 +306,18 @@ class Learner:
             order = torch.randperm(n, generator=gen).tolist()
             for mini in micro_batches(order, self.lc.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
-                for k, v in self.accumulate(batch, mini, extra, base_temperature).items():
+                for k, v in self.accumulate(batch, mini, extra, base_temperature, seen if single else None).items():
                     stats_sum[k] = stats_sum.get(k, 0.0) + v
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self._trainable(), self.lc.grad_clip)))
                 self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        diffs = [(o - torch.tensor(r, dtype=torch.float32)).abs() for o, r in zip(seen, batch.rollout_logprobs)]
+        metrics = {
+            "logprob/mismatch_mean": float(sum(d.sum() for d in diffs)) / max(1, sum(d.numel() for d in diffs)),
+            "logprob/mismatch_max": max((float(d.max()) for d in diffs if d.numel()), default=0.0),
+            "logprob/old_from_update": float(single),
+        }
         metrics.update({k: v / max(1, len(grad_norms)) for k, v in stats_sum.items()})
         metrics["actor/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]

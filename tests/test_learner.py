@@ -118,3 +118,28 @@ def test_train_step_updates_weights_and_reports_the_mismatch(tiny_model_path: st
     # the exported weights are the updated ones, under Hugging Face names
     exported = learner.export_weights()
     assert all(torch.equal(exported[k], after[k]) for k in after)
+
+
+def test_single_pass_update_takes_old_logprobs_from_its_own_forward(tiny_model_path: str, monkeypatch):
+    """One epoch over one mini-batch: no separate old-log-prob pass, the same update as with one (to fp32 noise)."""
+    cfg = _config(tiny_model_path, learner={"mini_batch_size": 8, "micro_batch_size": 4})
+    batch = _batch()
+    deltas, metrics = {}, {}
+    for separate in (False, True):
+        learner = Learner(tiny_model_path, cfg, num_threads=2)
+        learner.model.eval()
+        batch.rollout_logprobs = [c.tolist() for c in learner._logprobs(batch, 1.0)]
+        if separate:
+            monkeypatch.setattr(learner, "_has_dropout", lambda: True)  # forces the separate no-grad pass
+        before = learner.trainable_state()
+        m = learner.train_step(batch, 1.0)
+        assert m["logprob/old_from_update"] == float(not separate)
+        assert m["logprob/mismatch_max"] <= 1e-5 and m["actor/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        after = learner.trainable_state()
+        deltas[separate] = torch.cat([(after[k] - before[k]).flatten() for k in sorted(after)])
+        metrics[separate] = m
+    # Adam's first step is lr * g / (|g| + eps): compare directions (tiny gradients may differ in sign by noise)
+    cos = torch.nn.functional.cosine_similarity(deltas[False], deltas[True], dim=0)
+    assert cos >= 0.999, float(cos)
+    assert metrics[False]["actor/grad_norm"] == pytest.approx(metrics[True]["actor/grad_norm"], rel=1e-5)
+    assert metrics[False]["actor/loss"] == pytest.approx(metrics[True]["actor/loss"], abs=1e-6)
