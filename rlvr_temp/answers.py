@@ -13,6 +13,8 @@ import re
 from decimal import Decimal
 from typing import Any, Literal
 
+from rlvr_temp.notation import to_latex
+
 __all__ = ["DEFAULT_MAX_CHARS", "brace_depth", "clean_answer", "extract_answer", "last_boxed"]
 __all__ += ["normalize_ground_truth", "shape_reward"]
 
@@ -89,10 +91,13 @@ def extract_answer(response: str, max_chars: int = DEFAULT_MAX_CHARS) -> str | N
     return last_boxed(response[-max_chars:] if max_chars > 0 else response)
 
 
-def clean_answer(ans: str) -> str:
-    """Cheap rewrites math-verify does not do itself: degree sign, thin-space thousands separators."""
+def clean_answer(ans: str, *, notation: bool = True) -> str:
+    """Cheap rewrites math-verify does not do itself: degree sign, thin-space thousands separators and,
+    with ``notation``, programmatic notation (``3.83e35``, ``-1./3``, ``np.sqrt(2)``; see
+    :func:`rlvr_temp.notation.to_latex`)."""
     ans = ans.strip().replace("°", "^\\circ").replace("\\degree", "^\\circ")
-    return _THOUSANDS_SEP.sub("", ans)
+    ans = _THOUSANDS_SEP.sub("", ans)
+    return to_latex(ans) if notation else ans
 
 
 # -------------------------------------------------------------------------------------------- ground truth
@@ -111,14 +116,16 @@ def _strip_delims(s: str) -> str:
     return s
 
 
-def normalize_ground_truth(gt: Any) -> str:
+def normalize_ground_truth(gt: Any, *, notation: bool = True) -> str:
     """Ground truth (int, float, Fraction, str, or list/tuple of those) as a string math-verify can parse.
 
     Integers and integer strings lose leading zeros and thousands commas ("025" -> "25", "1,000" -> "1000");
     integral floats become integers (27.0 -> "27"). Surrounding whitespace, unescaped ``$``, an enclosing
     ``\\(..\\)`` / ``\\[..\\]`` and a single enclosing ``\\boxed{}`` are removed. A one-element list is its
     element; a longer list (e.g. OlympiadBench ``final_answer`` with several answers) is joined with ", ",
-    which math-verify compares as an unordered set. Raises ValueError for None, empty values, NaN, bools and
+    which math-verify compares as an unordered set. With ``notation`` (the default), programmatic notation
+    is rewritten as LaTeX (``3.83e35`` -> ``3.83 \\times 10^{35}``, ``np.arcsin(x)`` -> ``\\arcsin(x)``, ...;
+    see :mod:`rlvr_temp.notation`). Idempotent. Raises ValueError for None, empty values, NaN, bools and
     unsupported types.
     """
     if gt is None:
@@ -128,7 +135,7 @@ def normalize_ground_truth(gt: Any) -> str:
     if isinstance(gt, bool):
         raise ValueError(f"ground truth must be a number, string or list, got bool {gt!r}")
     if isinstance(gt, (list, tuple)):
-        parts = [normalize_ground_truth(x) for x in gt]
+        parts = [normalize_ground_truth(x, notation=notation) for x in gt]
         if not parts:
             raise ValueError("ground truth is an empty list")
         return parts[0] if len(parts) == 1 else ", ".join(parts)
@@ -150,12 +157,14 @@ def normalize_ground_truth(gt: Any) -> str:
     if not isinstance(gt, str):
         raise ValueError(f"unsupported ground truth type {type(gt).__name__}: {gt!r:.80}")
     s = _strip_delims(gt)
+    if notation:
+        s = to_latex(s)
     if not s:
         raise ValueError(f"ground truth is empty: {gt!r}")
     if _INT_STR.fullmatch(s):
         d = Decimal(s.replace(",", ""))
         s = str(int(d)) if d == d.to_integral_value() else format(d, "f")
-    return clean_answer(s)
+    return clean_answer(s, notation=notation)
 
 
 # ---------------------------------------------------------------------------------------------- rewards

@@ -1,13 +1,13 @@
 """Prompt data: bundled benchmark / training sets, file loaders, the prompt template and a resumable stream.
 
-``load_prompts`` returns a Hugging Face ``datasets.Dataset`` with four string columns, ``id``, ``question``,
-``ground_truth`` and ``data_source``, from a bundled set (``BUNDLED``), a ``.jsonl`` / ``.json`` /
-``.parquet`` file (field names auto-detected or given), or a parquet file in verl's schema (``prompt`` chat
-list, ``reward_model.ground_truth``, ``data_source``). Everything is local: nothing is downloaded and the
-project never reads outside its own package data. JSON files are parsed here (exact row numbers in errors, and
-columns whose type changes from row to row, e.g. int and str answers, are fine); parquet goes through
-``datasets`` with ``HF_DATASETS_OFFLINE=1`` and a cache under ``$RLVR_TEMP_CACHE`` (default
-``~/.cache/rlvr_temp``).
+``load_prompts`` returns a Hugging Face ``datasets.Dataset`` with string columns ``id``, ``question``,
+``ground_truth`` (normalised), ``data_source`` and ``ground_truth_raw`` (as in the file), from a bundled set
+(``BUNDLED``), a ``.jsonl`` / ``.json`` / ``.parquet`` file (field names auto-detected or given), or a parquet
+file in verl's schema (``prompt`` chat list, ``reward_model.ground_truth``, ``data_source``). Everything is
+local: nothing is downloaded and the project never reads outside its own package data. JSON files are parsed
+here (exact row numbers in errors, and columns whose type changes from row to row, e.g. int and str answers,
+are fine); parquet goes through ``datasets`` with ``HF_DATASETS_OFFLINE=1`` and a cache under
+``$RLVR_TEMP_CACHE`` (default ``~/.cache/rlvr_temp``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ ANSWER_KEYS = (
     "solution",
 )
 ID_KEYS = ("id", "idx", "unique_id", "uid", "extra_info.index")
-COLUMNS = ("id", "question", "ground_truth", "data_source")
+COLUMNS = ("id", "question", "ground_truth", "data_source", "ground_truth_raw")
 OnMissing = Literal["error", "skip"]
 
 
@@ -256,7 +256,7 @@ def load_prompts(
     limit: int | None = None,
     on_missing: OnMissing | None = None,
 ) -> datasets.Dataset:
-    """Load prompts with normalised columns ``id``, ``question``, ``ground_truth``, ``data_source`` (all str).
+    """Load prompts: str columns ``id``, ``question``, ``ground_truth``, ``data_source``, ``ground_truth_raw``.
 
     ``source``: a bundled name (``BUNDLED``; ``split`` picks a sibling, e.g. ``("gsm8k", split="train")``)
     or a ``.jsonl`` / ``.json`` / ``.parquet`` path. Fields are looked up among ``QUESTION_KEYS`` /
@@ -285,7 +285,7 @@ def load_prompts(
         if not isinstance(row, dict):
             raise DataError(f"{path}: row {n}: expected an object, got {type(row).__name__}")
         question = next((q for k in q_keys if (q := _question_text(_get(row, k))) is not None), None)
-        answer, bad = None, ""
+        answer, raw, bad = None, None, ""
         for k in a_keys:
             value = _get(row, k)
             if _empty(value):
@@ -299,8 +299,8 @@ def load_prompts(
             except ValueError as e:  # e.g. "$ $", a bool: not usable as a ground truth
                 bad = bad or f"; {k!r} unusable: {e}"
                 continue
-            if gt is not None and gt.strip():
-                answer = gt
+            if gt is not None and gt.strip():  # normalised (notation -> LaTeX); the raw form is kept too
+                answer, raw = gt, _normalize_fallback(value)
                 break
         if question is None or answer is None:
             what, keys = ("question", q_keys) if question is None else ("answer", a_keys)
@@ -315,6 +315,7 @@ def load_prompts(
         out["question"].append(question)
         out["ground_truth"].append(answer)
         out["data_source"].append(src if isinstance(src, str) and src else name)
+        out["ground_truth_raw"].append(raw)
     if skipped:
         log.warning("%s: skipped %d row(s) without a question or answer", path, skipped)
     if entry is not None and limit is None and not question_key and not answer_key and len(out["id"]) != entry.rows:

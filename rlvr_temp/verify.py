@@ -11,8 +11,10 @@ sympy run for a very long time. Every call is bounded three ways:
   is killed and the pool rebuilt. A timeout scores 0.0 and is counted in ``Verifier.stats``.
 
 ``score()`` / ``score_batch()`` use a lazily created shared :class:`Verifier` (closed at exit); they work from
-any thread. Answer extraction and ground-truth normalisation live in :mod:`rlvr_temp.answers` (re-exported
-here). See docs/verifier.md.
+any thread and any calling context: workers are launched while ``__main__``'s ``__file__`` / ``__spec__``
+are hidden, so they never re-run the caller's main module (a script without ``if __name__ ==
+"__main__":``, ``python -``, a notebook, a Ray actor). Answer extraction and ground-truth normalisation
+live in :mod:`rlvr_temp.answers` (re-exported here). See docs/verifier.md.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from multiprocessing import context as mp_ctx
 from typing import Any
 
 from rlvr_temp.answers import (
@@ -37,6 +42,7 @@ from rlvr_temp.answers import (
     normalize_ground_truth,
     shape_reward,
 )
+from rlvr_temp.notation import comparison_precision, number_value, numerically_close
 
 __all__ = ["Verifier", "extract_answer", "get_default_verifier", "last_boxed", "normalize_ground_truth"]
 __all__ += ["score", "score_batch", "shape_reward"]
@@ -82,7 +88,27 @@ def _worker_init(memory_mb: int) -> None:
     _verify_job("x + \\frac{1}{2}", "0.5", 30.0)  # warm up sympy's lazy initialisation (~0.3 s)
 
 
-def _parse_gold(gold: str, op_timeout: int) -> list:
+def _within(seconds: float, fn: Callable[[], Any], default: Any) -> Any:
+    """``fn()`` under a SIGALRM timer (worker main thread, outside math-verify's own alarms), else default."""
+    import signal
+
+    def expire(*_: object) -> None:
+        raise TimeoutError
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(0.05, seconds))
+    try:
+        return fn()
+    except TimeoutError:
+        _W["timeouts"] += 1
+        return default
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _parse_gold(gold: str, op_timeout: int) -> tuple[list, complex | None]:
+    """(parsed candidates, numeric value or None) of one normalized gold, cached per worker."""
     from math_verify import parse
 
     cache = _W.setdefault("gold_cache", {})  # GRPO scores a group of responses against one gold
@@ -93,11 +119,14 @@ def _parse_gold(gold: str, op_timeout: int) -> list:
         parsed = parse(wrapped, parsing_timeout=op_timeout)
         if parsed:
             break
+    if gold.endswith("\\%") and len(gold) > 2:  # 62.5\% also accepts 62.5 (as 62.5 accepts 62.5\%)
+        parsed = list(parsed) + parse(f"\\boxed{{{gold[:-2]}}}", parsing_timeout=op_timeout)
+    result = (parsed, _within(op_timeout, lambda: number_value(parsed), None))
     if len(cache) > 4096:
         cache.clear()
     if _W["timeouts"] == before:  # do not remember a parse cut short by a timeout
-        cache[gold] = parsed
-    return parsed
+        cache[gold] = result
+    return result
 
 
 def _verify_job(answer: str, gold: str, budget_s: float) -> tuple[bool, bool]:
@@ -111,17 +140,82 @@ def _verify_job(answer: str, gold: str, budget_s: float) -> tuple[bool, bool]:
         return budget_s - (time.monotonic() - t0)
 
     # signal.alarm takes whole seconds: at least 1 s per call; the parent's hard deadline covers the excess
-    gold_parsed = _parse_gold(gold, max(1, int(left())))
+    gold_parsed, value = _parse_gold(gold, max(1, int(left())))
+    rounding, precision = comparison_precision(value)  # tiny golds: more digits (rlvr_temp.notation)
     pred = parse(f"\\boxed{{{answer}}}", parsing_timeout=max(1, int(left())))
-    out_of_time = False
     for g in gold_parsed:
         for p in pred:
             if left() <= 0:
-                out_of_time = True
-                break
-            if verify(g, p, timeout_seconds=max(1, int(left()))):
+                return False, True
+            if verify(g, p, float_rounding=rounding, numeric_precision=precision, timeout_seconds=max(1, int(left()))):
                 return True, False
-    return False, out_of_time or _W["timeouts"] > before
+    if value is not None and left() > 0 and _within(left(), lambda: numerically_close(gold_parsed, value, pred), 0):
+        return True, False
+    return False, left() <= 0 or _W["timeouts"] > before
+
+
+# ------------------------------------------------------------------------------------ starting workers
+_MAIN_LOCK = threading.Lock()
+
+
+@contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Hide ``__main__.__file__`` / ``__spec__`` while one worker is launched.
+
+    ``spawn.get_preparation_data`` (used by the spawn and forkserver start methods) puts
+    ``init_main_from_path`` / ``init_main_from_name`` into each child's preparation data when the main module
+    has a file or a spec, and the child then re-runs that module before it unpickles anything. That fails
+    for ``python -`` (``<stdin>`` is no file), re-runs a script without a main guard (which creates another
+    Verifier inside the half-started worker), and is never needed here: workers only run functions of this
+    module. With both attributes hidden, the preparation data has no main entry. The window is the few
+    microseconds of ``Process.start()``; the attributes are restored even if the start fails.
+    """
+    with _MAIN_LOCK:
+        main = sys.modules.get("__main__")
+        if main is None:
+            yield
+            return
+        d = main.__dict__
+        saved = {k: d[k] for k in ("__file__", "__spec__") if k in d}
+        d.pop("__file__", None)
+        d["__spec__"] = None
+        try:
+            yield
+        finally:
+            d.pop("__file__", None)
+            d.pop("__spec__", None)
+            d.update(saved)
+
+
+class _ForkServerWorker(mp_ctx.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        with _main_hidden():
+            return mp_ctx.ForkServerProcess._Popen(process_obj)
+
+
+class _SpawnWorker(mp_ctx.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        with _main_hidden():
+            return mp_ctx.SpawnProcess._Popen(process_obj)
+
+
+class _ForkServerContext(mp_ctx.ForkServerContext):
+    Process = _ForkServerWorker
+
+
+class _SpawnContext(mp_ctx.SpawnContext):
+    Process = _SpawnWorker
+
+
+def _mp_context(start_method: str) -> Any:
+    """A multiprocessing context whose workers do not re-import ``__main__`` (forkserver / spawn)."""
+    if start_method == "forkserver":
+        return _ForkServerContext()
+    if start_method == "spawn":
+        return _SpawnContext()
+    return mp.get_context(start_method)  # "fork": inherits everything, nothing is re-imported
 
 
 # ------------------------------------------------------------------------------------------ parent side
@@ -145,9 +239,11 @@ class Verifier:
         memory_mb: int = 2048,
         start_method: str = "forkserver",
         startup_timeout_s: float = 120.0,
+        notation: bool = True,
     ) -> None:
         if num_workers < 1 or timeout_s <= 0:
             raise ValueError("num_workers must be >= 1 and timeout_s > 0")
+        self.notation = notation  # rewrite 3.83e35, -1./3, np.sqrt(2) ... as LaTeX (rlvr_temp.notation)
         self.num_workers, self.timeout_s, self.max_chars = num_workers, float(timeout_s), max_chars
         self.max_answer_chars, self.max_brace_depth = max_answer_chars, max_brace_depth
         self.memory_mb, self.start_method, self.startup_timeout_s = memory_mb, start_method, startup_timeout_s
@@ -169,15 +265,20 @@ class Verifier:
             return self._pool
         pool = ProcessPoolExecutor(
             self.num_workers,
-            mp_context=mp.get_context(self.start_method),
+            mp_context=_mp_context(self.start_method),
             initializer=_worker_init,
             initargs=(self.memory_mb,),
         )
         pings = [pool.submit(os.getpid) for _ in range(self.num_workers)]  # each submit spawns one worker
         done, _ = wait(pings, timeout=self.startup_timeout_s)
-        if len(done) < len(pings) or any(f.exception() for f in done):
+        errors = [e for f in done if (e := f.exception()) is not None]
+        if len(done) < len(pings) or errors:
             self._kill(pool)
-            raise RuntimeError(f"verifier workers failed to start within {self.startup_timeout_s} s")
+            why = f"{type(errors[0]).__name__}: {errors[0]}" if errors else f"no reply in {self.startup_timeout_s} s"
+            raise RuntimeError(
+                f"verifier workers ({self.start_method}) failed to start: {why.splitlines()[0][:300]} "
+                "(a worker's own error, if any, is on stderr); see docs/verifier.md, 'Calling contexts'"
+            )
         self._pool, self._pool_pid = pool, os.getpid()
         return pool
 
@@ -251,7 +352,7 @@ class Verifier:
             raise RuntimeError("Verifier is closed")
         if len(responses) != len(ground_truths):
             raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
-        golds = [normalize_ground_truth(g) for g in ground_truths]
+        golds = [normalize_ground_truth(g, notation=self.notation) for g in ground_truths]
         out = [0.0] * len(responses)
         jobs: dict[tuple[str, str], list[int]] = {}
         st = self._stats
@@ -263,7 +364,7 @@ class Verifier:
                     st["no_boxed"] += 1
                 elif len(ans) > self.max_answer_chars or brace_depth(ans) > self.max_brace_depth:
                     st["rejected"] += 1
-                elif (ans := clean_answer(ans)) == gold:  # identical strings: no need for a worker
+                elif (ans := clean_answer(ans, notation=self.notation)) == gold:  # identical: no worker
                     out[i] = 1.0
                     st["judged"] += 1
                     st["correct"] += 1

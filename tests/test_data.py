@@ -29,7 +29,7 @@ def test_bundled_set_loads(name: str) -> None:
     assert "shared" not in entry.file.parts  # package data, never /work/shared
     ds = load_prompts(name)
     assert len(ds) == entry.rows
-    assert ds.column_names == ["id", "question", "ground_truth", "data_source"]
+    assert ds.column_names == ["id", "question", "ground_truth", "data_source", "ground_truth_raw"]
     for col in ("id", "question", "ground_truth"):
         values = ds[col]
         assert all(isinstance(v, str) and v.strip() for v in values), col

@@ -245,3 +245,16 @@ def test_shape_reward():
         shape_reward(1.0, mode="ternary")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         shape_reward(1.0, format_penalty=-1.0)
+
+
+def test_main_module_is_restored_after_workers_start():
+    import __main__
+
+    def attrs():
+        return getattr(__main__, "__file__", None), getattr(__main__, "__spec__", None)
+
+    before = attrs()
+    with Verifier(num_workers=1, start_method="spawn") as v:
+        assert attrs() == before
+        assert v.score(r"\boxed{3.83 \times 10^{35}}", "3.83e35") == 1.0
+    assert attrs() == before
