@@ -219,6 +219,10 @@ def _mp_context(start_method: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ parent side
+#: Pool restarts in a row, without any answer finishing, after which scoring fails instead of retrying.
+MAX_IDLE_RESTARTS = 5
+
+
 class Verifier:
     """Scores responses against ground truths with math-verify in a pool of worker processes.
 
@@ -308,7 +312,13 @@ class Verifier:
             pending = deque(range(len(jobs)))
             retries = [0] * len(jobs)
             inflight: dict[Future, tuple[int, float]] = {}
+            idle_restarts = 0  # pool restarts since a job last finished: a pool that keeps dying is an error
             while pending or inflight:
+                if idle_restarts > MAX_IDLE_RESTARTS:
+                    raise RuntimeError(
+                        f"the verifier's worker pool died {idle_restarts} times in a row without finishing an answer "
+                        "(out of memory? see reward.num_workers and docs/verifier.md)"
+                    )
                 pool = self._ensure_pool()
                 while pending and len(inflight) < self.num_workers:
                     i = pending.popleft()
@@ -320,6 +330,7 @@ class Verifier:
                     inflight[fut] = (i, time.monotonic() + self.timeout_s)
                 if not inflight:  # the pool broke before anything could be submitted
                     self._restart()
+                    idle_restarts += 1
                     continue
                 first_deadline = min(d for _, d in inflight.values())
                 done, _ = wait(list(inflight), max(0.0, first_deadline - time.monotonic()), FIRST_COMPLETED)
@@ -328,6 +339,7 @@ class Verifier:
                     i, _ = inflight.pop(fut)
                     try:
                         results[i] = ("ok", fut.result())
+                        idle_restarts = 0
                     except BrokenProcessPool:  # a worker died (crash, OOM kill): retry once, then error
                         broken = True
                         retries[i] += 1
@@ -343,6 +355,7 @@ class Verifier:
                     pending.extendleft(i for i, _ in inflight.values())  # innocent jobs: run again
                     inflight.clear()
                     self._restart()
+                    idle_restarts += int(broken)
         return results
 
     # -- scoring
