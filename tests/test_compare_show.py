@@ -40,6 +40,9 @@ def test_compare_two_runs_of_different_lengths(tmp_path):
     assert len(rows) == 2  # arms named by their config difference
     assert "| mode=token | 12 | 24 |" in table and "| mode=mixture | 7 | 14 |" in table
     assert "`temperature.mode`" in table
+    assert "No held-out evaluation" in table  # no eval/step_*.json: training curves only
+    assert "| a | 1 | ? | 12 |" in table  # arms: directory names (no trainer.name, no trainer.seed)
+    assert 'src="data:image/png;base64,' in paths["report"].read_text()
     from rlvr_temp.compare import load_run
 
     assert any("eval/synthetic/avg@4" in r for r in load_run(a)["rows"])
@@ -48,6 +51,11 @@ def test_compare_two_runs_of_different_lengths(tmp_path):
 def test_compare_cli_errors(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+    run = _fake_run(tmp_path / "a", "a", "token", 3, 0.01)
+    assert main(["compare", str(run), "--out", str(tmp_path / "out"), "--baseline", "fixed"]) == 2
+    assert "baseline 'fixed' is not an arm; the arms are: a" in capsys.readouterr().err
+    assert main(["compare", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert "report: " in capsys.readouterr().out
 
 
 @pytest.fixture
