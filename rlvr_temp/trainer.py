@@ -233,9 +233,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Periodic held-out evaluation on the first rollout worker (``eval`` section; current weights)."""
         timing: dict[str, float] = {}
-        with timed(timing, "time"):
+        with timed(timing, "time/eval"):
             out = evaluate_run(self.workers[0], self.tokenizer, self.verifier, self.cfg, step=self.step)
-        return out | timing
+        return {f"eval/{k}": v for k, v in out.items()} | timing
 
     def run(self) -> Path:
         """Train until ``trainer.total_steps`` (or a signal: finish the step, checkpoint, stop); returns the run dir."""
@@ -264,7 +264,7 @@ class Trainer:
                     bar.update(task, completed=self.step, description=f"{name} reward {reward:.3f} acc {acc:.3f}")
                     every = cfg.eval.every
                     if every and (self.step % every == 0 or self.step == cfg.trainer.total_steps):
-                        logger.log(step, {f"eval/{k}": v for k, v in self.evaluate().items()}, merge=True)
+                        logger.log(step, self.evaluate(), merge=True)
                     if stop.signum is not None:
                         log.warning("signal %d: checkpoint after step %d, then stop", stop.signum, step)
                         break

@@ -77,8 +77,11 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
 
         trainer.cfg.eval.limit, trainer.cfg.eval.n = 6, 2  # periodic evaluation, as `eval.every` runs it
         ev = trainer.evaluate()
-        assert ev["synthetic/problems"] == 6 and 0.0 <= ev["synthetic/avg@2"] <= 1.0
-        assert ev["synthetic/pass@1"] <= ev["synthetic/pass@2"]
+        assert ev["eval/synthetic/problems"] == 6 and 0.0 <= ev["eval/synthetic/avg@2"] <= 1.0
+        assert ev["eval/synthetic/pass@1"] <= ev["eval/synthetic/pass@2"]
+        outcomes = json.loads((trainer.run_dir / "eval" / "step_000003.json").read_text())
+        assert outcomes["n"] == 2 and len(outcomes["datasets"]["synthetic"]) == 6  # every problem, every sample
+        assert all(len(p["correct"]) == 2 for p in outcomes["datasets"]["synthetic"].values())
 
         for mode in ("mixture", "token", "token+mixture"):
             trainer.cfg.temperature.mode = mode
@@ -113,10 +116,11 @@ def test_off_policy_token_mode_has_a_clear_mismatch(ray_cluster, tmp_path, tiny_
         trainer.close()
 
 
-def test_dead_rollout_worker_stops_the_run_and_keeps_what_was_written(ray_cluster, tmp_path, tiny_model_path, caplog):
-    """A rollout worker that dies mid-run: the run stops with an error naming the step, finished steps stay in
-    metrics.jsonl, and the newest checkpoint is complete and picked by auto-resume."""
+def test_dead_rollout_worker_stops_the_run_and_keeps_what_was_written(ray_cluster, tmp_path, tiny_model_path):
+    """A rollout worker that dies for good (Ray does not restart it): the run stops with one line naming the step,
+    finished steps stay in metrics.jsonl, and the newest checkpoint is complete and picked by auto-resume."""
     from rlvr_temp.checkpoint import find_resume
+    from rlvr_temp.recovery import RunError
 
     trainer = _trainer(
         tmp_path,
@@ -126,10 +130,12 @@ def test_dead_rollout_worker_stops_the_run_and_keeps_what_was_written(ray_cluste
     try:
         trainer.run()
         trainer.cfg.trainer.total_steps = 3
-        ray_cluster.kill(trainer.workers[0])
-        with caplog.at_level("ERROR", logger="rlvr_temp.trainer"), pytest.raises(ray_cluster.exceptions.RayActorError):
+        ray_cluster.kill(trainer.workers[0])  # no restart: the worker is gone for good, recovery cannot help
+        with pytest.raises(RunError) as exc:
             trainer.run()
-        assert "training stopped during step 1" in caplog.text and "resumed by running the same command" in caplog.text
+        message = str(exc.value)
+        assert len(message.splitlines()) == 1 and "training stopped in step 1" in message
+        assert "RolloutWorker" in message and "resumes from the newest checkpoint" in message
         rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [0]
         ckpt = find_resume(trainer.run_dir, "auto")
