@@ -39,6 +39,14 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
+.PHONY: study
+# The demo arms x 3 seeds as ordinary runs under runs/study (rerunning resumes what is unfinished), then compared.
+study: install
+	$(BIN)/rlvr-temp sweep $(foreach a,fixed token mixture token_mixture learned,recipes/demo/$(a).yaml) \
+	  --seeds 3 --out runs/study
+	$(BIN)/rlvr-temp compare $(foreach a,fixed token mixture token_mixture learned,$(foreach k,0 1 2,runs/study/$(a)/seed$(k))) \
+	  --baseline fixed --out runs/study/compare
+
 bench: install
 	$(BIN)/python benchmarks/run_all.py --out docs/benchmarks.md
 

@@ -74,6 +74,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rlvr_temp.sweep import SweepError, run_sweep
+
+    words = [*args.recipes, *args.overrides]  # argparse leaves KEY=VALUE words among the recipes
+    recipes, overrides = [w for w in words if "=" not in w], [w for w in words if "=" in w]
+    try:
+        return run_sweep(recipes, args.seeds, overrides, out=args.out, ray_address=args.ray_address, force=args.force)
+    except SweepError as exc:
+        return _fail(str(exc))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rlvr_temp.demo import run_demo
 
@@ -85,10 +96,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rlvr_temp.compare import compare_runs
 
     try:
-        paths = compare_runs(args.runs, args.out, metrics=args.metric or None, smooth=args.smooth)
-    except FileNotFoundError as exc:
+        paths = compare_runs(
+            args.runs,
+            args.out,
+            metrics=args.metric or None,
+            smooth=args.smooth,
+            group_by=args.group_by,
+            baseline=args.baseline,
+            step=args.step,
+        )
+    except (FileNotFoundError, ValueError) as exc:
         return _fail(str(exc))
-    print(f"plot:  {paths['plot']}\ntable: {paths['table']}")
+    print(f"plot:  {paths['plot']}\ntable: {paths['table']}\nreport: {paths['report']}")
+    if "pass_at_k" in paths:
+        print(f"pass@k: {paths['pass_at_k']}")
     return 0
 
 
@@ -162,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None, help="join this Ray cluster (default: RAY_ADDRESS or local)")
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("sweep", help="train every recipe x seed, resumably (side by side on a Ray cluster)")
+    s.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe YAMLs, then KEY=VALUE overrides for every run")
+    s.add_argument("--seeds", type=int, required=True, help="seeds 0..N-1 (trainer.seed) per recipe")
+    s.add_argument("--out", default="runs/sweep", help="sweep directory: sweep.json and <recipe>/seed<k> runs")
+    s.add_argument("--ray-address", default=None, help="run side by side on this Ray cluster (default: RAY_ADDRESS)")
+    s.add_argument("--force", action="store_true", help="take over --out even if another sweep command started it")
+    s.set_defaults(func=cmd_sweep, overrides=[])
+
     s = _recipe_args(sub.add_parser("sft", help="supervised TGR training (policy + TTM head)"), "TGR recipe YAML")
     s.set_defaults(func=cmd_sft)
 
@@ -190,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", action="append", help="metric to plot (repeatable; default: reward, acc, ...)")
     s.add_argument("--smooth", type=int, default=1, help="moving-average window")
     s.add_argument("--out", default="runs/compare", help="output directory")
+    s.add_argument(
+        "--group-by",
+        default=None,
+        metavar="KEY",
+        help="dotted config key naming each run's arm, e.g. temperature.mode (default: trainer.name, else the "
+        "directory name, seed suffix stripped)",
+    )
+    s.add_argument("--baseline", default=None, metavar="ARM", help="arm the others are compared to (default: fixed)")
+    s.add_argument("--step", type=int, default=None, help="held-out evaluation step (default: latest common)")
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("demo", help="build the tiny model, train the demo arms, compare them")
