@@ -408,13 +408,10 @@ class TemperatureProcessor(LogitsProcessor):
 
     def state_dict(self) -> dict[str, Any]:
         """Entropy windows, one per window key, with the rule that owns each (``torch.save``-able)."""
-        return {"rules": {repr(k): (r.config(), r.state_dict()) for k, r in self.rules.items()}}
+        return rules_state(self.rules)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for kwargs, rule_state in state.get("rules", {}).values():
-            rule = TokenTemperatureRule(**kwargs)
-            rule.load_state_dict(rule_state)
-            self.rules[window_key(kwargs)] = rule
+        self.rules.update(load_rules(state))
 
     def reset(self) -> None:
         """Forget every entropy window, row and pending record (a new run reusing this engine)."""
@@ -422,6 +419,21 @@ class TemperatureProcessor(LogitsProcessor):
         self.rows.clear()
         self.log.clear()
         self._dirty = True
+
+
+def rules_state(rules: dict[tuple, TokenTemperatureRule]) -> dict[str, Any]:
+    """The processors' checkpoint format (V1 and V2 alike): each window key's rule settings and window."""
+    return {"rules": {repr(k): (r.config(), r.state_dict()) for k, r in rules.items()}}
+
+
+def load_rules(state: dict[str, Any]) -> dict[tuple, TokenTemperatureRule]:
+    """The rules of a :func:`rules_state`, keyed by window key."""
+    out = {}
+    for kwargs, rule_state in state.get("rules", {}).values():
+        rule = TokenTemperatureRule(**kwargs)
+        rule.load_state_dict(rule_state)
+        out[window_key(kwargs)] = rule
+    return out
 
 
 def instances() -> list[TemperatureProcessor]:

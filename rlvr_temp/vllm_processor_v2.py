@@ -42,7 +42,7 @@ from rlvr_temp import temperature as tt
 from rlvr_temp import ttm_vllm
 from rlvr_temp.temperature import MIN_TEMPERATURE, TokenTemperatureRule
 from rlvr_temp.temperature.token_rule import row_chunk
-from rlvr_temp.vllm_processor import TemperatureProcessor, parse_request, window_key
+from rlvr_temp.vllm_processor import TemperatureProcessor, load_rules, parse_request, rules_state, window_key
 
 #: The vLLM release (major.minor) whose Model Runner V2 logits-processor interface this module was written
 #: against. On another release the module still loads if the interface checks below pass, but it warns.
@@ -423,13 +423,10 @@ class TemperatureProcessorV2(_v2.LogitsProcessor):
             if rule is not None:
                 rule.window.clear()
                 rule.window.push(win.values().to("cpu", torch.float64))
-        return {"rules": {repr(k): (r.config(), r.state_dict()) for k, r in self.rules.items()}}
+        return rules_state(self.rules)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for kwargs, rule_state in state.get("rules", {}).values():
-            rule = TokenTemperatureRule(**kwargs)
-            rule.load_state_dict(rule_state)
-            self.rules[window_key(kwargs)] = rule
+        self.rules.update(load_rules(state))
         self._dev.clear()  # rebuilt from the loaded rules on first use
         self._gen += 1
 
