@@ -32,6 +32,7 @@ reach the processor; the worker arranges that.
 
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ def parse_request(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
     return spec
 
 
-def _entropy_of_sanitized(logits: torch.Tensor) -> torch.Tensor:
+def entropy_of_sanitized(logits: torch.Tensor) -> torch.Tensor:
     """:func:`entropy_from_logits` of logits that :func:`sanitize_logits` made finite, with fewer kernels.
 
     Bit-identical to ``entropy_from_logits`` for finite input: the division by ``T = 1`` and the NaN/inf
@@ -130,8 +131,12 @@ def window_key(rule: dict[str, Any]) -> tuple:
     return tuple((k, rule.get(k)) for k in _WINDOW_KEYS)
 
 
-def _rule_temps(rule: dict[str, Any]) -> tuple[float, float, float]:
-    return float(rule["t_low"]), float(rule["t_high"]), float(rule.get("base_temperature", 1.0))
+_RULE_DEFAULTS = {k: p.default for k, p in inspect.signature(TokenTemperatureRule).parameters.items()}
+
+
+def rule_temperatures(rule: dict[str, Any]) -> tuple[float, float, float]:
+    """A token rule's ``t_low``, ``t_high``, ``base_temperature`` (the rule's defaults where the spec omits one)."""
+    return tuple(float(rule.get(k, _RULE_DEFAULTS[k])) for k in ("t_low", "t_high", "base_temperature"))  # type: ignore[return-value]
 
 
 def _cold_hot(rows: list[_Row]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,7 +255,7 @@ class TemperatureProcessor(LogitsProcessor):
             row.rule_key = window_key(rule)
             if row.rule_key not in self.rules:
                 self.rules[row.rule_key] = TokenTemperatureRule(**rule)
-            row.rule_temps = _rule_temps(rule)
+            row.rule_temps = rule_temperatures(rule)
         lv = spec.get("learned")
         if lv is not None:
             row.learned = (lv["t_low"], lv["t_high"], lv["t_min"], lv["t_max"], t_req - lv["base"])
@@ -318,7 +323,7 @@ class TemperatureProcessor(LogitsProcessor):
                     t_req=t_reqs.pop() if len(t_reqs) == 1 else None,
                 )
                 rule = self.rules[key]
-                if any(rows[p].rule_temps != _rule_temps(rule.config()) for p in pos):
+                if any(rows[p].rule_temps != rule_temperatures(rule.config()) for p in pos):
                     group.cold_hot = _cold_hot([rows[p] for p in pos])
                 plan.groups.append(group)
         self.plan = plan
@@ -336,7 +341,7 @@ class TemperatureProcessor(LogitsProcessor):
         # modified in place, since they are written back (or are already) where they belong
         sub = logits[:n] if plan.contiguous else logits.index_select(0, plan.index)
         sanitize_logits(sub, inplace=True)
-        entropies = _entropy_of_sanitized(sub).float().cpu()
+        entropies = entropy_of_sanitized(sub).float().cpu()
         temps = self._temperatures(entropies)
         temps.clamp_(min=MIN_TEMPERATURE)
         t_col = temps.to(sub.device, non_blocking=True).unsqueeze(1)

@@ -41,8 +41,15 @@ import torch
 from rlvr_temp import temperature as tt
 from rlvr_temp import ttm_vllm
 from rlvr_temp.temperature import MIN_TEMPERATURE, TokenTemperatureRule
-from rlvr_temp.temperature.token_rule import row_chunk
-from rlvr_temp.vllm_processor import TemperatureProcessor, load_rules, parse_request, rules_state, window_key
+from rlvr_temp.vllm_processor import (
+    TemperatureProcessor,
+    entropy_of_sanitized,
+    load_rules,
+    parse_request,
+    rule_temperatures,
+    rules_state,
+    window_key,
+)
 
 #: The vLLM release (major.minor) whose Model Runner V2 logits-processor interface this module was written
 #: against. On another release the module still loads if the interface checks below pass, but it warns.
@@ -59,7 +66,6 @@ _FIELDS = {
     "LogitsContext": ("idx_mapping_np", "seq_lens_upper_bound_np"),
     "LogitsProcRequestState": ("device", "max_num_reqs", "prompt_len", "prefill_len"),
 }
-_RULE_DEFAULTS = {k: p.default for k, p in inspect.signature(TokenTemperatureRule).parameters.items()}
 _INSTANCES: weakref.WeakSet[TemperatureProcessorV2] = weakref.WeakSet()
 
 
@@ -110,24 +116,6 @@ def _load_interface() -> Any:
 
 
 _v2 = _load_interface()
-
-
-def _entropies(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy at temperature 1 of rows that ``sanitize_logits`` made finite. A re-implementation of the V1
-    processor's private ``_entropy_of_sanitized``, with the same kernels and row chunks, hence the same bits."""
-    cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    step = row_chunk(logits.shape[-1], None)
-    outs = []
-    for i in range(0, logits.shape[0], step):
-        z = logits[i : i + step]
-        z = z.to(cdt) if z.dtype != cdt else z.contiguous()
-        logp = torch.log_softmax(z, dim=-1)
-        outs.append(torch.mul(logp.exp(), logp).sum(dim=-1).neg_().clamp_min_(0.0))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-
-def _rule_temps(rule: dict[str, Any]) -> tuple[float, float, float]:
-    return tuple(float(rule.get(k, _RULE_DEFAULTS[k])) for k in ("t_low", "t_high", "base_temperature"))  # type: ignore[return-value]
 
 
 class _DeviceWindow:
@@ -303,13 +291,13 @@ class TemperatureProcessorV2(_v2.LogitsProcessor):
         for k, pos in by_key.items():
             rule, group = self.rules[k], [members[p] for p in pos]
             own = (rule.t_low, rule.t_high, rule.base_temperature)
-            if all(_rule_temps(m.rule) == own for m in group):  # type: ignore[arg-type]
+            if all(rule_temperatures(m.rule) == own for m in group):  # type: ignore[arg-type]
                 # the rule's fp32 arithmetic (TokenTemperatureRule.step, float and tensor paths alike)
                 shifts = [np.float32(m.t_req) - np.float32(own[2]) for m in group]
                 cold = [max(float(np.float32(own[0]) + s), MIN_TEMPERATURE) for s in shifts]
                 hot = [max(float(np.float32(own[1]) + s), MIN_TEMPERATURE) for s in shifts]
             else:  # like V1 (vllm_processor._cold_hot): the whole group in float64, rounded once
-                temps = [(_rule_temps(m.rule), m.t_req) for m in group]  # type: ignore[arg-type]
+                temps = [(rule_temperatures(m.rule), m.t_req) for m in group]  # type: ignore[arg-type]
                 cold = [t[0] + r - t[2] for t, r in temps]
                 hot = [t[1] + r - t[2] for t, r in temps]
             where = None if len(pos) == n else self._h2d(pos)
@@ -347,7 +335,7 @@ class TemperatureProcessorV2(_v2.LogitsProcessor):
         positions = (seq[plan.rows] - plan.prompt_len).tolist()  # output index of the token sampled now (host)
         sub = logits[plan.span[0] : plan.span[1]] if plan.span else logits.index_select(0, plan.index)
         tt.sanitize_logits(sub, inplace=True)
-        entropies = _entropies(sub).float()
+        entropies = entropy_of_sanitized(sub).float()
         temps = self._temperatures(plan, entropies)
         t_col = temps.unsqueeze(1)
         scaled = sub.div_(t_col) if sub.dtype == torch.float32 else (sub / t_col).to(sub.dtype)  # V2: always fp32
