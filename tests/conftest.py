@@ -24,3 +24,13 @@ def tiny_model_path() -> str:
     if os.environ.get("RLVR_TEMP_TEST_MODEL"):
         return os.environ["RLVR_TEMP_TEST_MODEL"]
     return str(ensure_tiny_model())
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local two-CPU Ray cluster for one test module (the end-to-end tests' actors)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

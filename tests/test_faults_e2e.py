@@ -28,13 +28,6 @@ BASE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 class KillingTrainer(Trainer):
     """Kills an actor just as one of its calls of a chosen step is made (Ray restarts it with a fresh state)."""
 

@@ -28,15 +28,6 @@ BASE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _trainer(tmp_path, name: str, overrides: list[str]):
     from rlvr_temp.trainer import Trainer
 
