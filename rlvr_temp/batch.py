@@ -184,6 +184,24 @@ def micro_batches(index: Sequence[int], size: int) -> list[list[int]]:
     return [index[i : i + size] for i in range(0, len(index), size)]
 
 
+def token_budget_batches(batch: TrainBatch, index: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Micro-batches of ``index`` whose padded size (rows x longest prompt + longest response) stays within
+    ``max_tokens`` (verl's dynamic batch size): responses sorted by length, packed greedily, so that long and
+    short responses are not padded to each other. A response longer than the budget gets a micro-batch alone."""
+    order = sorted(index, key=lambda i: (len(batch.prompt_ids[i]) + len(batch.response_ids[i]), i))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    p_max = r_max = 0
+    for i in order:
+        p, r = max(p_max, len(batch.prompt_ids[i])), max(r_max, len(batch.response_ids[i]))
+        if cur and (len(cur) + 1) * (p + r) > max_tokens:
+            out.append(cur)
+            cur, p, r = [], len(batch.prompt_ids[i]), len(batch.response_ids[i])
+        cur.append(i)
+        p_max, r_max = p, r
+    return [*out, cur] if cur else out
+
+
 # ------------------------------------------------------------------------------------------------- rewards
 def set_rewards(flat: list[Rollout], correct: list[float], reward: Any, overlong: Any, max_len: int) -> None:
     """Each response's shaped reward from its verified correctness (``reward`` section: binary / signed, format

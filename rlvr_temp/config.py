@@ -271,6 +271,12 @@ class LearnerConfig(PolicyConfig):
     micro_batch_size: int = Field(
         16, ge=1, description="Responses per forward/backward; gradients accumulate exactly over a mini-batch."
     )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Form micro-batches by a padded-token budget instead of `micro_batch_size` (verl's dynamic "
+        "batch size): responses sorted by length and packed; the gradient is the same (exact accumulation).",
+    )
 
 
 class TrainerBase(Section):

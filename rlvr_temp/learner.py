@@ -27,7 +27,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches
+from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches, token_budget_batches
 from rlvr_temp.config import RunConfig
 from rlvr_temp.losses import ClipSettings, get_policy_loss
 from rlvr_temp.recovery import check_incarnation, new_incarnation
@@ -239,7 +239,9 @@ class Learner:
         mini_tokens = max(1, sum(lengths[i] for i in mini))
         stats_sum: dict[str, float] = {}
         archer, want_ent = self.ac.archer, self.ac.entropy_coef > 0
-        for idx in micro_batches(mini, self.lc.micro_batch_size):
+        budget = self.lc.micro_batch_tokens
+        chunks = token_budget_batches(batch, mini, budget) if budget else micro_batches(mini, self.lc.micro_batch_size)
+        for idx in chunks:
             mb = collate(batch, idx, self.pad_id, self.device, extra)
             logp, ent, head_t = self._forward(mb, base_t, with_entropy=want_ent)
             if record is not None:

@@ -47,8 +47,8 @@ def learner(tiny_model_path: str) -> Learner:
     return Learner(tiny_model_path, _config(tiny_model_path), num_threads=2)
 
 
-def _grad(learner: Learner, batch: TrainBatch, micro: int, extra: dict) -> torch.Tensor:
-    learner.lc = learner.lc.model_copy(update={"micro_batch_size": micro})
+def _grad(learner: Learner, batch: TrainBatch, micro: int, extra: dict, budget: int | None = None) -> torch.Tensor:
+    learner.lc = learner.lc.model_copy(update={"micro_batch_size": micro, "micro_batch_tokens": budget})
     learner.optimizer.zero_grad(set_to_none=True)
     learner.accumulate(batch, list(range(len(batch))), extra, base_t=1.0)
     return torch.cat([p.grad.flatten() for p in learner._trainable() if p.grad is not None])
@@ -69,9 +69,10 @@ def test_gradient_accumulation_is_exact(learner: Learner, loss: str, agg: str | 
     g = torch.Generator().manual_seed(1)
     extra = {"old": [c + 0.3 * torch.randn(c.shape, generator=g) for c in current]}
     grads = {m: _grad(learner, batch, m, extra) for m in (8, 4, 2)}
+    grads["tokens"] = _grad(learner, batch, 8, extra, budget=60)  # length-sorted, packed by padded tokens
     norm = grads[8].norm()
     assert norm > 0
-    for m in (4, 2):
+    for m in (4, 2, "tokens"):
         assert (grads[m] - grads[8]).abs().max() <= 1e-6 * norm, (loss, agg, m)
 
 
@@ -83,6 +84,18 @@ def test_drgrpo_normaliser_is_the_max_response_length(learner: Learner):
     m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     assert losses.aggregate(v, m, "seq-mean-token-sum-norm", norm_len=24).item() == pytest.approx((3 / 24 + 4 / 24) / 2)
     assert learner.cfg.rollout.max_response_len == 24
+
+
+def test_token_budget_micro_batches_pack_by_length():
+    from rlvr_temp.batch import token_budget_batches
+
+    batch = _batch()
+    chunks = token_budget_batches(batch, range(8), max_tokens=60)
+    assert sorted(i for c in chunks for i in c) == list(range(8))
+    for c in chunks:
+        width = max(len(batch.prompt_ids[i]) for i in c) + max(len(batch.response_ids[i]) for i in c)
+        assert len(c) * width <= 60 or len(c) == 1
+    assert len(chunks) > 1 and chunks[0][0] == 0  # the shortest response (3 tokens) comes first
 
 
 def test_collate_pads_each_micro_batch_to_its_own_length():
