@@ -98,6 +98,11 @@ class EngineConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per rollout worker.")
     enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (reset after each weight sync).")
     max_num_seqs: int = Field(256, ge=1, description="Maximum concurrent sequences in the engine.")
+    model_runner: Literal["v1", "v2"] = Field(
+        "v1",
+        description="vLLM model runner on CUDA: `v1` until the V2 processor has passed on a real CUDA install "
+        "(vLLM 0.32 would pick V2 there); `v2` uses rlvr_temp.vllm_processor_v2 (docs/cluster.md). CPU: v1 only.",
+    )
 
 
 class RolloutConfig(Section):

@@ -6,6 +6,7 @@ evaluation and the export commands.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from rlvr_temp.data import format_prompt, load_prompts
 from rlvr_temp.learner import remote_learner
 from rlvr_temp.temperature import TemperatureStrategy
 from rlvr_temp.tiny_model import ensure_tiny_model
-from rlvr_temp.utils import derive_seed
+from rlvr_temp.utils import atomic_write_text, derive_seed
 
 #: environment passed from the driver to every actor (offline hubs, the tiny model's cache)
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "RLVR_TEMP_CACHE")
@@ -102,3 +103,8 @@ def start_learner(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
     return remote_learner(rc.learner_cpus, rc.learner_gpus, rc.max_restarts).remote(
         model_path, cfg, strategy=strategy, num_threads=max(1, int(rc.learner_cpus))
     )
+
+
+def record_engines(run_dir: str | Path, workers: list[Any]) -> None:
+    """Write what each rollout engine runs (vLLM version, model runner, ...) to ``<run>/engines.json``."""
+    atomic_write_text(Path(run_dir) / "engines.json", json.dumps(ray.get([w.engine_info.remote() for w in workers])))

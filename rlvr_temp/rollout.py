@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 import torch
+import vllm
 from vllm import LLM, SamplingParams
 
 from rlvr_temp import ttm_vllm, vllm_processor
@@ -58,7 +59,19 @@ class RolloutWorker:
             os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
 
         quiet_vllm_logs(log_level)
-        before = set(map(id, vllm_processor.instances()))
+        # vLLM 0.32 runs Model Runner V2 on CUDA by default, which takes only V2 processors: V1 unless the recipe
+        # asks for V2, whose processor has not yet run on a real CUDA install (docs/cluster.md)
+        self.model_runner = engine.model_runner
+        if self.model_runner == "v2" and not torch.cuda.is_available():
+            raise ValueError("rollout.engine.model_runner=v2 needs a CUDA build of vLLM; use v1 on CPU")
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if self.model_runner == "v2" else "0"
+        if self.model_runner == "v2":  # imported only here: it checks vLLM's V2 interface when imported
+            from rlvr_temp import vllm_processor_v2 as procs
+
+            processor_cls: type = procs.TemperatureProcessorV2
+        else:
+            procs, processor_cls = vllm_processor, vllm_processor.TemperatureProcessor
+        before = set(map(id, procs.instances()))
         kwargs: dict[str, Any] = {}
         if engine_settings is not None:  # learned mode: the engine's model runs the TTM head (rlvr_temp.ttm_vllm)
             kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(engine_settings))
@@ -74,11 +87,11 @@ class RolloutWorker:
             max_num_seqs=engine.max_num_seqs,
             tensor_parallel_size=engine.tensor_parallel_size,
             trust_remote_code=model.trust_remote_code,
-            logits_processors=[vllm_processor.TemperatureProcessor],
+            logits_processors=[processor_cls],
             logprobs_mode="processed_logprobs",
             **kwargs,
         )
-        mine = [p for p in vllm_processor.instances() if id(p) not in before]
+        mine = [p for p in procs.instances() if id(p) not in before]
         if len(mine) != 1:
             raise RuntimeError(f"expected one rlvr_temp processor in the new engine, found {len(mine)}")
         self.processor = mine[0]
@@ -212,6 +225,16 @@ class RolloutWorker:
     def version(self) -> int:
         """How many weight updates this engine has received."""
         return self.weights_version
+
+    def engine_info(self) -> dict[str, Any]:
+        """What this engine runs (recorded in the run directory's ``engines.json``)."""
+        cfg = self.llm.llm_engine.vllm_config
+        return {
+            "vllm": vllm.__version__,
+            "model_runner": self.model_runner,
+            "tensor_parallel_size": cfg.parallel_config.tensor_parallel_size,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+        }
 
     def incarnation(self) -> str:
         """A token drawn at construction: it changes when Ray restarts this actor."""

@@ -42,7 +42,7 @@ from rlvr_temp.checkpoint import (
 from rlvr_temp.config import RunConfig, save_config
 from rlvr_temp.data import PromptStream
 from rlvr_temp.evaluate import evaluate_run
-from rlvr_temp.launch import init_ray, load_train_prompts, resolve_model, start_learner, start_workers
+from rlvr_temp.launch import init_ray, load_train_prompts, record_engines, resolve_model, start_learner, start_workers
 from rlvr_temp.metrics import MetricsLogger, rollout_metrics, truncate_metrics
 from rlvr_temp.temperature import make_strategy
 from rlvr_temp.utils import GracefulStop, derive_seed, timed
@@ -90,6 +90,7 @@ class Trainer:
             # incarnation tokens: a call meant for an actor that Ray has restarted since is refused (recovery.py)
             self.worker_ids = ray.get([w.incarnation.remote() for w in self.workers])
             self.learner_id = ray.get(self.learner.identity.remote())[0]
+            record_engines(self.run_dir, self.workers)
             if ckpt is not None:
                 self.restore(ckpt)
                 log.warning("resumed from %s at step %d", ckpt_path, self.step)

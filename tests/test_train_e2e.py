@@ -65,6 +65,8 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
         assert versions_before == [1] * len(trainer.workers)  # the initial sync of the learner's NF4 weights
         assert all(a - b == len(updated) for a, b in zip(versions_after, versions_before))
         assert (trainer.run_dir / "config.yaml").is_file()
+        engines = json.loads((trainer.run_dir / "engines.json").read_text())
+        assert [e["model_runner"] for e in engines] == ["v1"] and engines[0]["device"] == "cpu"
 
         trainer.cfg.eval.limit, trainer.cfg.eval.n = 6, 2  # periodic evaluation, as `eval.every` runs it
         ev = trainer.evaluate()

@@ -339,3 +339,11 @@ def test_v2_loader_accepts_the_v2_class_and_rejects_v1():
     proc.add_request(1, _params("a"))
     with pytest.raises(RuntimeError, match="speculative"):
         proc.apply(torch.zeros(3, VOCAB), _ctx([1, 0], [5, 5]))
+
+
+def test_the_v2_runner_is_refused_on_cpu_before_an_engine_starts(tiny_model_path):
+    from rlvr_temp.config import EngineConfig, ModelConfig
+    from rlvr_temp.rollout import RolloutWorker
+
+    with pytest.raises(ValueError, match="model_runner=v2 needs a CUDA build"):
+        RolloutWorker(tiny_model_path, ModelConfig(path=tiny_model_path), EngineConfig(model_runner="v2"))
