@@ -16,7 +16,7 @@ import ray
 from rlvr_temp import synthetic
 from rlvr_temp.config import DataConfig, RunConfig
 from rlvr_temp.data import format_prompt, load_prompts
-from rlvr_temp.learner import remote_learner
+from rlvr_temp.learner import Learner
 from rlvr_temp.temperature import TemperatureStrategy
 from rlvr_temp.tiny_model import ensure_tiny_model
 from rlvr_temp.utils import atomic_write_text, derive_seed
@@ -95,6 +95,15 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
         )
         for i in range(cfg.rollout.num_workers)
     ]
+
+
+def remote_learner(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = 0) -> Any:
+    """The learner as a Ray actor class with these resources; Ray restarts a killed one up to ``max_restarts``
+    times (rlvr_temp.recovery)."""
+    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(max(1, int(num_cpus or 1)))}
+    env.update({k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ})
+    options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
+    return ray.remote(**options, runtime_env={"env_vars": env})(Learner)
 
 
 def start_learner(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy) -> Any:

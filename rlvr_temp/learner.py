@@ -16,11 +16,9 @@ response count (``losses.aggregate``), so the micro-batch gradients sum to the m
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Protocol
 
 import bitsandbytes as bnb
-import ray
 import torch
 from bitsandbytes.functional import dequantize_4bit
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -30,7 +28,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches, token_budget_batches
 from rlvr_temp.config import RunConfig
 from rlvr_temp.losses import ClipSettings, get_policy_loss
-from rlvr_temp.recovery import check_incarnation, new_incarnation
 from rlvr_temp.temperature import (
     TemperatureStrategy,
     TokenTemperatureHead,
@@ -39,7 +36,7 @@ from rlvr_temp.temperature import (
     token_entropies,
     token_logprobs,
 )
-from rlvr_temp.utils import derive_seed, lr_factor
+from rlvr_temp.utils import check_incarnation, derive_seed, lr_factor, new_incarnation
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -113,7 +110,8 @@ def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
 
 
 class Learner:
-    """Owns the policy, the optimizer and the LR schedule. Run it as a Ray actor (:func:`remote_learner`)."""
+    """Owns the policy, the optimizer and the LR schedule. Ray-free: :func:`rlvr_temp.launch.start_learner` runs it
+    as a Ray actor, and the GPU smoke test and ``export`` use it in-process."""
 
     def __init__(
         self,
@@ -413,12 +411,3 @@ class Learner:
 
     def ping(self) -> str:
         return "ok"
-
-
-def remote_learner(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = 0) -> Any:
-    """The learner as a Ray actor class with these resources; Ray restarts a killed one up to ``max_restarts``
-    times (rlvr_temp.recovery)."""
-    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(max(1, int(num_cpus or 1)))}
-    env.update({k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ})
-    options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
-    return ray.remote(**options, runtime_env={"env_vars": env})(Learner)

@@ -24,7 +24,6 @@ import logging
 import re
 import time
 import traceback
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,24 +32,9 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from rlvr_temp.checkpoint import rng_state, set_rng_state
-from rlvr_temp.utils import atomic_write_text
+from rlvr_temp.utils import StaleActorError, atomic_write_text
 
 log = logging.getLogger("rlvr_temp.recovery")
-
-
-class StaleActorError(RuntimeError):
-    """An actor's state is not the one the driver expects (it was restarted since)."""
-
-
-def new_incarnation() -> str:
-    """A token an actor draws in its constructor: a restarted actor has another one."""
-    return uuid.uuid4().hex
-
-
-def check_incarnation(actual: str, expected: str | None, what: str) -> None:
-    """Refuse a call meant for an earlier incarnation of this actor (``expected`` None: no check)."""
-    if expected is not None and expected != actual:
-        raise StaleActorError(f"the {what} was restarted since the driver last synced it (its state is gone)")
 
 
 #: Errors after which a step is recovered and retried (a RayTaskError whose cause is a StaleActorError is one).

@@ -23,9 +23,8 @@ from vllm import LLM, SamplingParams
 from rlvr_temp import ttm_vllm, vllm_processor
 from rlvr_temp.batch import Rollout
 from rlvr_temp.config import EngineConfig, ModelConfig
-from rlvr_temp.recovery import check_incarnation, new_incarnation
 from rlvr_temp.temperature import TemperatureStrategy
-from rlvr_temp.utils import derive_seed
+from rlvr_temp.utils import check_incarnation, derive_seed, new_incarnation
 
 
 def _check_temperature(t: float, what: str) -> float:
@@ -127,7 +126,7 @@ class RolloutWorker:
         token is sampled at its response's temperature. A temperature of 0 means greedy decoding (recorded as 0;
         its log-probs are at temperature 1). ``seed`` makes sampling reproducible (one derived seed per
         response); ``ignore_eos`` generates exactly ``max_tokens`` (benchmarks). ``incarnation``: the token the
-        driver last saw (:func:`rlvr_temp.recovery.check_incarnation`). Invalid settings raise ``ValueError`` before
+        driver last saw (:func:`rlvr_temp.utils.check_incarnation`). Invalid settings raise ``ValueError`` before
         anything is generated.
         """
 

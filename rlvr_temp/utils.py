@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,3 +175,19 @@ def register(table: dict[str, Any], name: str, what: str) -> Callable[[Any], Any
         return obj
 
     return deco
+
+
+# ------------------------------------------------------------------------------------------------- actor identity
+class StaleActorError(RuntimeError):
+    """An actor's state is not the one the driver expects (it was restarted since)."""
+
+
+def new_incarnation() -> str:
+    """A token an actor draws in its constructor: a restarted actor has another one."""
+    return uuid.uuid4().hex
+
+
+def check_incarnation(actual: str, expected: str | None, what: str) -> None:
+    """Refuse a call meant for an earlier incarnation of this actor (``expected`` None: no check)."""
+    if expected is not None and expected != actual:
+        raise StaleActorError(f"the {what} was restarted since the driver last synced it (its state is gone)")

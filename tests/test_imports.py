@@ -206,3 +206,13 @@ def test_no_module_level_import_cycle() -> None:
     assert graph["rlvr_temp.temperature"] >= {"rlvr_temp.temperature.window", "rlvr_temp.temperature.ttm"}
     cycle = find_cycle(graph)
     assert cycle is None, "module-level import circle: " + " -> ".join(cycle)
+
+
+def test_the_learner_and_the_temperature_package_import_without_ray_or_vllm():
+    """The GPU smoke test's first group runs where neither is installed (scripts/gpu_smoke.py)."""
+    code = (
+        "import sys, rlvr_temp.learner, rlvr_temp.temperature, rlvr_temp.checkpoint; "
+        "print(sorted(m for m in ('ray', 'vllm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
