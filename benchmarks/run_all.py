@@ -388,7 +388,13 @@ def main(argv: list[str] | None = None) -> int:
             extra = [] if name == "window" else ["--model", str(model)]
             results[name] = run_script(name, quick + extra, Path(tmp) / f"{name}.json", args.timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(mach, results, args), encoding="utf-8")
+    # hand-written sections after the generated ones (e.g. "## GPU smoke test", scripts/gpu_smoke.py) are kept
+    kept = ""
+    if args.out.is_file():
+        previous = args.out.read_text(encoding="utf-8")
+        if "\n## GPU smoke test" in previous:
+            kept = "\n" + previous[previous.index("\n## GPU smoke test") :].strip() + "\n"
+    args.out.write_text(render(mach, results, args) + kept, encoding="utf-8")
     print(f"\nwrote {args.out}")
     if args.json:
         args.json.write_text(json.dumps({"machine": mach, "results": results}, indent=2))
