@@ -383,7 +383,8 @@ class Learner:
         """Everything needed to continue exactly: trainable weights, optimizer, LR schedule, step, RNG."""
         return {
             "trainable": self.trainable_state(),
-            "optimizer": self.optimizer.state_dict(),
+            # on the CPU: the state crosses process boundaries (Ray) and goes to disk; load_state_dict moves it back
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "torch_rng": torch.get_rng_state(),
@@ -411,3 +412,14 @@ class Learner:
 
     def ping(self) -> str:
         return "ok"
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (nested dicts / lists / tuples) copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
