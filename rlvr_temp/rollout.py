@@ -139,6 +139,7 @@ class RolloutWorker:
             raise ValueError(f"temperature mode {strategy.name!r} needs an engine built with its engine_settings()")
         ids = list(prompt_ids) if prompt_ids is not None else [str(i) for i in range(len(prompts))]
         requests, params, meta = [], [], []
+        specs: dict[float, dict[str, Any]] = {}
         for i, (prompt, temps) in enumerate(zip(prompts, temperatures)):
             if len(temps) == 0:
                 raise ValueError(f"prompt {i}: no temperatures given")
@@ -155,12 +156,14 @@ class RolloutWorker:
                         raise ValueError("greedy (temperature 0) cannot be combined with the token rule")
                     sp = SamplingParams(temperature=0.0, **common)
                 else:
-                    spec = {"uid": uid, **(strategy.request_spec(t) if strategy else {"temperature": t})}
-                    # top-p / top-k are applied by the processor after the per-token temperature (vLLM's CPU
-                    # sampler cannot combine them with seeded requests)
-                    spec.update(top_p=top_p, top_k=top_k)
-                    vllm_processor.parse_request({vllm_processor.EXTRA_KEY: spec})  # fail here, not in the engine
-                    sp = SamplingParams(temperature=1.0, extra_args={vllm_processor.EXTRA_KEY: spec}, **common)
+                    if t not in specs:  # one spec per distinct rollout temperature, checked before anything runs
+                        spec = strategy.request_spec(t) if strategy else {"temperature": t}
+                        # top-p / top-k are applied by the processor after the per-token temperature (vLLM's CPU
+                        # sampler cannot combine them with seeded requests)
+                        specs[t] = {**spec, "top_p": top_p, "top_k": top_k}
+                        vllm_processor.parse_request({vllm_processor.EXTRA_KEY: {"uid": "", **specs[t]}})
+                    extra = {vllm_processor.EXTRA_KEY: {"uid": uid, **specs[t]}}
+                    sp = SamplingParams(temperature=1.0, extra_args=extra, **common)
                 requests.append(request)
                 params.append(sp)
                 meta.append((i, uid, t))
