@@ -322,8 +322,8 @@ class TemperatureProcessor(LogitsProcessor):
                     everyone=len(pos) == len(rows),
                     t_req=t_reqs.pop() if len(t_reqs) == 1 else None,
                 )
-                rule = self.rules[key]
-                if any(rows[p].rule_temps != rule_temperatures(rule.config()) for p in pos):
+                own = rule_temperatures(self.rules[key].config())  # once per group: rebuilds come often
+                if any(rows[p].rule_temps != own for p in pos):
                     group.cold_hot = _cold_hot([rows[p] for p in pos])
                 plan.groups.append(group)
         self.plan = plan
