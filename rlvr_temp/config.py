@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlvr_temp.run_root import RUN_ROOT_ENV, resolve_run_dir
 from rlvr_temp.temperature.strategy import MODES
 from rlvr_temp.utils import atomic_write_text
 from rlvr_temp.yaml_recipe import ConfigError, apply_overrides, format_validation, read_yaml
@@ -44,7 +45,8 @@ class Section(BaseModel):
 class ModelConfig(Section):
     path: str = Field(
         "tiny",
-        description="Hugging Face model directory, or `tiny` for the embedded character-level Qwen2 model "
+        description="Hugging Face model directory, a hub id (`Qwen/Qwen2.5-1.5B-Instruct`: its snapshot in the hub "
+        "cache, downloaded unless `HF_HUB_OFFLINE=1`), or `tiny` for the embedded character-level Qwen2 model "
         "(built by `rlvr-temp make-tiny-model` on first use and cached).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -66,7 +68,8 @@ class DataConfig(Section):
     train: str = Field(
         "synthetic",
         description="Training prompts: `synthetic` (the arithmetic task), a bundled set name (`gsm8k_train`, "
-        "`math_train`, ...), or a path to .jsonl/.json/.parquet (verl's parquet schema included).",
+        "`math_train`, ...), a path to .jsonl/.json/.parquet (verl's parquet schema included), or a hub dataset "
+        "`org/name[:config]` (split `train`, from the `datasets` cache unless `HF_DATASETS_OFFLINE=0`).",
     )
     question_key: str | None = Field(None, description="Field holding the question (auto-detected if unset).")
     answer_key: str | None = Field(None, description="Field holding the answer (auto-detected if unset).")
@@ -287,9 +290,21 @@ class LearnerConfig(PolicyConfig):
 class TrainerBase(Section):
     """The `trainer` keys every recipe kind shares (RL: :class:`TrainerConfig`; TGR: ``tgr.TGRTrainerConfig``)."""
 
+    model_config = ConfigDict(validate_default=True)  # the default run_dir is made absolute too
+
     total_steps: int = Field(20, ge=1, description="Training steps (paper: 400).")
     seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
-    run_dir: str = Field("runs/default", description="Where metrics, checkpoints and the resolved config go.")
+    run_dir: str = Field(
+        "runs/default",
+        description=f"Where metrics, checkpoints and the resolved config go. A relative path is taken from "
+        f"`${RUN_ROOT_ENV}` if set, else from the directory the command runs in, and saved absolute; inside a Ray "
+        f"job it needs `${RUN_ROOT_ENV}` (the job's working dir is a temporary copy; docs/cluster.md).",
+    )
+
+    @field_validator("run_dir")
+    @classmethod
+    def _absolute(cls, run_dir: str) -> str:
+        return resolve_run_dir(run_dir)
 
 
 class TrainerConfig(TrainerBase):
