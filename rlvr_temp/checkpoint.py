@@ -4,6 +4,10 @@ A checkpoint is a directory ``<run>/checkpoints/step_<N>/`` (N = steps completed
 
 * ``policy.safetensors`` — the trainable weights (the LoRA adapter, or all weights for ``learner.mode=full``);
 * ``learner.pt`` — optimizer, LR scheduler, learner step and torch RNG;
+* ``learner_rank<k>.pt`` (k = 1 .. ``resources.learner_ranks`` - 1, data-parallel runs only) — rank k's own part,
+  its step and torch RNG (the weights and optimizer state are the same on every rank: rank 0's files hold them).
+  Each rank writes its part from its own actor (:func:`write_learner_part`) into the checkpoint's temporary
+  directory, so with more than one rank the run directory must be visible to the learner ranks' nodes;
 * ``trainer.pt`` — step counter, prompt-stream position (epoch, cursor, seed), python / numpy / torch RNG
   states, every rollout worker's temperature state (entropy windows), the metrics offset;
 * ``config.yaml`` — the resolved config, with its hash;
@@ -15,12 +19,13 @@ killed at any point (SIGKILL, or SIGTERM / SIGINT raising in the middle) leaves 
 ``latest`` that names a complete one (or no ``latest`` when there is none); the hidden leftovers are ignored, and
 removed by the next save.
 
-A checkpoint is trusted only when :func:`verify_checkpoint` finds nothing wrong: the manifest lists the four
-files and each has the recorded size and checksum (a checkpoint written before checksums were recorded, with
-sizes only, is checked by size). On ``trainer.resume=auto`` a damaged newest checkpoint is skipped with one
-warning naming the directory, the file and the fault, and the previous complete one is used. Only the last
-``checkpoint.keep`` checkpoints are kept. Dynamic sampling keeps no buffer between steps (surplus informative
-groups are dropped, as in verl's DAPO recipe), so none is saved.
+A checkpoint is trusted only when :func:`verify_checkpoint` finds nothing wrong: the manifest lists the four files
+and each has the recorded size and checksum (a checkpoint written before checksums were recorded, with sizes only,
+is checked by size); the manifest's ``learner_ranks`` names the rank files that must be there, and a resume with
+another number of ranks is refused in one line. On ``trainer.resume=auto`` a damaged newest checkpoint is skipped
+with one warning naming the directory, the file and the fault, and the previous complete one is used. Only the last
+``checkpoint.keep`` checkpoints are kept. Dynamic sampling keeps no buffer between steps (surplus informative groups
+are dropped, as in verl's DAPO recipe), so none is saved.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +61,7 @@ SAFE_KEYS = (
     "checkpoint.",
     "logging.",
     "ray.",
+    "resources.",  # where the actors run; a different resources.learner_ranks is refused by check_compatible
     "rollout.dump",
     "reward.num_workers",
 )
@@ -66,6 +73,47 @@ _STEP_DIR = re.compile(r"step_\d+")
 # ``.step_N.del-<pid>``, atomic_write's ``.latest.*.tmp``, and the previous version's ``.tmp-step_N-<pid>``
 _LEFTOVER = re.compile(r"\.(step_\d+\.(tmp|old|del)-.*|tmp-step_\d+-.*|latest\..*\.tmp)")
 _CHUNK = 1 << 20
+_RANK_FILE = re.compile(r"learner_rank\d+\.pt")
+
+
+def rank_file(rank: int) -> str:
+    """The file holding data-parallel rank ``rank``'s own part (rank 0's is ``learner.pt``)."""
+    return "learner.pt" if rank == 0 else f"learner_rank{rank}.pt"
+
+
+def write_learner_part(directory: str | Path, rank: int, world: int, state: dict[str, Any]) -> list[str]:
+    """Write learner rank ``rank``'s part of ``state`` (:meth:`Learner.get_state`, CPU tensors) into ``directory``,
+    each file fsynced; returns the names. Rank 0 writes the trainable weights (``policy.safetensors``) and
+    ``learner.pt``; another rank only its step and RNG (its weights and optimizer state equal rank 0's)."""
+    d = Path(directory)
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in state["trainable"].items()}, str(d / "policy.safetensors"))
+        torch.save({**{k: v for k, v in state.items() if k != "trainable"}, "world": world}, d / "learner.pt")
+        names = ["policy.safetensors", "learner.pt"]
+    else:
+        torch.save({"step": state["step"], "torch_rng": state["torch_rng"], "world": world}, d / rank_file(rank))
+        names = [rank_file(rank)]
+    for name in names:
+        _fsync(d / name)
+    return names
+
+
+def read_learner_part(directory: str | Path, rank: int, world: int) -> dict[str, Any]:
+    """Learner rank ``rank``'s state from a checkpoint directory (rank 0's weights and optimizer, its own RNG);
+    :class:`ResumeError` when the checkpoint was written by another number of ranks."""
+    d = Path(directory)
+    state = torch.load(d / "learner.pt", weights_only=False)
+    saved = int(state.pop("world", 1))
+    if saved != world:
+        raise ResumeError(
+            f"{d}: written by {saved} learner rank(s), this run has {world}; resume with resources.learner_ranks="
+            f"{saved} (or start a new run directory)"
+        )
+    state["trainable"] = load_file(str(d / "policy.safetensors"))
+    if rank:
+        own = torch.load(d / rank_file(rank), weights_only=False)
+        state["step"], state["torch_rng"] = own["step"], own["torch_rng"]
+    return state
 
 
 class ResumeError(RuntimeError):
@@ -106,12 +154,14 @@ def save_checkpoint(
     run_dir: str | Path,
     step: int,
     *,
-    learner_state: dict[str, Any],
+    learner_state: dict[str, Any] | Callable[[Path], list[str]],
     trainer_state: dict[str, Any],
     config: RunConfig,
     keep: int = 2,
 ) -> Path:
-    """Write ``step_<step>`` atomically, point ``latest`` at it, prune old ones; return its path."""
+    """Write ``step_<step>`` atomically, point ``latest`` at it, prune old ones; return its path. ``learner_state``:
+    the learner's state (written as rank 0 of 1), or a callable that writes every rank's part into the directory
+    it is given and returns the files' names (``LearnerGroup.write_parts``)."""
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
@@ -127,18 +177,22 @@ def save_checkpoint(
 
 
 def _write_files(
-    tmp: Path, step: int, learner_state: dict[str, Any], trainer_state: dict[str, Any], config: RunConfig
+    tmp: Path,
+    step: int,
+    learner_state: dict[str, Any] | Callable[[Path], list[str]],
+    trainer_state: dict[str, Any],
+    config: RunConfig,
 ) -> None:
     """The checkpoint's files, each fsynced, then the manifest of their sizes and checksums, then the directory."""
-    trainable = {k: v.contiguous() for k, v in learner_state["trainable"].items()}
-    save_file(trainable, str(tmp / "policy.safetensors"))
-    torch.save({k: v for k, v in learner_state.items() if k != "trainable"}, tmp / "learner.pt")
+    write = learner_state if callable(learner_state) else lambda d: write_learner_part(d, 0, 1, learner_state)
+    learner_files = write(tmp)
     torch.save(trainer_state, tmp / "trainer.pt")
-    for name in ("policy.safetensors", "learner.pt", "trainer.pt"):
-        _fsync(tmp / name)
+    _fsync(tmp / "trainer.pt")
     atomic_write_text(tmp / "config.yaml", f"# resolved config, hash {config.hash()}\n" + config.to_yaml())
-    files = {n: {"size": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)} for n in FILES}
-    manifest = {"step": step, "config_hash": config.hash(), "files": files}
+    names = [*FILES, *sorted(set(learner_files) - set(FILES))]
+    files = {n: {"size": (tmp / n).stat().st_size, "sha256": sha256_file(tmp / n)} for n in names}
+    ranks = 1 + sum(1 for n in names if _RANK_FILE.fullmatch(n))
+    manifest = {"step": step, "config_hash": config.hash(), "learner_ranks": ranks, "files": files}
     atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
     fsync_dir(tmp)
 
@@ -229,7 +283,8 @@ def verify_checkpoint(path: str | Path, *, checksums: bool = True) -> str | None
         return "manifest.json is missing (the save did not finish)"
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"manifest.json is unreadable ({type(exc).__name__}: {exc})"
-    missing = [n for n in FILES if n not in entries]
+    ranks = manifest.get("learner_ranks", 1) if isinstance(manifest, dict) else 1
+    missing = [n for n in [*FILES, *(rank_file(k) for k in range(1, int(ranks)))] if n not in entries]
     if missing or any("/" in n or n.startswith(".") for n in entries):
         return f"manifest.json lists {sorted(entries)}, not the checkpoint's files {list(FILES)}"
     for name, (size, _) in entries.items():
@@ -304,6 +359,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if problem is not None:
         raise ResumeError(f"{path}: incomplete or corrupt checkpoint ({problem})")
     learner_state = torch.load(path / "learner.pt", weights_only=False)
+    learner_state.pop("world", None)
     learner_state["trainable"] = load_file(str(path / "policy.safetensors"))
     trainer_state = torch.load(path / "trainer.pt", weights_only=False)
     config = yaml.safe_load((path / "config.yaml").read_text())
@@ -313,6 +369,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "trainer_state": trainer_state,
         "config": config,
         "step": int(manifest["step"]),
+        "path": path,
+        "learner_ranks": int(manifest.get("learner_ranks", 1)),
     }
 
 
@@ -324,7 +382,14 @@ def changed_experiment_keys(saved: dict[str, Any], current: RunConfig) -> list[s
 
 
 def check_compatible(saved: dict[str, Any], current: RunConfig, where: str | Path) -> None:
-    """Refuse to resume a checkpoint of a different experiment, naming the keys that changed."""
+    """Refuse to resume a checkpoint of a different experiment, naming the keys that changed, or one written by
+    another number of learner ranks (``resources.learner_ranks``)."""
+    saved_ranks = int(((saved.get("resources") or {}).get("learner_ranks")) or 1)
+    if saved_ranks != current.resources.learner_ranks:
+        raise ResumeError(
+            f"{where}: written by {saved_ranks} learner rank(s), this run has {current.resources.learner_ranks}; "
+            f"resume with resources.learner_ranks={saved_ranks} (or start a new run directory)"
+        )
     changed = changed_experiment_keys(saved, current)
     if changed:
         a, b = flatten(saved), flatten(current.to_dict())

@@ -352,6 +352,30 @@ class RayConfig(Section):
     max_restarts: int = Field(3, ge=0, description="How often Ray restarts a killed rollout worker or learner.")
 
 
+class ResourcesConfig(Section):
+    """Where the actors go (``rlvr_temp.placement``, docs/cluster.md "Layouts") and how many learner ranks train."""
+
+    layout: Literal["colocated", "split"] = Field(
+        "colocated",
+        description="`colocated`: each bundle holds one learner rank and its share of the engines, which take the "
+        "bundle's CPUs/GPUs in turn; `split`: engines and learner ranks in separate bundles (`ray.*_cpus/_gpus`).",
+    )
+    learner_ranks: int = Field(1, ge=1, description="Data-parallel learner ranks (torch.distributed: gloo / nccl).")
+    bundle_cpus: float | None = Field(
+        None, gt=0, description="`colocated`: CPUs per bundle (None: `ray.learner_cpus` + its engines' `rollout_cpus`)."
+    )
+    bundle_gpus: float | None = Field(
+        None, ge=0, description="`colocated`: GPUs per bundle (None: max of `ray.rollout_gpus`, `ray.learner_gpus`)."
+    )
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy of the bundles."
+    )
+    timeout_s: float = Field(60.0, gt=0, le=600, description="Wait at most this long for the placement group.")
+    dist_timeout_s: float = Field(
+        600.0, gt=0, description="torch.distributed timeout of a collective (a dead rank fails the others after it)."
+    )
+
+
 class RunConfig(Section):
     """The whole run. Each section is documented field by field in docs/configuration.md."""
 
@@ -367,6 +391,7 @@ class RunConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:

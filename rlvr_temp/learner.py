@@ -10,7 +10,10 @@ never packed 4-bit tensors (trl#4973). The dequantised base is computed once (it
 The learner receives the run's typed config as it is and a :class:`rlvr_temp.batch.TrainBatch` per step; the
 temperature strategy (``rlvr_temp.temperature.strategy``) says at which temperatures log-probs are taken.
 Gradient accumulation is exact: every micro-batch's loss is normalised by its whole mini-batch's token or
-response count (``losses.aggregate``), so the micro-batch gradients sum to the mini-batch gradient.
+response count (``losses.aggregate``), so the micro-batch gradients sum to the mini-batch gradient. With
+``resources.learner_ranks`` > 1 (``rlvr_temp.learner_group`` starts the ranks, :meth:`Learner.join` forms the
+process group) each rank takes a token-balanced share of every mini-batch, still normalised by the whole
+mini-batch, and the gradients are summed over the ranks (``rlvr_temp.data_parallel``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from rlvr_temp import data_parallel as dp
 from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches, token_budget_batches
 from rlvr_temp.config import RunConfig
 from rlvr_temp.losses import ClipSettings, get_policy_loss
@@ -109,7 +113,7 @@ def disable_cpu_4bit_repacking(model: torch.nn.Module) -> int:
     return n
 
 
-class Learner:
+class Learner(dp.RankMixin):
     """Owns the policy, the optimizer and the LR schedule. Ray-free: :func:`rlvr_temp.launch.start_learner` runs it
     as a Ray actor, and the GPU smoke test and ``export`` use it in-process."""
 
@@ -156,6 +160,7 @@ class Learner:
         self.clip = ClipSettings(self.ac.clip_eps_low, self.ac.clip_eps_high, self.ac.dual_clip_c)
         self._base_cache: dict[str, torch.Tensor] | None = None
         self.step = 0
+        self.rank, self.world = 0, 1  # data-parallel position (join)
         self._incarnation = new_incarnation()
 
     def _trainable(self) -> list[torch.nn.Parameter]:
@@ -199,10 +204,13 @@ class Learner:
         return logp, ent, head_t
 
     @torch.no_grad()
-    def _logprobs(self, batch: TrainBatch, base_t: float, ref: bool = False) -> list[torch.Tensor]:
-        """Per-response log-probs under the current policy (``ref``: the frozen base, adapters off), eval mode."""
+    def _logprobs(
+        self, batch: TrainBatch, base_t: float, ref: bool = False, index: list[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Per-response log-probs under the current policy (``ref``: the frozen base, adapters off), eval mode; only
+        the responses ``index`` (default all; the others get empty tensors)."""
         out: list[torch.Tensor] = [torch.empty(0)] * len(batch)
-        for idx in micro_batches(range(len(batch)), self.lc.micro_batch_size):
+        for idx in micro_batches(range(len(batch)) if index is None else index, self.lc.micro_batch_size):
             mb = collate(batch, idx, self.pad_id, self.device)
             if ref:
                 with self.model.disable_adapter():
@@ -226,8 +234,10 @@ class Learner:
         extra: dict[str, list[torch.Tensor]],
         base_t: float,
         record: list[torch.Tensor] | None = None,
+        local: list[int] | None = None,
     ) -> dict[str, float]:
-        """Forward/backward the mini-batch ``mini`` in micro-batches, leaving its exact gradient in ``.grad``.
+        """Forward/backward the mini-batch ``mini`` (only its responses ``local``: this rank's share, default all)
+        in micro-batches, leaving its exact gradient (this share's part of it) in ``.grad``.
 
         Every micro-batch loss is normalised by the mini-batch's token / response count and its constant length
         (``losses.aggregate``), so the gradients sum to the mini-batch's whatever ``micro_batch_size`` is.
@@ -238,7 +248,8 @@ class Learner:
         stats_sum: dict[str, float] = {}
         archer, want_ent = self.ac.archer, self.ac.entropy_coef > 0
         budget = self.lc.micro_batch_tokens
-        chunks = token_budget_batches(batch, mini, budget) if budget else micro_batches(mini, self.lc.micro_batch_size)
+        mine = mini if local is None else local
+        chunks = token_budget_batches(batch, mine, budget) if budget else micro_batches(mine, self.lc.micro_batch_size)
         for idx in chunks:
             mb = collate(batch, idx, self.pad_id, self.device, extra)
             logp, ent, head_t = self._forward(mb, base_t, with_entropy=want_ent)
@@ -292,32 +303,40 @@ class Learner:
         # the update's own forward, detached (the ratio is exactly 1, as in verl on-policy); otherwise a separate
         # no-grad pass before any update. Either way they are compared with the rollout's (the mismatch metric).
         single = self.ac.ppo_epochs == 1 and n <= self.lc.mini_batch_size and not self._has_dropout()
-        extra = {} if single else {"old": self._logprobs(batch, base_temperature)}
+        # every epoch's mini-batches, and this rank's token-balanced share of each (all of it on a single rank)
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.trainer.seed, "minibatch-order", self.step))
+        orders = [torch.randperm(n, generator=gen).tolist() for _ in range(self.ac.ppo_epochs)]
+        lengths = batch.response_lengths()
+        plan = [
+            (mini, dp.split_by_tokens(lengths, mini, self.world)[self.rank])
+            for order in orders
+            for mini in micro_batches(order, self.lc.mini_batch_size)
+        ]
+        mine = sorted({i for _, part in plan for i in part})
+        extra = {} if single else {"old": self._logprobs(batch, base_temperature, index=mine)}
         seen: list[torch.Tensor] = extra["old"] if not single else [torch.empty(0)] * n
         if self.ac.kl_coef > 0 or self.ac.archer:
             if self.lc.mode == "full":
                 raise ValueError("KL / Archer against the frozen base needs a LoRA policy (learner.mode lora or qlora)")
-            extra["ref"] = self._logprobs(batch, base_temperature, ref=True)
+            extra["ref"] = self._logprobs(batch, base_temperature, ref=True, index=mine)
         self.model.train()
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.trainer.seed, "minibatch-order", self.step))
         stats_sum: dict[str, float] = {}
         grad_norms: list[float] = []
-        for _ in range(self.ac.ppo_epochs):
-            order = torch.randperm(n, generator=gen).tolist()
-            for mini in micro_batches(order, self.lc.mini_batch_size):
-                self.optimizer.zero_grad(set_to_none=True)
-                for k, v in self.accumulate(batch, mini, extra, base_temperature, seen if single else None).items():
-                    stats_sum[k] = stats_sum.get(k, 0.0) + v
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self._trainable(), self.lc.grad_clip)))
-                self.optimizer.step()
+        for mini, part in plan:
+            self.optimizer.zero_grad(set_to_none=True)
+            record = seen if single else None
+            for k, v in self.accumulate(batch, mini, extra, base_temperature, record, local=part).items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v
+            if self.world > 1:
+                dp.all_reduce_grads(self._trainable())
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self._trainable(), self.lc.grad_clip)))
+            self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        diffs = [(o - torch.tensor(r, dtype=torch.float32)).abs() for o, r in zip(seen, batch.rollout_logprobs)]
-        metrics = {
-            "logprob/mismatch_mean": float(sum(d.sum() for d in diffs)) / max(1, sum(d.numel() for d in diffs)),
-            "logprob/mismatch_max": max((float(d.max()) for d in diffs if d.numel()), default=0.0),
-            "logprob/old_from_update": float(single),
-        }
+        if self.world > 1:  # the whole batch's statistics: every rank's shares summed
+            stats_sum = dp.sum_dicts(stats_sum)
+        metrics = dp.mismatch(seen, batch.rollout_logprobs, mine, self.world > 1)
+        metrics["logprob/old_from_update"] = float(single)
         metrics.update({k: v / max(1, len(grad_norms)) for k, v in stats_sum.items()})
         metrics["actor/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]

@@ -106,7 +106,7 @@ class Trainer:
         temps = ts["temperature"]
         if len(temps) != len(self.workers):
             raise ValueError(f"checkpoint has {len(temps)} rollout workers' state, this run has {len(self.workers)}")
-        ray.get(self.learner.set_state.remote(ckpt["learner_state"]))
+        self.learner.restore(ckpt)  # every learner rank its own part
         self.stream.load_state_dict(ts["stream"])
         set_rng_state(ts["rng"])
         ray.get([w.load_temperature_state.remote(t) for w, t in zip(self.workers, temps)])
@@ -118,9 +118,8 @@ class Trainer:
         path = find_resume(self.run_dir, "auto")
         if path is not None:
             return self.restore(load_checkpoint(path))
-        if ray.get(self.learner.identity.remote())[1] != 0:  # updated since its start: a fresh one is the start
-            ray.kill(self.learner, no_restart=False)
-            ray.get(self.learner.ping.remote())
+        if self.learner.identity()[1] != 0:  # updated since its start: fresh ranks are the start
+            self.learner.restart()
         self.stream.load_state_dict(self._start["stream"])
         set_rng_state(self._start["rng"])
         ray.get([w.reset_temperature_state.remote() for w in self.workers])
@@ -136,11 +135,10 @@ class Trainer:
             "temperature": ray.get([w.temperature_state.remote() for w in self.workers]),
             "metrics_rows": self.step,
         }
-        learner_state = ray.get(self.learner.get_state.remote())
         return save_checkpoint(
             self.run_dir,
             self.step,
-            learner_state=learner_state,
+            learner_state=self.learner.write_parts,  # each learner rank writes its own part
             trainer_state=trainer_state,
             config=self.cfg,
             keep=self.cfg.checkpoint.keep,
@@ -286,8 +284,9 @@ class Trainer:
     def close(self) -> None:
         """Stop the verifier pool and this run's actors (workers passed in by the caller are left running)."""
         self.verifier.close()
-        for actor in [*(self.workers if self._own_workers else []), self.learner]:
+        for actor in self.workers if self._own_workers else []:
             ray.kill(actor)
+        self.learner.close(release=self._own_workers)  # the placement group goes with the run's own engines
 
 
 def train(cfg: RunConfig) -> Path:

@@ -1,0 +1,123 @@
+"""Data-parallel learner ranks (``resources.learner_ranks``): the token-balanced split, and two gloo ranks in Ray
+actors giving the single rank's update on the same global batch (lora and full), with per-rank checkpoints that
+resume exactly and refuse another number of ranks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlvr_temp.batch import TrainBatch
+from rlvr_temp.checkpoint import ResumeError, check_compatible, load_checkpoint, save_checkpoint
+from rlvr_temp.config import RunConfig
+from rlvr_temp.data_parallel import split_by_tokens
+
+
+def _batch(n: int = 8, seed: int = 0) -> TrainBatch:
+    """Responses of very different lengths (3..24 tokens) after prompts of 4..9 tokens, random advantages."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [3, 24, 7, 11, 5, 19, 9, 14][:n]
+    prompts = [torch.randint(5, 100, (4 + i % 6,), generator=g).tolist() for i in range(n)]
+    responses = [torch.randint(5, 100, (k,), generator=g).tolist() for k in lengths]
+    return TrainBatch(
+        prompt_ids=prompts,
+        response_ids=responses,
+        token_temperatures=[torch.where(torch.rand(k, generator=g) < 0.3, 1.3, 0.9).tolist() for k in lengths],
+        rollout_logprobs=[[0.0] * k for k in lengths],
+        token_entropies=[torch.rand(k, generator=g).tolist() for k in lengths],
+        response_temperatures=[1.0] * n,
+        advantages=torch.randn(n, generator=g).tolist(),
+    )
+
+
+def test_split_by_tokens_balances_and_keeps_order():
+    lengths = [3, 24, 7, 11, 5, 19, 9, 14]
+    index = [5, 0, 7, 2, 1, 6, 3, 4]
+    parts = split_by_tokens(lengths, index, 2)
+    assert sorted(parts[0] + parts[1]) == sorted(index)
+    loads = [sum(lengths[i] for i in p) for p in parts]
+    assert abs(loads[0] - loads[1]) <= min(lengths)  # longest first, each to the lighter rank
+    assert loads == [47, 45]
+    for p in parts:  # each part in the mini-batch's own order
+        assert p == [i for i in index if i in p]
+    assert split_by_tokens(lengths, index, 1) == [index]
+    assert split_by_tokens(lengths, [0], 3) == [[0], [], []]  # a rank may get nothing
+
+
+def _cfg(tiny_model_path: str, mode: str, ranks: int) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "model": {"path": tiny_model_path, "dtype": "float32"},
+            "learner": {
+                "mode": mode,
+                "mini_batch_size": 4,  # two optimizer steps per update, each split over the ranks
+                "micro_batch_size": 2,
+                "lr": 1e-3,
+                "warmup_steps": 0,
+            },
+            "rollout": {"max_response_len": 24},
+            "algorithm": {"ppo_epochs": 2},
+            "resources": {"learner_ranks": ranks, "layout": "colocated", "bundle_cpus": 1},
+            "ray": {"num_cpus": 2},
+        }
+    )
+
+
+def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    num = sum(float((a[k].double() - b[k].double()).norm() ** 2) for k in a) ** 0.5
+    den = sum(float(a[k].double().norm() ** 2) for k in a) ** 0.5
+    return num / den
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path, tiny_model_path, mode):
+    from rlvr_temp.launch import start_learner
+    from rlvr_temp.learner import Learner
+    from rlvr_temp.placement import release
+
+    batch = _batch()
+    single = Learner(tiny_model_path, _cfg(tiny_model_path, mode, 1), num_threads=1)
+    m1 = single.train_step(batch, 1.0)
+    expected = single.trainable_state()
+    del single
+
+    cfg = _cfg(tiny_model_path, mode, 2)
+    cfg.trainer.run_dir = str(tmp_path / "run")
+    group = start_learner(cfg, tiny_model_path, strategy=None)
+    try:
+        assert group.world == 2 and group.backend == "gloo"
+        token = group.identity()[0]
+        m2 = group.train_step(batch, 1.0, incarnation=token)
+        got = ray_cluster.get(group.trainable_state.remote())
+        assert set(got) == set(expected)
+        assert _rel(expected, got) <= 1e-6, _rel(expected, got)
+        rank1 = ray_cluster.get(group.ranks[1].trainable_state.remote())
+        assert all(torch.equal(got[k], rank1[k]) for k in got)  # the ranks stay identical
+        for key in ("actor/loss", "actor/grad_norm", "actor/updates"):
+            assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+
+        # per-rank checkpoint: rank 1 writes its own part; resuming it and repeating a step is bitwise exact
+        path = save_checkpoint(
+            tmp_path / "run", 1, learner_state=group.write_parts, trainer_state={"step": 1}, config=cfg
+        )
+        assert (path / "learner_rank1.pt").is_file()
+        ckpt = load_checkpoint(path)
+        assert ckpt["learner_ranks"] == 2
+        group.train_step(batch, 1.0, incarnation=token)
+        after = ray_cluster.get(group.trainable_state.remote())
+        group.restore(ckpt)
+        assert all(torch.equal(ray_cluster.get(group.trainable_state.remote())[k], got[k]) for k in got)
+        group.train_step(batch, 1.0, incarnation=token)
+        again = ray_cluster.get(group.trainable_state.remote())
+        assert all(torch.equal(after[k], again[k]) for k in after)
+
+        one = _cfg(tiny_model_path, mode, 1)
+        with pytest.raises(ResumeError, match=r"written by 2 learner rank\(s\), this run has 1") as err:
+            check_compatible(ckpt["config"], one, path)
+        assert "\n" not in str(err.value)
+        with pytest.raises(ResumeError, match=r"resources\.learner_ranks=1"):
+            group.restore({**ckpt, "learner_ranks": 1})
+    finally:
+        group.close()
+        release(cfg)
