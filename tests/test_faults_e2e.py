@@ -43,7 +43,7 @@ class KillingTrainer(Trainer):
         return super().generate(rows, base_t, seed)
 
     def learn(self, groups, base_t):
-        self._maybe_kill("learner", self.learner)
+        self._maybe_kill("learner", self.learner.ranks[0])  # the learner group's one rank
         return super().learn(groups, base_t)
 
 
