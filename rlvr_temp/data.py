@@ -3,11 +3,10 @@
 ``load_prompts`` returns a Hugging Face ``datasets.Dataset`` with string columns ``id``, ``question``,
 ``ground_truth`` (normalised), ``data_source`` and ``ground_truth_raw`` (as in the file), from a bundled set
 (``BUNDLED``), a ``.jsonl`` / ``.json`` / ``.parquet`` file (field names auto-detected or given), or a parquet
-file in verl's schema (``prompt`` chat list, ``reward_model.ground_truth``, ``data_source``). Everything is
-local: nothing is downloaded and the project never reads outside its own package data. JSON files are parsed
-here (exact row numbers in errors, and columns whose type changes from row to row, e.g. int and str answers,
-are fine); parquet goes through ``datasets`` with ``HF_DATASETS_OFFLINE=1`` and a cache under
-``$RLVR_TEMP_CACHE`` (default ``~/.cache/rlvr_temp``).
+file in verl's schema (``prompt`` chat list, ``reward_model.ground_truth``, ``data_source``), or a hub dataset
+(``org/name[:config]``, rlvr_temp.hub). JSON is parsed here (exact row numbers in errors; a column's type may change
+from row to row); parquet and hub datasets go through ``datasets``, offline unless the user set
+``HF_DATASETS_OFFLINE`` (parquet's cache: ``$RLVR_TEMP_CACHE``, default ``~/.cache/rlvr_temp``).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from rlvr_temp.config import DEFAULT_SUFFIX
+from rlvr_temp.hub import HubDataset, hub_dataset, hub_rows
 
 if TYPE_CHECKING:
     import datasets
@@ -109,7 +109,7 @@ def cache_dir() -> Path:
     return Path(root).expanduser() / "datasets"
 
 
-def _datasets() -> Any:
+def offline_datasets() -> Any:
     """Import ``datasets`` in offline mode (unless the user set HF_DATASETS_OFFLINE themselves)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets
@@ -210,11 +210,13 @@ def _read_json_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _read_parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    ds = _datasets().load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(cache_dir()))
+    ds = offline_datasets().load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(cache_dir()))
     yield from enumerate(ds, start=1)
 
 
-def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _read_rows(path: Path | HubDataset) -> Iterator[tuple[int, Any]]:
+    if isinstance(path, HubDataset):
+        return hub_rows(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix in (".jsonl", ".json"):
@@ -224,8 +226,8 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     raise DataError(f"{path}: unsupported file type {path.suffix!r} (expected .jsonl, .json or .parquet)")
 
 
-def _resolve(source: str | os.PathLike, split: str | None) -> tuple[Path, str, BundledSet | None]:
-    """(file, display name, bundled entry or None) for a bundled name or a file path."""
+def _resolve(source: str | os.PathLike, split: str | None) -> tuple[Path | HubDataset, str, BundledSet | None]:
+    """(file or hub dataset, display name, bundled entry or None) for a bundled name, a file path or a hub name."""
     name = os.fspath(source)
     if name in BUNDLED:
         if split is None:
@@ -236,12 +238,14 @@ def _resolve(source: str | os.PathLike, split: str | None) -> tuple[Path, str, B
                 return entry.file, key, entry
         splits = sorted(e.split for e in BUNDLED.values() if e.family == family)
         raise DataError(f"bundled set {name!r} has no split {split!r} (has: {', '.join(splits)})")
+    if (hub := hub_dataset(name, split)) is not None:
+        return hub, hub.repo.rsplit("/", 1)[-1], None
     if name.endswith((".jsonl", ".json", ".parquet")) or os.sep in name or "/" in name:
         if split is not None:
-            raise DataError(f"{name}: split={split!r} applies to bundled sets only; pass that split's file")
+            raise DataError(f"{name}: split={split!r} applies to bundled sets and hub datasets, not to files")
         return Path(name).expanduser(), Path(name).stem, None
     raise DataError(
-        f"unknown data source {name!r}: not a .jsonl/.json/.parquet path nor a bundled set "
+        f"unknown data source {name!r}: not a .jsonl/.json/.parquet path, a hub dataset nor a bundled set "
         f"(known: {', '.join(sorted(BUNDLED))})"
     )
 
@@ -322,7 +326,7 @@ def load_prompts(
         raise DataError(
             f"{path}: bundled set {name!r} has {len(out['id'])} rows, expected {entry.rows} (package data damaged?)"
         )
-    ds = _datasets()
+    ds = offline_datasets()
     return ds.Dataset.from_dict(out, features=ds.Features({c: ds.Value("string") for c in COLUMNS}))
 
 

@@ -218,7 +218,7 @@ def test_malformed_recipe_names_the_key(tmp_path: Path) -> None:
 SHARED = {
     "trainer.total_steps": 3,
     "trainer.seed": 7,
-    "trainer.run_dir": "runs/x",
+    "trainer.run_dir": "/runs/x",  # relative ones are made absolute (rlvr_temp.run_root)
     "model.path": "/m",
     "model.dtype": "bfloat16",
 }
@@ -237,7 +237,8 @@ def test_rl_and_tgr_recipes_share_keys() -> None:
         assert _get(rl, key) == _get(tgr, key) == value, key
     assert issubclass(TrainerConfig, TrainerBase) and issubclass(TGRTrainerConfig, TrainerBase)
     assert set(TrainerBase.model_fields) == {"total_steps", "seed", "run_dir"}
-    assert TGRConfig().trainer.total_steps == 40 and TGRConfig().trainer.run_dir == "runs/tgr/wikiqa_sft"
+    assert TGRConfig().trainer.total_steps == 40
+    assert TGRConfig().trainer.run_dir == str(Path.cwd() / "runs/tgr/wikiqa_sft")
     for key in ("checkpoint.every", "learner.lr", "learner.warmup_steps", "learner.micro_batch_size"):
         assert _get(rl, key) is not None and _get(tgr, key) is not None  # optimizer keys: the RL learner's names
     assert "training" not in TGRConfig.model_fields

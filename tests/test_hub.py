@@ -1,0 +1,180 @@
+"""Models and datasets named as on the Hugging Face hub, resolved offline from caches laid out as the hub's libraries
+lay them out (built here in tmp_path); run directories made absolute where the command runs (or under
+``$RLVR_TEMP_RUN_ROOT``), and refused when relative inside a Ray job; the Ray job's env vars left to the job."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlvr_temp.config import load_config, save_config
+from rlvr_temp.data import DataError, load_prompts
+from rlvr_temp.launch import _job_env_vars, load_train_rows, resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHA = "0123456789abcdef0123456789abcdef01234567"
+ROWS = [{"question": "12+7", "answer": "19"}, {"question": "3*4", "answer": "12"}, {"question": "9-5", "answer": "4"}]
+
+
+def fake_hub_model(cache: Path, repo_id: str, model_dir: str | Path) -> Path:
+    """``model_dir``'s files as hub repo ``repo_id`` in a hub cache (``models--org--name/snapshots/<sha>`` and
+    ``refs/main``, as ``huggingface_hub`` writes them); returns the snapshot directory."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / SHA
+    shutil.copytree(model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(SHA)
+    return snapshot
+
+
+def fake_hub_dataset(cache: Path, repo_id: str, rows: list[dict], tmp: Path) -> None:
+    """``rows`` as hub dataset ``repo_id`` (config ``default``, split ``train``) in a ``datasets`` cache: what
+    ``load_dataset(repo_id)`` leaves there online (``org___name/default/0.0.0/<sha>``), written by the same builder."""
+    from datasets.data_files import DataFilesDict
+    from datasets.packaged_modules.json.json import Json
+
+    src = tmp / "train.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    name = repo_id.split("/")[1]
+    builder = Json(cache_dir=str(cache), dataset_name=name, repo_id=repo_id, hash=SHA, config_name="default")
+    # the hub's builder gets its files as hf:// URLs of the repo; a local file stands in for them
+    builder.config.data_files = DataFilesDict.from_patterns({"train": [str(src)]})
+    builder.download_and_prepare()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty hub cache that huggingface_hub uses (offline, as in every test)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert constants.HF_HUB_OFFLINE
+    return cache
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    """An empty ``datasets`` cache, offline."""
+    import datasets
+
+    cache = tmp_path / "datasets"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", Path(cache))
+    assert datasets.config.HF_HUB_OFFLINE
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------- models
+def test_hub_model_id_resolves_to_the_cached_snapshot(hub_cache, tiny_model_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    snapshot = fake_hub_model(hub_cache, "rlvr-test/tiny-math", tiny_model_path)
+    path = resolve_model("rlvr-test/tiny-math")
+    assert Path(path) == snapshot
+    assert AutoConfig.from_pretrained(path).model_type == AutoConfig.from_pretrained(tiny_model_path).model_type
+    ids = AutoTokenizer.from_pretrained(path)("Q: 1+1")["input_ids"]
+    assert ids and ids == AutoTokenizer.from_pretrained(tiny_model_path)("Q: 1+1")["input_ids"]
+
+
+def test_missing_hub_model_offline_is_one_line_naming_id_and_cache(hub_cache):
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_model("rlvr-test/not-downloaded")
+    msg = str(err.value)
+    assert "\n" not in msg and "'rlvr-test/not-downloaded'" in msg and str(hub_cache) in msg
+    assert "HF_HUB_OFFLINE" in msg
+
+
+def test_local_directory_and_tiny_still_work(tmp_path, tiny_model_path):
+    assert resolve_model(tiny_model_path) == tiny_model_path
+    from rlvr_temp.tiny_model import ensure_tiny_model
+
+    assert resolve_model("tiny") == str(ensure_tiny_model()) and (Path(resolve_model("tiny")) / "config.json").is_file()
+    with pytest.raises(FileNotFoundError, match="no such directory, and not a Hugging Face hub id"):
+        resolve_model(str(tmp_path / "no" / "such" / "model"))
+
+
+def test_train_with_a_missing_hub_model_fails_in_one_line(tmp_path):
+    """The user's path: `rlvr-temp train` with HF_HUB_CACHE pointing at a cache without the model (exit 2)."""
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty_cache"), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "rlvr_temp.cli", "train", str(ROOT / "recipes/demo/base.yaml")]
+    cmd += ["model.path=rlvr-test/absent", f"trainer.run_dir={tmp_path / 'run'}", "logging.progress=false"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'rlvr-test/absent'" in lines[0] and str(tmp_path / "empty_cache") in lines[0]
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+def test_hub_dataset_loads_from_the_datasets_cache_offline(datasets_cache, tmp_path):
+    fake_hub_dataset(datasets_cache, "rlvr-test/arith", ROWS, tmp_path)
+    ds = load_prompts("rlvr-test/arith")
+    assert ds["question"] == [r["question"] for r in ROWS] and ds["ground_truth"] == ["19", "12", "4"]
+    assert ds["id"] == ["0", "1", "2"] and set(ds["data_source"]) == {"arith"}
+    assert load_prompts("rlvr-test/arith:default", limit=2)["question"] == ["12+7", "3*4"]
+    cfg = load_config(None, ["data.train=rlvr-test/arith", "data.limit=2"])
+    assert [r["question"] for r in load_train_rows(cfg)] == ["12+7", "3*4"]
+
+
+def test_hub_dataset_errors_are_one_line(datasets_cache, tmp_path):
+    fake_hub_dataset(datasets_cache, "rlvr-test/arith", ROWS, tmp_path)
+    with pytest.raises(DataError) as err:
+        load_prompts("rlvr-test/not-cached")
+    msg = str(err.value)
+    assert "\n" not in msg and "'rlvr-test/not-cached'" in msg and str(datasets_cache) in msg
+    with pytest.raises(DataError, match="split test") as err:
+        load_prompts("rlvr-test/arith", split="test")
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="nope") as err:
+        load_prompts("rlvr-test/arith:nope")
+    assert "\n" not in str(err.value) and "default" in str(err.value)  # the configs that are cached
+
+
+def test_local_files_win_over_hub_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "data").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    with pytest.raises(DataError, match="unsupported file type"):  # an existing path is a file, not a hub name
+        load_prompts("org/data")
+
+
+# ----------------------------------------------------------------------------------------------- run_dir
+def test_relative_run_dir_is_absolute_from_the_launch_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RLVR_TEMP_RUN_ROOT", raising=False)
+    cfg = load_config(None, ["trainer.run_dir=runs/a/../b"])
+    assert cfg.trainer.run_dir == str(tmp_path / "runs" / "b")
+    assert load_config(None).trainer.run_dir == str(tmp_path / "runs" / "default")  # the default too
+    save_config(cfg, cfg.trainer.run_dir)
+    assert f"run_dir: {tmp_path / 'runs' / 'b'}" in (tmp_path / "runs" / "b" / "config.yaml").read_text()
+    monkeypatch.setenv("RLVR_TEMP_RUN_ROOT", str(tmp_path / "shared"))
+    assert load_config(None, ["trainer.run_dir=runs/c"]).trainer.run_dir == str(tmp_path / "shared" / "runs" / "c")
+    assert load_config(None, ["trainer.run_dir=/abs/d"]).trainer.run_dir == "/abs/d"
+
+
+def test_relative_run_dir_in_a_ray_job_needs_the_run_root(tmp_path, monkeypatch):
+    from rlvr_temp.config import ConfigError
+
+    monkeypatch.delenv("RLVR_TEMP_RUN_ROOT", raising=False)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["trainer.run_dir=runs/x"])
+    assert "\n" not in str(err.value) and "RLVR_TEMP_RUN_ROOT" in str(err.value)
+    assert load_config(None, [f"trainer.run_dir={tmp_path}"]).trainer.run_dir == str(tmp_path)
+    monkeypatch.setenv("RLVR_TEMP_RUN_ROOT", str(tmp_path))
+    assert load_config(None, ["trainer.run_dir=runs/x"]).trainer.run_dir == str(tmp_path / "runs" / "x")
+
+
+# ----------------------------------------------------------------------------------------------- Ray jobs
+def test_job_env_vars_are_left_to_the_job(monkeypatch):
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert _job_env_vars() == {}
+    job = {"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": {"HF_HUB_OFFLINE": "1"}}, "metadata": {}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert _job_env_vars() == {"HF_HUB_OFFLINE": "1"}
