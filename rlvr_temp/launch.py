@@ -6,6 +6,7 @@ evaluation and the export commands.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ from rlvr_temp.config import DataConfig, RunConfig
 from rlvr_temp.data import format_prompt, load_prompts
 from rlvr_temp.hub import HUB_ID, hub_model_dir
 from rlvr_temp.learner import Learner
+from rlvr_temp.learner_group import LearnerGroup
+from rlvr_temp.placement import layout_for, release, write_placement
 from rlvr_temp.temperature import TemperatureStrategy
 from rlvr_temp.tiny_model import ensure_tiny_model
 from rlvr_temp.utils import atomic_write_text, derive_seed
@@ -98,41 +101,64 @@ def _job_env_vars() -> dict[str, str]:
 
 
 def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy) -> list[Any]:
-    """Start ``rollout.num_workers`` rollout actors with the recipe's engine settings and resources."""
+    """Start ``rollout.num_workers`` rollout actors with the recipe's engine settings, each in its slot of the
+    run's placement group (``resources.layout``, rlvr_temp.placement), with its slot's OpenMP thread count."""
     # imported here, not at the top: rlvr_temp.rollout imports vLLM, which only the engines' processes need
     from rlvr_temp.rollout import remote_worker
 
     rc = cfg.ray
+    layout = layout_for(cfg)
     worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus, rc.max_restarts)
-    return [
-        worker_cls.remote(
+    env = dict(worker_cls._default_options.get("runtime_env", {}).get("env_vars", {}))
+    workers = []
+    for i, slot in enumerate(layout.engines):
+        # Ray sets OMP_NUM_THREADS to the CPUs an actor reserves; a colocated engine reserves a share of its bundle
+        # but runs alone in it while generating: its thread count goes in through the actor's environment
+        options = layout.options(slot) | {"runtime_env": {"env_vars": env | {"OMP_NUM_THREADS": str(slot.threads)}}}
+        worker = worker_cls.options(**options).remote(
             model_path,
             cfg.model,
             cfg.rollout.engine,
             seed=derive_seed(cfg.trainer.seed, "engine", i),
-            num_threads=max(1, int(rc.rollout_cpus)),
+            num_threads=slot.threads,
             engine_settings=strategy.engine_settings(),
             log_level=cfg.logging.engine_log_level,
         )
-        for i in range(cfg.rollout.num_workers)
-    ]
+        workers.append(worker)
+    layout.record("engine", workers, layout.engines)
+    return workers
 
 
-def remote_learner(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = 0) -> Any:
-    """The learner as a Ray actor class with these resources; Ray restarts a killed one up to ``max_restarts``
-    times (rlvr_temp.recovery)."""
-    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(max(1, int(num_cpus or 1)))}
+def remote_learner(
+    num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = 0, num_threads: int | None = None
+) -> Any:
+    """The learner as a Ray actor class with these resources (``num_threads``: its OpenMP threads, default the
+    CPUs it reserves); Ray restarts a killed one up to ``max_restarts`` times (rlvr_temp.recovery)."""
+    env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(num_threads or max(1, int(num_cpus or 1)))}
     env.update({k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ})
     options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
     return ray.remote(**options, runtime_env={"env_vars": env})(Learner)
 
 
-def start_learner(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy) -> Any:
-    """Start the learner actor with the recipe's resources; it gets the typed config and the strategy as they are."""
-    rc = cfg.ray
-    return remote_learner(rc.learner_cpus, rc.learner_gpus, rc.max_restarts).remote(
-        model_path, cfg, strategy=strategy, num_threads=max(1, int(rc.learner_cpus))
-    )
+def start_learner(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy) -> LearnerGroup:
+    """Start ``resources.learner_ranks`` learner actors in their slots of the run's placement group, joined in one
+    process group; each gets the typed config and the strategy as they are. Writes ``<run>/placement.json``."""
+    layout = layout_for(cfg)
+    ranks = []
+    for slot in layout.learners:
+        cls = remote_learner(slot.num_cpus, slot.num_gpus, cfg.ray.max_restarts, num_threads=slot.threads)
+        options = layout.options(slot)
+        ranks.append(cls.options(**options).remote(model_path, cfg, strategy=strategy, num_threads=slot.threads))
+    layout.record("learner", ranks, layout.learners)
+    try:
+        group = LearnerGroup(ranks, cfg.resources.dist_timeout_s)
+        group.on_release = functools.partial(release, cfg)
+        write_placement(cfg.trainer.run_dir, layout)
+    except BaseException:
+        for r in ranks:
+            ray.kill(r)
+        raise
+    return group
 
 
 def record_engines(run_dir: str | Path, workers: list[Any]) -> None:
