@@ -47,7 +47,13 @@ study: install
 	$(BIN)/rlvr-temp compare $(foreach a,fixed token mixture token_mixture learned,$(foreach k,0 1 2,runs/study/$(a)/seed$(k))) \
 	  --baseline fixed --out runs/study/compare
 
+# TRL for benchmarks/trl_grpo.py (the `bench` extra of pyproject.toml), without its dependencies (already installed;
+# pip must not move torch / transformers). Offline or failing: the TRL comparison prints SKIP and the rest runs.
+TRL_SPEC    ?= trl==1.16.0
+
 bench: install
+	$(BIN)/python -m pip install -q --no-deps "$(TRL_SPEC)" || \
+	  echo "bench: could not install $(TRL_SPEC); the TRL comparison will be skipped"
 	$(BIN)/python benchmarks/run_all.py --out docs/benchmarks.md
 
 lint: install
