@@ -12,6 +12,7 @@ MODULES = [
     "peft",
     "bitsandbytes",
     "ray",
+    "ray.dashboard.optional_deps",  # ray[default]: the dashboard that `ray job submit` talks to
     "datasets",
     "math_verify",
     "pydantic",
