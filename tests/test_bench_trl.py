@@ -5,6 +5,7 @@ Skipped without TRL 1.16 (``pip install -e .[bench]``). Slow: it saves a 25.3M-p
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -104,3 +105,15 @@ def test_skip_trl_keeps_the_pages_trl_and_smoke_sections(tmp_path: Path) -> None
     text = page.read_text()
     assert f"{trl_grpo.HEADING}\n\nold figures\n" in text and text.rstrip().endswith("## GPU smoke test\n\nsmoke")
     assert text.index(trl_grpo.HEADING) < text.index("## GPU\n")
+
+
+def test_without_trl_one_skip_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    def version(name: str) -> str:
+        raise trl_grpo.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(trl_grpo.metadata, "version", version)
+    assert trl_grpo.main(["--json", str(tmp_path / "r.json")]) == 0
+    assert capsys.readouterr().out == "SKIP trl_grpo: trl is not installed (pip install -e .[bench])\n"
+    assert json.loads((tmp_path / "r.json").read_text()) == {
+        "skipped": "trl is not installed (pip install -e .[bench])"
+    }
