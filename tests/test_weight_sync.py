@@ -128,8 +128,11 @@ def test_register_is_idempotent_and_reaches_both_factories():
 
 def test_bucket_plan_and_update_info_validation():
     meta = [ParamMeta(f"p{i}", torch.float32, (n,)) for i, n in enumerate([4, 4, 10, 1, 1])]
-    assert ws.plan_buckets(meta, 32) == [2, 3, 5]  # 16+16 | 40 alone (over the budget) | 4+4
-    assert ws.plan_buckets(meta, 1 << 20) == [5]
+    plan = ws.GlooWeightTransferUpdateInfo.plan
+    assert plan(meta, 32).bucket_ends == [2, 3, 5]  # 16+16 | 40 alone (over the budget) | 4+4
+    assert plan(meta, 1 << 20).bucket_ends == [5]
+    with pytest.raises(ValueError, match="bucket_bytes must be >= 1"):
+        plan(meta, 0)
     with pytest.raises(ValueError, match="do not split 5 parameters"):
         ws.GlooWeightTransferUpdateInfo([m.name for m in meta], ["float32"] * 5, [[4]] * 5, [2, 2, 5])
     with pytest.raises(ValueError, match="'p1' has unknown dtype 'float33'"):
@@ -138,8 +141,8 @@ def test_bucket_plan_and_update_info_validation():
 
 @pytest.mark.parametrize("bucket_bytes", [1, 3000, ws.DEFAULT_BUCKET_BYTES])
 def test_buckets_deliver_identical_bytes_to_every_engine(bucket_bytes: int):
-    """One bucket per tensor, some (4 KiB tensors alone, small ones together), or one: every engine receives bitwise what the source holds (bf16, fp16, int);
-    the engine is reusable for a second round."""
+    """One bucket per tensor, some (4 KiB tensors alone, small ones together), or one: every engine receives
+    bitwise what the source holds (bf16, fp16, int); the engine is reusable for a second round."""
     models = [FakeModel(), FakeModel()]
     engine = _trainer(FakeClient([FakeEngine(m) for m in models]), DictSource({}), bucket_bytes, world_size=3)
     for seed in (0, 1):
@@ -264,7 +267,9 @@ def test_ray_engines_client_fans_out_with_rank_offsets(ray_cluster):
         def report(self):
             return self.offset, self.model.got
 
-    holders = [Holder.remote(), Holder.remote()]
+    # the actors unpickle this module's fakes by reference: put the tests folder on their path
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}}
+    holders = [Holder.options(runtime_env=env).remote() for _ in range(2)]
     client = ws.RayEnginesClient(holders, [1, 1])
     assert client.world_size == 3
     sent = _tensors()
