@@ -401,3 +401,40 @@ def test_engine_greedy_equals_transformers_after_each_of_two_sends(engine, tiny_
     trainer.source = source
     trainer.send_weights()
     assert _greedy(engine) == _hf_greedy(model, tokenizer)
+
+
+@pytest.mark.slow
+def test_ttm_head_travels_last_and_survives_small_buckets(tiny_model_path: str):
+    """Learned mode: the engine's model runs a TTM head whose load_weights fills in initial head values for any
+    call without them (rlvr_temp.ttm_vllm). The source yields the head last, so with one bucket per layer the head
+    still ends up bitwise equal to the learner's, send after send."""
+    from transformers import AutoModelForCausalLM
+    from vllm import LLM
+
+    from rlvr_temp import ttm_vllm
+    from rlvr_temp.temperature import TokenTemperatureHead
+
+    settings = {"heads": 4, "t_min": 0.01, "t_max": 0.99, "init_temperature": 0.5}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        mp.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        llm = LLM(
+            model=tiny_model_path,
+            dtype="float32",
+            max_model_len=128,
+            enforce_eager=True,
+            hf_overrides=ttm_vllm.hf_overrides(tiny_model_path, settings),
+            weight_transfer_config=WeightTransferConfig(backend="gloo"),
+        )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    head = TokenTemperatureHead(model.config.hidden_size, **settings, init_std=0.3)
+    source = ws.PolicySource(model, torch.float32, ttm_head=head)
+    assert [m.name for m in source.metadata()][-2:] == ["ttm_head.proj.weight", "ttm_head.proj.bias"]
+    trainer = _trainer(ws.LocalLLMClient(llm), source, bucket_bytes=1 << 16)
+    for _ in range(2):
+        with torch.no_grad():
+            head.proj.bias.add_(0.1)
+        assert trainer.send()["buckets"] > 1
+        weight, bias = llm.apply_model(lambda m: (m.ttm_head.proj.weight.clone(), m.ttm_head.proj.bias.clone()))[0]
+        assert torch.equal(weight, head.proj.weight) and torch.equal(bias, head.proj.bias)
+    llm.llm_engine.engine_core.shutdown()
