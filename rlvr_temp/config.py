@@ -98,7 +98,18 @@ class EngineConfig(Section):
         gt=0,
         description="KV-cache size in GiB on CPU (`VLLM_CPU_KVCACHE_SPACE`); auto would take most RAM.",
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism per rollout worker.")
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="vLLM tensor parallelism per rollout worker (GPUs, or CPU core groups: each rank gets an "
+        "equal share of the worker's cores unless `VLLM_CPU_OMP_THREADS_BIND` is set).",
+    )
+    multiprocess: bool = Field(
+        True,
+        description="vLLM's normal multiprocess mode: the engine core (and one worker per tensor-parallel rank) in "
+        "their own processes, the temperature processor reached through `collective_rpc` (rlvr_temp.vllm_worker). "
+        "`false` runs the engine inside the rollout worker's process (TP 1 only; debugging).",
+    )
     enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (reset after each weight sync).")
     max_num_seqs: int = Field(256, ge=1, description="Maximum concurrent sequences in the engine.")
     model_runner: Literal["v1", "v2"] = Field(
@@ -415,10 +426,10 @@ class RunConfig(Section):
                 f"temperature.token.window ({tok.window}) is smaller than one decode step of an engine ({per_engine} "
                 "sequences): each step would overwrite the whole window"
             )
-        if self.rollout.engine.tensor_parallel_size > 1:
+        if ro.engine.tensor_parallel_size > 1 and not ro.engine.multiprocess:
             raise ValueError(
-                "rollout.engine.tensor_parallel_size > 1 is not supported yet: the engine runs inside its rollout "
-                "worker's process (use more rollout.num_workers instead; docs/cluster.md)"
+                "rollout.engine.tensor_parallel_size > 1 needs rollout.engine.multiprocess: true (one vLLM worker "
+                "process per rank)"
             )
         return self
 

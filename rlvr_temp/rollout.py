@@ -20,7 +20,7 @@ import torch
 import vllm
 from vllm import LLM, SamplingParams
 
-from rlvr_temp import ttm_vllm, vllm_processor
+from rlvr_temp import ttm_vllm, vllm_processor, vllm_worker
 from rlvr_temp.batch import Rollout
 from rlvr_temp.config import EngineConfig, ModelConfig
 from rlvr_temp.temperature import TemperatureStrategy
@@ -51,9 +51,10 @@ class RolloutWorker:
         engine_settings: Mapping[str, Any] | None = None,
         log_level: str | None = "WARNING",
     ) -> None:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if engine.multiprocess else "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(engine.kv_cache_gib))))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if not torch.cuda.is_available():
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding(engine.tensor_parallel_size))
         if num_threads:
             os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
 
@@ -64,13 +65,9 @@ class RolloutWorker:
         if self.model_runner == "v2" and not torch.cuda.is_available():
             raise ValueError("rollout.engine.model_runner=v2 needs a CUDA build of vLLM; use v1 on CPU")
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if self.model_runner == "v2" else "0"
-        if self.model_runner == "v2":  # imported only here: it checks vLLM's V2 interface when imported
-            from rlvr_temp import vllm_processor_v2 as procs
-
-            processor_cls: type = procs.TemperatureProcessorV2
-        else:
-            procs, processor_cls = vllm_processor, vllm_processor.TemperatureProcessor
-        before = set(map(id, procs.instances()))
+        processor = "rlvr_temp.vllm_processor" + (
+            "_v2:TemperatureProcessorV2" if engine.model_runner == "v2" else ":TemperatureProcessor"
+        )
         kwargs: dict[str, Any] = {}
         if engine_settings is not None:  # learned mode: the engine's model runs the TTM head (rlvr_temp.ttm_vllm)
             kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(engine_settings))
@@ -86,14 +83,14 @@ class RolloutWorker:
             max_num_seqs=engine.max_num_seqs,
             tensor_parallel_size=engine.tensor_parallel_size,
             trust_remote_code=model.trust_remote_code,
-            logits_processors=[processor_cls],
+            # by qualified name: vLLM imports it in the worker process(es), which may not be this one
+            logits_processors=[processor],
             logprobs_mode="processed_logprobs",
+            worker_extension_cls=vllm_worker.EXTENSION,
             **kwargs,
         )
-        mine = [p for p in procs.instances() if id(p) not in before]
-        if len(mine) != 1:
-            raise RuntimeError(f"expected one rlvr_temp processor in the new engine, found {len(mine)}")
-        self.processor = mine[0]
+        # one processor per rank, found by the worker extension (raises in the worker if there is none)
+        self.ranks = self.llm.collective_rpc("rlvr_info")
         self.has_ttm = engine_settings is not None
         self.tokenizer = self.llm.get_tokenizer()
         self.model_path = model_path
@@ -102,6 +99,10 @@ class RolloutWorker:
         self.weights_version = 0
         self._uid = 0
         self._incarnation = new_incarnation()
+
+    def _rank0(self, method: str, *args: Any) -> Any:
+        """``method`` of the worker extension on every rank (rlvr_temp.vllm_worker); rank 0's answer."""
+        return self.llm.collective_rpc(method, args=args)[0]
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(
@@ -170,9 +171,8 @@ class RolloutWorker:
         try:
             outputs = self.llm.generate(requests, params, use_tqdm=False)
         finally:
-            records = self.processor.drain()
-            # every request of this call has finished: release its rows and per-sequence windows
-            self.processor.release([uid for _, uid, _ in meta])
+            # every request of this call has finished: its records, then release its rows and per-sequence windows
+            records = self._rank0("rlvr_collect", [uid for _, uid, _ in meta])
         groups: list[list[Rollout]] = [[] for _ in prompts]
         for out, (i, uid, t) in zip(outputs, meta):
             comp = out.outputs[0]
@@ -182,8 +182,11 @@ class RolloutWorker:
                 temps_t, ents = [0.0] * n, [float("nan")] * n
             else:
                 temps_t, ents = records.get(uid, ([], []))
-                if len(temps_t) != n:
+                if len(temps_t) < n:
                     raise RuntimeError(f"recorded {len(temps_t)} temperatures for {n} tokens (request {uid})")
+                # under asynchronous scheduling a finished request may have had one more step computed before the
+                # scheduler saw its stop token; records are by output position, so that step's is the surplus one
+                temps_t, ents = temps_t[:n], ents[:n]
             groups[i].append(
                 Rollout(
                     prompt_id=ids[i],
@@ -203,7 +206,7 @@ class RolloutWorker:
     def update_weights(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> int:
         """Load new weights (HF names, plain dtype) into the live engine; prefix cache is invalidated."""
         items = weights.items() if isinstance(weights, Mapping) else weights
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(items))})
+        self.llm.collective_rpc("rlvr_reload_weights", args=(vllm_worker.pack(list(items)),))
         self.llm.reset_prefix_cache()
         self.weights_version += 1
         return self.weights_version
@@ -211,18 +214,18 @@ class RolloutWorker:
     # ------------------------------------------------------------------------------------------ state
     def temperature_state(self) -> dict[str, Any]:
         """The processor's entropy windows (for checkpoints)."""
-        return self.processor.state_dict()
+        return vllm_worker.unpack(self._rank0("rlvr_state_dict"))
 
     def load_temperature_state(self, state: dict[str, Any]) -> None:
-        self.processor.load_state_dict(state)
+        self.llm.collective_rpc("rlvr_load_state_dict", args=(vllm_worker.pack(state),))
 
     def reset_temperature_state(self) -> None:
         """Forget every entropy window and pending record (a new run reusing this engine)."""
-        self.processor.reset()
+        self.llm.collective_rpc("rlvr_reset")
 
     def open_windows(self) -> int:
         """Per-sequence entropy windows the processor holds (0 between ``generate`` calls)."""
-        return self.processor.open_windows()
+        return self._rank0("rlvr_open_windows")
 
     def version(self) -> int:
         """How many weight updates this engine has received."""
@@ -235,7 +238,10 @@ class RolloutWorker:
             "vllm": vllm.__version__,
             "model_runner": self.model_runner,
             "tensor_parallel_size": cfg.parallel_config.tensor_parallel_size,
+            "multiprocess": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "1",
+            "async_scheduling": bool(cfg.scheduler_config.async_scheduling),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "ranks": self.ranks,
         }
 
     def incarnation(self) -> str:
@@ -244,6 +250,10 @@ class RolloutWorker:
 
     def ping(self) -> str:
         return "ok"
+
+    def close(self) -> None:
+        """Shut the engine's processes down (a Ray actor's are stopped with the actor)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 
 #: vLLM warnings that every engine of this project triggers and that need no action, by logger: the in-place
@@ -278,9 +288,25 @@ def quiet_vllm_logs(level: str | None) -> None:
             log.addFilter(_DropPrefix(prefix))
 
 
+def cpu_thread_binding(tensor_parallel_size: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for a CPU engine: ``nobind`` (OpenMP threads float; ``OMP_NUM_THREADS``) with
+    one rank, else this process's cores split into equal groups, one per rank (vLLM's CPU worker binds each
+    rank's threads to its group and refuses to start tensor parallelism unbound)."""
+    if tensor_parallel_size == 1:
+        return "nobind"
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < tensor_parallel_size:
+        raise ValueError(
+            f"rollout.engine.tensor_parallel_size={tensor_parallel_size} needs as many CPU cores, this process may "
+            f"use {len(cores)}"
+        )
+    per = len(cores) // tensor_parallel_size
+    return "|".join(",".join(map(str, cores[r * per : (r + 1) * per])) for r in range(tensor_parallel_size))
+
+
 def remote_worker(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = 0) -> Any:
     """The worker as a Ray actor class with these resources (``.remote(...)`` to start one); Ray restarts a killed
     one up to ``max_restarts`` times (rlvr_temp.recovery)."""
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"TOKENIZERS_PARALLELISM": "false"}
     options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
     return ray.remote(**options, runtime_env={"env_vars": env})(RolloutWorker)

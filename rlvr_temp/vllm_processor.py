@@ -200,6 +200,9 @@ class _Plan:
 class TemperatureProcessor(LogitsProcessor):
     """Per-token temperatures (entropy rule) and per-request temperatures, recorded for the learner."""
 
+    #: how rlvr_temp.vllm_worker finds this processor among the engine's
+    RLVR_TEMP_PROCESSOR = True
+
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
         spec = parse_request(sampling_params.extra_args)

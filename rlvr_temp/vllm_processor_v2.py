@@ -195,6 +195,9 @@ class _Plan:  # per batch layout (slots in batch order, which of them are ours),
 class TemperatureProcessorV2(_v2.LogitsProcessor):
     """Per-token and per-request temperatures, applied and recorded under Model Runner V2 (public methods as V1's)."""
 
+    #: how rlvr_temp.vllm_worker finds this processor among the engine's
+    RLVR_TEMP_PROCESSOR = True
+
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
         TemperatureProcessor.validate_params(sampling_params)  # the same checks as V1 (temperature must be 1.0)

@@ -122,9 +122,10 @@ def test_real_engine_keeps_one_window_and_leaks_none(tiny_model_path):
         base_t = scheduled.base_temperature(step)
         temps = [scheduled.group_temperatures(base_t, 4)] * len(prompts)
         groups = worker.generate(prompts, temps, max_tokens=12, strategy=scheduled, seed=step)
-        rules = worker.processor.rules
+        rules = worker.temperature_state()["rules"]  # from the engine's worker process (rlvr_temp.vllm_worker)
         assert len(rules) == 1
-        lengths.append(len(next(iter(rules.values())).window))
+        _config, rule_state = next(iter(rules.values()))
+        lengths.append(len(rule_state["window"]["values"]))
         assert lengths[-1] == sum(len(r.token_ids) for g in groups for r in g) + (lengths[-2] if step else 0)
     assert lengths[0] < lengths[1] < lengths[2]
     assert len(worker.temperature_state()["rules"]) == 1

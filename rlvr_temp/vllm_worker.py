@@ -1,0 +1,104 @@
+"""The rollout side's hook into vLLM's worker processes: a ``worker_extension_cls`` mixed into vLLM's worker class.
+
+vLLM runs the model (and so our temperature processor) in its own worker process(es): one engine-core process
+in its normal multiprocess mode, one process per rank under tensor parallelism. The rollout worker reaches the
+processor there only through ``LLM.collective_rpc("rlvr_<method>")``, which calls the methods below on every
+rank; records and entropy windows are read from rank 0 (every rank samples from the same gathered logits, so
+every rank's processor holds the same windows) and written to all ranks. The same calls work with the engine in
+the worker's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so there is one code path.
+
+Importing this module in a worker process also registers the project's weight-transfer backends with vLLM's
+factory (``rlvr_temp.weight_sync``), before vLLM builds the worker's transfer engine.
+
+Left out: pipeline parallelism (the processor would run on the last stage only; refused by the config).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from typing import Any
+
+import torch
+
+from rlvr_temp import weight_sync
+
+weight_sync.register()  # vLLM creates the worker's weight-transfer engine when it loads the model
+
+#: the qualified name vLLM imports in each worker process (``worker_extension_cls``)
+EXTENSION = "rlvr_temp.vllm_worker.TemperatureWorkerExtension"
+
+
+def pack(obj: Any) -> bytes:
+    """``obj`` as bytes for vLLM's RPC, whose encoder keeps plain containers of numbers and strings only."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def unpack(blob: bytes) -> Any:
+    """The object :func:`pack` made (our own bytes, from our own worker process)."""
+    return torch.load(io.BytesIO(blob), weights_only=False)
+
+
+class TemperatureWorkerExtension:
+    """Methods vLLM adds to its worker class; called through ``LLM.collective_rpc``. ``self`` is vLLM's worker."""
+
+    def _rlvr_processor(self) -> Any:
+        found = getattr(self, "_rlvr_found", None)
+        if found is not None:
+            return found
+        runner = self.model_runner  # type: ignore[attr-defined]
+        candidates: list[Any] = []
+        batch = getattr(runner, "input_batch", None)  # Model Runner V1: the persistent batch owns the processors
+        if batch is not None and getattr(batch, "logitsprocs", None) is not None:
+            candidates += list(batch.logitsprocs.all)
+        sampler = getattr(runner, "sampler", None)  # Model Runner V2: the sampler's processor pipeline
+        candidates += list(getattr(sampler, "logits_processors", None) or [])
+        mine = [p for p in candidates if getattr(p, "RLVR_TEMP_PROCESSOR", False)]
+        if len(mine) != 1:
+            raise RuntimeError(f"expected one rlvr_temp processor in the vLLM worker, found {len(mine)}")
+        self._rlvr_found = mine[0]
+        return mine[0]
+
+    def _rlvr_rank(self) -> int:
+        return int(getattr(self, "rank", 0))
+
+    def rlvr_collect(self, uids: list[str]) -> dict[str, tuple[list[float], list[float]]] | None:
+        """The per-token (temperatures, entropies) of every request since the last call, then forget ``uids``
+        (finished requests: their rows and per-sequence windows). Rank 0 returns the records, the others None."""
+        proc = self._rlvr_processor()
+        records = proc.drain()
+        proc.release(list(uids))
+        return records if self._rlvr_rank() == 0 else None
+
+    def rlvr_state_dict(self) -> bytes | None:
+        """The entropy windows, :func:`pack`ed (rank 0; None elsewhere)."""
+        return pack(self._rlvr_processor().state_dict()) if self._rlvr_rank() == 0 else None
+
+    def rlvr_load_state_dict(self, blob: bytes) -> None:
+        """Load what :meth:`rlvr_state_dict` returned (on every rank)."""
+        self._rlvr_processor().load_state_dict(unpack(blob))
+
+    def rlvr_reload_weights(self, blob: bytes) -> None:
+        """Load :func:`pack`ed ``[(HF name, tensor), ...]`` in place (the object-store sync path; the weight-transfer
+        engines of rlvr_temp.weight_sync stream instead)."""
+        self.reload_weights(weights_iterator=iter(unpack(blob)))  # type: ignore[attr-defined]
+
+    def rlvr_reset(self) -> None:
+        self._rlvr_processor().reset()
+
+    def rlvr_open_windows(self) -> int:
+        return int(self._rlvr_processor().open_windows())
+
+    def rlvr_info(self) -> dict[str, Any]:
+        """Where this rank runs and with which processor and model runner (recorded in ``engines.json``)."""
+        proc = self._rlvr_processor()
+        return {
+            "rank": self._rlvr_rank(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "processor": type(proc).__name__,
+            "model_runner": type(self.model_runner).__module__,  # type: ignore[attr-defined]
+        }
