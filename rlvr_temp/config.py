@@ -25,20 +25,15 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rlvr_temp.config_cluster import EngineConfig, RayConfig, ResourcesConfig
 from rlvr_temp.run_root import RUN_ROOT_ENV, resolve_run_dir
 from rlvr_temp.temperature.strategy import MODES
 from rlvr_temp.utils import atomic_write_text
-from rlvr_temp.yaml_recipe import ConfigError, apply_overrides, format_validation, read_yaml
+from rlvr_temp.yaml_recipe import ConfigError, Section, apply_overrides, format_validation, read_yaml
 
 __all__ = ["ConfigError", "RunConfig", "format_validation", "load_config", "save_config"]
 
 DEFAULT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -88,35 +83,6 @@ class DataConfig(Section):
         None, description="Apply the tokenizer's chat template: None = when the tokenizer has one."
     )
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
-
-
-class EngineConfig(Section):
-    enforce_eager: bool = Field(True, description="Disable CUDA graphs / compilation (faster start-up).")
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory share (GPU only).")
-    kv_cache_gib: float = Field(
-        1.0,
-        gt=0,
-        description="KV-cache size in GiB on CPU (`VLLM_CPU_KVCACHE_SPACE`); auto would take most RAM.",
-    )
-    tensor_parallel_size: int = Field(
-        1,
-        ge=1,
-        description="vLLM tensor parallelism per rollout worker (GPUs, or CPU core groups: each rank gets an "
-        "equal share of the worker's cores unless `VLLM_CPU_OMP_THREADS_BIND` is set).",
-    )
-    multiprocess: bool = Field(
-        True,
-        description="vLLM's normal multiprocess mode: the engine core (and one worker per tensor-parallel rank) in "
-        "their own processes, the temperature processor reached through `collective_rpc` (rlvr_temp.vllm_worker). "
-        "`false` runs the engine inside the rollout worker's process (TP 1 only; debugging).",
-    )
-    enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (reset after each weight sync).")
-    max_num_seqs: int = Field(256, ge=1, description="Maximum concurrent sequences in the engine.")
-    model_runner: Literal["v1", "v2"] = Field(
-        "v1",
-        description="vLLM model runner on CUDA: `v1` until the V2 processor has passed on a real CUDA install "
-        "(vLLM 0.32 would pick V2 there); `v2` uses rlvr_temp.vllm_processor_v2 (docs/cluster.md). CPU: v1 only.",
-    )
 
 
 class RolloutConfig(Section):
@@ -348,43 +314,6 @@ class EvalConfig(Section):
     top_p: float = Field(0.95, gt=0, le=1, description="Evaluation nucleus sampling (paper: 0.95).")
     limit: int | None = Field(64, ge=1, description="Problems per dataset (None = all).")
     max_tokens: int | None = Field(None, ge=1, description="Response budget (None = rollout.max_response_len).")
-
-
-class RayConfig(Section):
-    address: str | None = Field(
-        None,
-        description="Ray cluster to join (`auto`, `ray://...`); None starts a local one (or RAY_ADDRESS).",
-    )
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster (None: all).")
-    rollout_cpus: float = Field(1.0, ge=0, description="CPUs reserved per rollout worker.")
-    rollout_gpus: float = Field(0.0, ge=0, description="GPUs per rollout worker.")
-    learner_cpus: float = Field(1.0, ge=0, description="CPUs reserved for the learner.")
-    learner_gpus: float = Field(0.0, ge=0, description="GPUs for the learner.")
-    max_restarts: int = Field(3, ge=0, description="How often Ray restarts a killed rollout worker or learner.")
-
-
-class ResourcesConfig(Section):
-    """Where the actors go (``rlvr_temp.placement``, docs/cluster.md "Layouts") and how many learner ranks train."""
-
-    layout: Literal["colocated", "split"] = Field(
-        "colocated",
-        description="`colocated`: each bundle holds one learner rank and its share of the engines, which take the "
-        "bundle's CPUs/GPUs in turn; `split`: engines and learner ranks in separate bundles (`ray.*_cpus/_gpus`).",
-    )
-    learner_ranks: int = Field(1, ge=1, description="Data-parallel learner ranks (torch.distributed: gloo / nccl).")
-    bundle_cpus: float | None = Field(
-        None, gt=0, description="`colocated`: CPUs per bundle (None: `ray.learner_cpus` + its engines' `rollout_cpus`)."
-    )
-    bundle_gpus: float | None = Field(
-        None, ge=0, description="`colocated`: GPUs per bundle (None: max of `ray.rollout_gpus`, `ray.learner_gpus`)."
-    )
-    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
-        "PACK", description="Ray placement-group strategy of the bundles."
-    )
-    timeout_s: float = Field(60.0, gt=0, le=600, description="Wait at most this long for the placement group.")
-    dist_timeout_s: float = Field(
-        600.0, gt=0, description="torch.distributed timeout of a collective (a dead rank fails the others after it)."
-    )
 
 
 class RunConfig(Section):

@@ -82,6 +82,9 @@ class RolloutWorker:
             enable_prefix_caching=engine.enable_prefix_caching,
             max_num_seqs=engine.max_num_seqs,
             tensor_parallel_size=engine.tensor_parallel_size,
+            # the ranks as local processes on this actor's devices (inside a Ray actor vLLM would otherwise ask
+            # Ray for more resources, which the run's placement group already holds)
+            distributed_executor_backend="mp" if engine.tensor_parallel_size > 1 else None,
             trust_remote_code=model.trust_remote_code,
             # by qualified name: vLLM imports it in the worker process(es), which may not be this one
             logits_processors=[processor],
