@@ -362,6 +362,20 @@ class RunConfig(Section):
             )
         return self
 
+    def weight_sync_backend(self) -> str:
+        """``rollout.engine.weight_sync`` with ``auto`` resolved from the recipe's devices: ``gloo`` without GPUs;
+        ``ipc`` when the learner and every engine share one GPU (``colocated``, one learner rank, a 1-GPU bundle);
+        else ``nccl``."""
+        ws, res = self.rollout.engine.weight_sync, self.resources
+        if ws != "auto":
+            return ws
+        bundle_gpus = (
+            res.bundle_gpus if res.bundle_gpus is not None else max(self.ray.rollout_gpus, self.ray.learner_gpus)
+        )
+        if max(self.ray.rollout_gpus, self.ray.learner_gpus, bundle_gpus) == 0:
+            return "gloo"
+        return "ipc" if res.layout == "colocated" and res.learner_ranks == 1 and bundle_gpus <= 1 else "nccl"
+
     def warnings(self) -> list[str]:
         """Settings that are valid but probably not what the author meant (printed by `validate` and `train`)."""
         out = []

@@ -110,6 +110,7 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
     layout = layout_for(cfg)
     worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus, rc.max_restarts)
     env = dict(worker_cls._default_options.get("runtime_env", {}).get("env_vars", {}))
+    engine = cfg.rollout.engine.model_copy(update={"weight_sync": cfg.weight_sync_backend()})  # "auto" resolved
     workers = []
     for i, slot in enumerate(layout.engines):
         # Ray sets OMP_NUM_THREADS to the CPUs an actor reserves; a colocated engine reserves a share of its bundle
@@ -118,7 +119,7 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
         worker = worker_cls.options(**options).remote(
             model_path,
             cfg.model,
-            cfg.rollout.engine,
+            engine,
             seed=derive_seed(cfg.trainer.seed, "engine", i),
             num_threads=slot.threads,
             engine_settings=strategy.engine_settings(),

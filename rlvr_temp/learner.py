@@ -139,6 +139,7 @@ class Learner(dp.RankMixin):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.model = load_policy(model_path, cfg.model, cfg.learner, self.device)
         self.export_dtype = DTYPES[cfg.model.dtype]
+        self._sender: Any = None  # the weight-transfer engine (init_weight_sync)
         self.ttm_head: TokenTemperatureHead | None = None
         head = self.strategy.engine_settings()
         if head is not None:  # the engines run a TTM head: the learner owns and syncs its weights
@@ -389,6 +390,25 @@ class Learner(dp.RankMixin):
                 key = f"{name}.weight"
                 out[key] = (out[key].float() + delta.cpu()).to(self.export_dtype)
         return out | head
+
+    def init_weight_sync(self, client: Any, backend: str, bucket_bytes: int) -> None:
+        """Join the engines' weight-transfer group as its sender (rlvr_temp.sync), replacing an earlier group."""
+        from rlvr_temp import sync  # vLLM's weight-transfer classes: only a learner that sends weights needs them
+        from rlvr_temp.weight_source import PolicySource
+
+        if self._sender is not None:
+            self._sender.shutdown()
+        self._sender = sync.trainer_engine(backend, client, PolicySource.from_learner(self), bucket_bytes)
+
+    @torch.no_grad()
+    def sync_weights(self, incarnation: str | None = None) -> dict[str, float]:
+        """Stream the current policy to every engine, module by module from this device; seconds and bytes."""
+        check_incarnation(self._incarnation, incarnation, "learner")
+        if self._sender is None:
+            raise RuntimeError("sync_weights before init_weight_sync")
+        from rlvr_temp import sync
+
+        return sync.send(self._sender)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Trainable parameters only (adapter or full weights, TTM head), for checkpoints and tests."""

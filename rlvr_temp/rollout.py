@@ -19,6 +19,7 @@ import ray
 import torch
 import vllm
 from vllm import LLM, SamplingParams
+from vllm.config import WeightTransferConfig
 
 from rlvr_temp import ttm_vllm, vllm_processor, vllm_worker
 from rlvr_temp.batch import Rollout
@@ -73,6 +74,13 @@ class RolloutWorker:
             kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(engine_settings))
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+        if engine.weight_sync != "object_store":  # "auto" is resolved by the driver (RunConfig.weight_sync_backend)
+            backend = (
+                engine.weight_sync
+                if engine.weight_sync != "auto"
+                else ("nccl" if torch.cuda.is_available() else "gloo")
+            )
+            kwargs["weight_transfer_config"] = WeightTransferConfig(backend=backend)
         self.llm = LLM(
             model=model_path,
             dtype=model.dtype,
@@ -206,8 +214,32 @@ class RolloutWorker:
         return groups
 
     # ------------------------------------------------------------------------------------------ weights
-    def update_weights(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Load new weights (HF names, plain dtype) into the live engine; prefix cache is invalidated."""
+    # vLLM's weight-transfer API (rlvr_temp.weight_sync drives it from the learner through these four calls)
+    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's weight-transfer group (``init_info`` from the learner's trainer engine)."""
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        """Receive one round of weights (blocks until the learner's broadcasts of the round are in)."""
+        self.llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self) -> int:
+        """Finish the round; the prefix cache (computed with the old weights) is dropped."""
+        self.llm.finish_weight_update()
+        self.llm.reset_prefix_cache()
+        self.weights_version += 1
+        return self.weights_version
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        """Leave the transfer group (before the learner opens a new one, e.g. after an actor restart)."""
+        self.llm.shutdown_weight_transfer_engine()
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Load a whole state dict (HF names, plain dtype) in place: ``rollout.engine.weight_sync: object_store``
+        and loading a checkpoint into an engine. The prefix cache is invalidated."""
         items = weights.items() if isinstance(weights, Mapping) else weights
         self.llm.collective_rpc("rlvr_reload_weights", args=(vllm_worker.pack(list(items)),))
         self.llm.reset_prefix_cache()

@@ -44,6 +44,7 @@ from rlvr_temp.data import PromptStream
 from rlvr_temp.evaluate import evaluate_run
 from rlvr_temp.launch import init_ray, load_train_prompts, record_engines, resolve_model, start_learner, start_workers
 from rlvr_temp.metrics import MetricsLogger, rollout_metrics, truncate_metrics
+from rlvr_temp.sync import EngineSync
 from rlvr_temp.temperature import make_strategy
 from rlvr_temp.utils import GracefulStop, derive_seed, timed
 from rlvr_temp.verify import Verifier
@@ -84,6 +85,7 @@ class Trainer:
             self.workers = list(workers)
             ray.get([w.reset_temperature_state.remote() for w in self.workers])
         self.learner = start_learner(cfg, self.model_path, self.strategy)
+        self.engine_sync = EngineSync(cfg, self.learner, self.workers)
         self.step, self.retries = 0, 0
         self._start = {"stream": self.stream.state_dict(), "rng": rng_state()}
         try:
@@ -187,10 +189,10 @@ class Trainer:
         batch = TrainBatch.from_groups(groups, self.cfg.algorithm.advantage)
         return ray.get(self.learner.train_step.remote(batch, base_t, incarnation=self.learner_id))
 
-    def sync_weights(self) -> None:
-        """Send the learner's merged weights to every rollout worker (through Ray's object store, once)."""
-        ref = self.learner.export_weights.remote(incarnation=self.learner_id)
-        ray.get([w.update_weights.remote(ref) for w in self.workers])
+    def sync_weights(self) -> dict[str, float]:
+        """The learner's weights to every engine (rlvr_temp.sync: vLLM's weight-transfer engines, layer by layer);
+        returns ``sync/*`` metrics (seconds, bytes)."""
+        return self.engine_sync.sync(self.learner_id, self.worker_ids)
 
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
@@ -221,7 +223,7 @@ class Trainer:
                 with timed(timing, "learn"):
                     metrics.update(self.learn(kept, base_t))
                 with timed(timing, "sync"):
-                    self.sync_weights()
+                    metrics.update(self.sync_weights())
             else:
                 log.warning("step %d: no informative group after %d rounds; update skipped", self.step, rounds)
                 metrics["train/skipped"] = 1.0

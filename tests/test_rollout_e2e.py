@@ -167,7 +167,7 @@ def test_greedy_after_update_weights_equals_fresh_engine(ray_cluster, tiny_model
     live = _engine(cls, tiny_model_path)
     greedy = [[0.0]] * len(PROMPTS)
     before = ray_cluster.get(live.generate.remote(PROMPTS, greedy, max_tokens=32))
-    assert ray_cluster.get(live.update_weights.remote(state)) == 1
+    assert ray_cluster.get(live.load_weights.remote(state)) == 1
     after = ray_cluster.get(live.generate.remote(PROMPTS, greedy, max_tokens=32))
     ray_cluster.kill(live)
     fresh = _engine(cls, str(new_dir))
