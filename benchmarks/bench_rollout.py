@@ -1,7 +1,8 @@
 """Decode throughput of rlvr_temp's temperature processor against plain vLLM: same engine, same prompts, same run.
 
-One in-process :class:`rlvr_temp.rollout.RolloutWorker` (vLLM CPU or CUDA build) serves every arm, so the
-model, the KV cache, the thread count and the prompts are identical; only the sampling path differs:
+One :class:`rlvr_temp.rollout.RolloutWorker` (vLLM CPU or CUDA build; its engine in vLLM's multiprocess mode as
+in training, or in this process with ``--in-process``) serves every arm, so the model, the KV cache, the thread
+count and the prompts are identical; only the sampling path differs:
 
 * ``plain``: ``worker.llm.generate`` with ``SamplingParams(temperature=1.0, logprobs=0)`` and no ``extra_args`` --
   the processor sees the rows but passes them through. This is the baseline every ratio refers to;
@@ -18,11 +19,11 @@ reported figure is the median over repetitions (robust to a shared, busy machine
 The engine runs with ``--threads`` OpenMP / torch threads (default 1, like the demo's rollout actor with
 ``ray.rollout_cpus: 1``; on a shared 2-core machine more threads make spin-waiting OpenMP barriers dominate).
 
-After the timed repetitions, one more pass of every arm times ``processor.apply`` alone (its cost per decode
-step and its share of the generate call's wall time; for ``plain`` it is the pass-through).
+After the timed repetitions, one more pass of every arm times ``processor.apply`` alone, in the engine's worker
+process (its cost per decode step and its share of the generate call's wall time; for ``plain`` the pass-through).
 
-``--profile`` additionally runs the token-global arm once under cProfile and reports where the processor's time
-goes (cumulative seconds of ``TemperatureProcessor.apply`` and of its parts).
+``--profile`` (engine in-process) additionally runs the token-global arm once under cProfile and reports where
+the processor's time goes (cumulative seconds of ``TemperatureProcessor.apply`` and of its parts).
 
     python benchmarks/bench_rollout.py                      # 64 prompts x 64 tokens, 9 repetitions
     python benchmarks/bench_rollout.py --quick              # 32 x 32, 3 repetitions
@@ -132,39 +133,27 @@ def _profile_token(worker: Any, runner: Callable[[], int], top: int = 18) -> dic
 
 
 def _processor_share(worker: Any, runners: dict[str, Callable[[], int]]) -> dict[str, dict[str, float]]:
-    """One extra, untimed-for-throughput pass of every arm with ``processor.apply`` wrapped in a timer."""
-    proc = worker.processor
-    spent = {"s": 0.0, "calls": 0}
-    inner = proc.apply
-
-    def timed_apply(logits: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return inner(logits)
-        finally:
-            spent["s"] += time.perf_counter() - t
-            spent["calls"] += 1
-
-    proc.apply = timed_apply
+    """One extra, untimed-for-throughput pass of every arm with ``processor.apply`` wrapped in a timer (in the
+    engine's worker process, through rlvr_temp.vllm_worker's ``rlvr_apply_timer``)."""
     out = {}
-    try:
-        for arm in ARMS:
-            spent.update(s=0.0, calls=0)
-            t0 = time.perf_counter()
-            runners[arm]()
-            wall = time.perf_counter() - t0
-            out[arm] = {
-                "apply_ms": 1e3 * spent["s"],
-                "calls": spent["calls"],
-                "us_per_call": 1e6 * spent["s"] / max(1, spent["calls"]),
-                "share": spent["s"] / wall,
-            }
-    finally:
-        del proc.apply  # back to the class's method
+    for arm in ARMS:
+        worker.llm.collective_rpc("rlvr_apply_timer", args=(True,))
+        t0 = time.perf_counter()
+        runners[arm]()
+        wall = time.perf_counter() - t0
+        spent = worker.llm.collective_rpc("rlvr_apply_timer", args=(False,))[0]
+        out[arm] = {
+            "apply_ms": 1e3 * spent["s"],
+            "calls": spent["calls"],
+            "us_per_call": 1e6 * spent["s"] / max(1, spent["calls"]),
+            "share": spent["s"] / wall,
+        }
     return out
 
 
-def run(model: str, n_prompts: int, max_tokens: int, reps: int, profile: bool = False) -> dict[str, Any]:
+def run(
+    model: str, n_prompts: int, max_tokens: int, reps: int, profile: bool = False, multiprocess: bool = True
+) -> dict[str, Any]:
     """Build the engine, warm up, interleave ``reps`` repetitions of every arm; medians and ratios."""
     import torch
 
@@ -172,7 +161,8 @@ def run(model: str, n_prompts: int, max_tokens: int, reps: int, profile: bool = 
     from rlvr_temp.rollout import RolloutWorker
 
     t0 = time.perf_counter()
-    worker = RolloutWorker(model, ModelConfig(path=model, max_model_len=256), EngineConfig(), seed=0)
+    engine = EngineConfig(multiprocess=multiprocess and not profile)  # cProfile sees only this process
+    worker = RolloutWorker(model, ModelConfig(path=model, max_model_len=256), engine, seed=0)
     startup = time.perf_counter() - t0
     prompts = make_prompts(n_prompts)
     runners = _arm_runners(worker, prompts, max_tokens)
@@ -208,6 +198,7 @@ def run(model: str, n_prompts: int, max_tokens: int, reps: int, profile: bool = 
         "max_tokens": max_tokens,
         "reps": reps,
         "startup_s": startup,
+        "multiprocess": engine.multiprocess,
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "(unset)"),
         "omp_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "(unset)"),
@@ -248,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=None, help="tokens generated per sequence")
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions of every arm")
     parser.add_argument("--quick", action="store_true", help="32 prompts x 32 tokens, 3 repetitions")
-    parser.add_argument("--profile", action="store_true", help="also cProfile one token-global generation")
+    parser.add_argument(
+        "--profile", action="store_true", help="also cProfile one token-global generation (engine in-process)"
+    )
+    parser.add_argument(
+        "--in-process", action="store_true", help="the engine in this process (default: vLLM's multiprocess mode)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -262,10 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     n_prompts = args.prompts or (32 if args.quick else 64)
     max_tokens = args.tokens or (32 if args.quick else 64)
     reps = args.reps or (3 if args.quick else 9)
-    res = run(args.model or default_model(), n_prompts, max_tokens, reps, profile=args.profile)
+    res = run(
+        args.model or default_model(),
+        n_prompts,
+        max_tokens,
+        reps,
+        profile=args.profile,
+        multiprocess=not args.in_process,
+    )
     print(
         f"\n{n_prompts} prompts x {max_tokens} tokens, {reps} repetitions, torch threads {res['torch_threads']} "
-        f"(OMP_NUM_THREADS={res['omp_num_threads']}), engine start-up {res['startup_s']:.1f} s"
+        f"(OMP_NUM_THREADS={res['omp_num_threads']}), engine "
+        f"{'multiprocess' if res['multiprocess'] else 'in-process'}, start-up {res['startup_s']:.1f} s"
     )
     print(to_markdown(res))
     verdict = "met" if res["target_met"] else "NOT met"

@@ -272,7 +272,8 @@ def _rollout_section(r: dict[str, Any] | None) -> list[str]:
         return out + _failed("bench_rollout", r)
     d = r["data"]
     out += [
-        f"One in-process vLLM engine ({d['device'].upper()}, `{Path(d['model']).name}`, fp32, "
+        f"One vLLM engine ({'in vLLM multiprocess mode, as in training' if d.get('multiprocess') else 'in-process'}, "
+        f"{d['device'].upper()}, `{Path(d['model']).name}`, fp32, "
         f"{d['torch_threads']} torch/OpenMP thread(s), `OMP_NUM_THREADS={d['omp_num_threads']}`, "
         f"`VLLM_CPU_OMP_THREADS_BIND={d['omp_bind']}`) serves every arm: {d['prompts']} prompts × "
         f"{d['max_tokens']} tokens (`ignore_eos`), {d['reps']} interleaved repetitions after a warm-up.",
@@ -281,12 +282,12 @@ def _rollout_section(r: dict[str, Any] | None) -> list[str]:
         "processor + per-token records + `Rollout` objects): *fixed* T = 1.0, *token* with",
         "`t_low=0.8, t_high=1.2, hot_fraction=0.2, window=100000` in scope `global` / `sequence`, *mixture* with",
         "per-response temperatures 0.7 … 1.4. *Paired ratio*: the median of per-repetition ratios.",
-        "*Processor µs/step* and *share*: `TemperatureProcessor.apply` timed alone in one extra pass (per decode",
-        "step, and as a share of that call's wall time).",
+        "*Processor µs/step* and *share*: `TemperatureProcessor.apply` timed alone in one extra pass, in the engine's",
+        "worker process (per decode step, and as a share of that call's wall time).",
         "",
         bench_rollout.to_markdown(d),
         "",
-        f"Engine start-up (in-process, this model): {d['startup_s']:.1f} s. " + _context(r),
+        f"Engine start-up (this model): {d['startup_s']:.1f} s. " + _context(r),
         "",
         "The tiny model makes this a worst case for the processor: a decode step of the whole batch costs only "
         "a few milliseconds, while the processor's per-step cost (a handful of small tensor ops, the entropy "

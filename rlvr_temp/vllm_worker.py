@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import time
 from typing import Any
 
 import torch
@@ -91,6 +92,27 @@ class TemperatureWorkerExtension:
 
     def rlvr_open_windows(self) -> int:
         return int(self._rlvr_processor().open_windows())
+
+    def rlvr_apply_timer(self, start: bool) -> dict[str, float]:
+        """Benchmarks: ``start=True`` wraps the processor's ``apply`` in a wall-clock timer (this rank), ``False``
+        removes it and returns ``{"s": seconds, "calls": n}`` since the start."""
+        proc = self._rlvr_processor()
+        if start:
+            spent = self._rlvr_spent = {"s": 0.0, "calls": 0.0}
+            inner = type(proc).apply.__get__(proc)
+
+            def timed_apply(*args: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return inner(*args)
+                finally:
+                    spent["s"] += time.perf_counter() - t
+                    spent["calls"] += 1
+
+            proc.apply = timed_apply
+            return dict(spent)
+        proc.__dict__.pop("apply", None)  # back to the class's method
+        return dict(getattr(self, "_rlvr_spent", {"s": 0.0, "calls": 0.0}))
 
     def rlvr_info(self) -> dict[str, Any]:
         """Where this rank runs and with which processor and model runner (recorded in ``engines.json``)."""
