@@ -6,6 +6,7 @@ Benchmarks (each script also runs on its own; see its docstring):
 * ``bench_rollout.py``: decode throughput of the temperature processor's modes against plain vLLM;
 * ``bench_learner.py``: on-policy log-probs at per-token temperatures against a scalar temperature;
 * ``bench_step.py``: one demo GRPO step by phase (generate / verify / learn / sync), and start-up;
+* ``bench_sync.py``: weight sync per step through vLLM's weight-transfer engine (gloo) against Ray's object store;
 * ``trl_grpo.py``: rlvr_temp's GRPO step against TRL's ``GRPOTrainer`` (needs ``pip install -e .[bench]``; a
   SKIP line without TRL; ``--skip-trl`` leaves it out, and a run without it keeps the page's previous section).
 
@@ -40,10 +41,11 @@ sys.path.insert(0, str(HERE))
 import bench_learner  # noqa: E402
 import bench_rollout  # noqa: E402
 import bench_step  # noqa: E402
+import bench_sync  # noqa: E402
 import bench_window  # noqa: E402
 import trl_grpo  # noqa: E402
 
-BENCHMARKS = ("window", "rollout", "learner", "step", "trl")
+BENCHMARKS = ("window", "rollout", "learner", "step", "sync", "trl")
 SCRIPTS = {"trl": "trl_grpo.py"}  # the others are bench_<name>.py
 WINDOW_TARGET_US = 50.0  # the issue: <= 50 µs per decode step for 256 sequences at window 100,000
 _NOISE = (" INFO ", " WARNING ", "Warning", "warn(", "Loading ", "it/s]", "\x1b[36m", "Triton", "kernels-community")
@@ -199,6 +201,7 @@ def render(
     lines += _rollout_section(results.get("rollout"))
     lines += _learner_section(results.get("learner"))
     lines += _step_section(results.get("step"))
+    lines += _sync_section(results.get("sync"))
     lines += _trl_section(results.get("trl"), mach, previous)
     lines += _gpu_section(gpu)
     return "\n".join(lines).rstrip() + "\n"
@@ -296,6 +299,28 @@ def _rollout_section(r: dict[str, Any] | None) -> list[str]:
         "",
     ]
     return out
+
+
+def _sync_section(r: dict[str, Any] | None) -> list[str]:
+    if r is None:
+        return []
+    out = ["## Weight sync per step (`bench_sync.py`)", ""]
+    if "data" not in r:
+        return out + _failed("bench_sync", r)
+    d = r["data"]
+    return [
+        *out,
+        f"One LoRA learner actor and one rollout worker (vLLM multiprocess) on a {d['params'] / 1e6:.1f}M-parameter "
+        f"model (the TRL comparison's shape), {d['reps']} interleaved rounds of each path after a warm-up. The "
+        "object-store path was the only one before vLLM's weight-transfer API was wired in (docs/weight_sync.md).",
+        "",
+        bench_sync.to_markdown(d),
+        "",
+        f"gloo is **{d['speedup']:.2f}×** faster per round; its group is set up once per run "
+        f"({d['connect_s']:.2f} s). Greedy output of the engine after a round of each path: "
+        f"{'equal' if d['greedy_equal'] else '**different**'}. " + _context(r),
+        "",
+    ]
 
 
 def _learner_section(r: dict[str, Any] | None) -> list[str]:
@@ -417,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in BENCHMARKS:
             if name not in args.only:
                 continue
-            extra = [] if name in ("window", "trl") else ["--model", str(model)]  # trl builds its own model
+            # trl and sync build their own (larger) model
+            extra = [] if name in ("window", "trl", "sync") else ["--model", str(model)]
             timeout = args.timeout * (2 if name == "trl" else 1)
             results[name] = run_script(name, quick + extra, Path(tmp) / f"{name}.json", timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)
