@@ -8,7 +8,7 @@ run the whole update). :func:`rlvr_config` and :func:`trl_args` hold the matched
 ``LlamaForCausalLM`` of Qwen2's shape (``transformers`` 5 forces ``Qwen2Tokenizer`` on a ``qwen2`` checkpoint, which
 drops the character tokenizer's whitespace), so without Qwen2's q/k/v biases; intermediate size 1626 makes 25.3M.
 
-Each system runs in its own process, one after the other, in one invocation (same machine, same run):
+Each system runs in its own process, all started together; their steps interleave (benchmarks/interleave.py):
 
 * TRL 1.16 ``GRPOTrainer``, ``use_vllm=False`` (``transformers`` ``generate``), 2 torch threads, one optimizer step
   per 64 responses. *generate*: ``GRPOTrainer._generate``; *verify*: ``_calculate_rewards``; *learn*: the rest of
@@ -17,7 +17,7 @@ Each system runs in its own process, one after the other, in one invocation (sam
   its ``time/*`` metrics, once per ``resources.layout`` the config knows (``colocated`` first; as shipped without).
 
 Medians over the measured steps after one warm-up; the ratio is TRL s/step / rlvr_temp s/step. Left out: start-up
-is timed, not compared; no step-by-step interleaving of the two systems (each owns its process and threads).
+is timed but not compared (the start-ups overlap); the idle processes' threads and Ray daemons still run beside.
 Without TRL 1.16 it prints one SKIP line and exits 0.
 
     python benchmarks/trl_grpo.py                 # 1 warm-up + 3 measured steps per system
@@ -31,13 +31,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from interleave import Baton, run_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -206,8 +207,8 @@ def _medians(per_step: list[dict[str, float]]) -> dict[str, float]:
     return {p: statistics.median(s[p] for s in timed) if all(p in s for s in timed) else float("nan") for p in PHASES}
 
 
-def run_trl(model_path: str, steps: int) -> dict[str, Any]:
-    """``steps`` optimizer steps of TRL's ``GRPOTrainer``; per-step phase times."""
+def run_trl(model_path: str, steps: int, baton: Baton) -> dict[str, Any]:
+    """``steps`` optimizer steps of TRL's ``GRPOTrainer``, each when ``baton`` says; per-step phase times."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOTrainer
@@ -228,6 +229,7 @@ def run_trl(model_path: str, steps: int) -> dict[str, Any]:
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            baton.wait_turn()
             phase.clear()
             self.t0 = time.perf_counter()
 
@@ -235,6 +237,7 @@ def run_trl(model_path: str, steps: int) -> dict[str, Any]:
             step = time.perf_counter() - self.t0
             gen, ver = phase.get("generate", 0.0), phase.get("verify", 0.0)
             per_step.append({"generate": gen, "verify": ver, "learn": step - gen - ver, "sync": 0.0, "step": step})
+            baton.done()
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -272,8 +275,8 @@ def run_trl(model_path: str, steps: int) -> dict[str, Any]:
     }
 
 
-def run_rlvr(model_path: str, steps: int, layout: str | None) -> dict[str, Any]:
-    """``steps`` calls of rlvr_temp's ``Trainer.train_step()``; per-step ``time/*`` metrics."""
+def run_rlvr(model_path: str, steps: int, layout: str | None, baton: Baton) -> dict[str, Any]:
+    """``steps`` calls of rlvr_temp's ``Trainer.train_step()``, each when ``baton`` says; per-step ``time/*``."""
     import ray
 
     from rlvr_temp.trainer import Trainer
@@ -286,7 +289,9 @@ def run_rlvr(model_path: str, steps: int, layout: str | None) -> dict[str, Any]:
         metrics = []
         try:
             for _ in range(steps):
+                baton.wait_turn()
                 metrics.append(trainer.train_step())
+                baton.done()
         finally:
             trainer.close()
             ray.shutdown()
@@ -357,8 +362,9 @@ def markdown_section(res: dict[str, Any], machine: str, context: str) -> list[st
         "never answers, so every reward is 0 — both still run the whole update).",
         f"TRL: `GRPOTrainer`, `use_vllm=False` (`transformers` `generate`), {THREADS} torch threads; *learn* is the "
         "optimizer step minus generation and reward. rlvr_temp: `Trainer.train_step()` (Ray, one vLLM rollout "
-        f"worker, the learner actor, {THREADS} CPUs), per `resources.layout`. Each system in its own process, one "
-        f"after the other; medians of steps 2–{res['steps']} (step 1 is a warm-up).",
+        f"worker, the learner actor, {THREADS} CPUs), per `resources.layout`. Each system in its own process, steps "
+        "interleaved (one step of one system at a time, order reversed every step: `benchmarks/interleave.py`); "
+        f"medians of steps 2–{res['steps']} (step 1 is a warm-up).",
         "",
         to_markdown(res),
         "",
@@ -377,27 +383,14 @@ def markdown_section(res: dict[str, Any], machine: str, context: str) -> list[st
 
 # ------------------------------------------------------------------------------------------------- main
 def _child(args: argparse.Namespace) -> int:
-    """One system in this process (``--system``); its result as JSON in ``--json``."""
+    """One system in this process (``--system``), stepping when ``--gate`` says; its result as JSON in ``--json``."""
+    baton = Baton(args.gate, args.json.stem)
     if args.system == "trl":
-        res = run_trl(args.model, args.steps + 1)
+        res = run_trl(args.model, args.steps + 1, baton)
     else:
-        res = run_rlvr(args.model, args.steps + 1, None if args.layout == "shipped" else args.layout)
+        res = run_rlvr(args.model, args.steps + 1, None if args.layout == "shipped" else args.layout, baton)
     args.json.write_text(json.dumps(res, indent=2))
     return 0
-
-
-def _spawn(extra: list[str], json_path: Path, model: Path, steps: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--model", str(model), "--steps", str(steps), "--json", str(json_path), *extra]
-    print(f"--- {' '.join(extra)}", flush=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    load0 = os.getloadavg()[0]
-    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
-    if rc != 0 or not json_path.is_file():
-        raise RuntimeError(f"{' '.join(extra)} failed with exit code {rc}")
-    res = json.loads(json_path.read_text())
-    res.update(load_1min_start=load0, load_1min_end=os.getloadavg()[0])
-    print(json.dumps({k: res[k] for k in ("system", "startup_s", "phases_s")} | {"layout": res.get("layout")}))
-    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)  # children: the model built by the parent
     parser.add_argument("--system", choices=("trl", "rlvr"), help=argparse.SUPPRESS)
     parser.add_argument("--layout", default="shipped", help=argparse.SUPPRESS)
+    parser.add_argument("--gate", type=Path, help=argparse.SUPPRESS)  # children: the interleaving folder
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -429,14 +423,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rlvr_bench_trl_model_") as tmp:
         model, n_params = build_model(tmp)
         print(f"model: {n_params:,} parameters ({n_params / 1e6:.1f}M), {json.dumps(SHAPE)}", flush=True)
-        res: dict[str, Any] = {"steps": steps + 1, "n_params": n_params, "shape": SHAPE, "rlvr": []}
-        for system in args.systems:
-            if system == "trl":
-                res["trl"] = _spawn(["--system", "trl"], Path(tmp) / "trl.json", model, steps)
-            else:
-                for lay in layouts:
-                    out = Path(tmp) / f"rlvr_{lay}.json"
-                    res["rlvr"].append(_spawn(["--system", "rlvr", "--layout", lay], out, model, steps))
+        jobs = {f"rlvr_{lay}": ["--system", "rlvr", "--layout", lay] for lay in layouts if "rlvr" in args.systems}
+        jobs |= {"trl": ["--system", "trl"]} if "trl" in args.systems else {}
+        gate = Path(tmp) / "gate"
+        gate.mkdir()
+        base = [sys.executable, __file__, "--model", str(model), "--steps", str(steps), "--gate", str(gate)]
+        out = run_interleaved(
+            {name: [*base, "--json", str(gate / f"{name}.json"), *extra] for name, extra in jobs.items()},
+            gate,
+            steps + 1,
+        )
+    res: dict[str, Any] = {"steps": steps + 1, "n_params": n_params, "shape": SHAPE, "trl": out.get("trl")}
+    res["rlvr"] = [r for name, r in out.items() if name != "trl"]
     print(to_markdown(res))
     if (ratio := speedup(res)) is not None:
         print(f"TRL s/step / rlvr_temp s/step: {ratio:.2f}x")

@@ -1,0 +1,44 @@
+"""benchmarks/interleave.py: processes get one step at a time, in alternating order, and their results come back."""
+
+from __future__ import annotations
+
+import sys
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from interleave import run_interleaved  # noqa: E402
+
+CHILD = """
+import json, sys, time
+sys.path.insert(0, {bench!r})
+from pathlib import Path
+from interleave import Baton
+folder, name, steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+baton, spans = Baton(folder, name), []
+for _ in range(steps):
+    baton.wait_turn()
+    t0 = time.monotonic(); time.sleep(0.05); spans.append((t0, time.monotonic()))
+    baton.done()
+(folder / f"{{name}}.json").write_text(json.dumps(spans))
+"""
+
+
+def test_steps_take_turns(tmp_path: Path) -> None:
+    code = CHILD.format(bench=str(BENCH))
+    cmds = {n: [sys.executable, "-c", code, str(tmp_path), n, "3"] for n in ("a", "b")}
+    out = run_interleaved(cmds, tmp_path, 3)
+    spans = sorted((t0, t1, name) for name, s in out.items() for t0, t1 in s)
+    assert [name for *_, name in spans] == ["a", "b", "b", "a", "a", "b"]  # order reversed every step
+    assert all(prev[1] <= nxt[0] for prev, nxt in pairwise(spans))  # never two steps at once
+
+
+def test_a_failing_process_stops_the_conductor(tmp_path: Path) -> None:
+    cmds = {"ok": [sys.executable, "-c", CHILD.format(bench=str(BENCH)), str(tmp_path), "ok", "2"]}
+    cmds["bad"] = [sys.executable, "-c", "raise SystemExit(3)"]
+    with pytest.raises(RuntimeError, match="gave up waiting"):
+        run_interleaved(cmds, tmp_path, 2)
