@@ -369,12 +369,21 @@ class RunConfig(Section):
         ws, res = self.rollout.engine.weight_sync, self.resources
         if ws != "auto":
             return ws
-        bundle_gpus = (
-            res.bundle_gpus if res.bundle_gpus is not None else max(self.ray.rollout_gpus, self.ray.learner_gpus)
-        )
+        bundle_gpus = self._bundle_gpus()
         if max(self.ray.rollout_gpus, self.ray.learner_gpus, bundle_gpus) == 0:
             return "gloo"
         return "ipc" if res.layout == "colocated" and res.learner_ranks == 1 and bundle_gpus <= 1 else "nccl"
+
+    def _bundle_gpus(self) -> float:
+        res = self.resources
+        return res.bundle_gpus if res.bundle_gpus is not None else max(self.ray.rollout_gpus, self.ray.learner_gpus)
+
+    def engines_sleep(self) -> bool:
+        """``rollout.engine.sleep_mode`` resolved: ``auto`` is on for the ``colocated`` layout on GPUs."""
+        mode = self.rollout.engine.sleep_mode
+        if mode != "auto":
+            return bool(mode)
+        return self.resources.layout == "colocated" and max(self.ray.rollout_gpus, self._bundle_gpus()) > 0
 
     def warnings(self) -> list[str]:
         """Settings that are valid but probably not what the author meant (printed by `validate` and `train`)."""

@@ -41,6 +41,12 @@ class EngineConfig(Section):
         "`nccl` (learner and engines on different GPUs), `ipc` (on the same GPU); `auto` picks one of those from "
         "the devices; `object_store`: one merged state dict through Ray's object store (the old path).",
     )
+    sleep_mode: Literal["auto"] | bool = Field(
+        "auto",
+        description="vLLM sleep mode while the learner trains (as verl's colocated rollout): the engines offload "
+        "their weights to the CPU and free the KV cache (level 1) before each update, then wake the weights, receive "
+        "the sync and wake the KV cache. `auto`: on (true) for the `colocated` layout on GPUs; CUDA only.",
+    )
     model_runner: Literal["v1", "v2"] = Field(
         "v1",
         description="vLLM model runner on CUDA: `v1` until the V2 processor has passed on a real CUDA install "

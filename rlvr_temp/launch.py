@@ -110,7 +110,9 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
     layout = layout_for(cfg)
     worker_cls = remote_worker(rc.rollout_cpus, rc.rollout_gpus, rc.max_restarts)
     env = dict(worker_cls._default_options.get("runtime_env", {}).get("env_vars", {}))
-    engine = cfg.rollout.engine.model_copy(update={"weight_sync": cfg.weight_sync_backend()})  # "auto" resolved
+    # the engine section with its "auto" settings resolved for this recipe's layout and devices
+    resolved = {"weight_sync": cfg.weight_sync_backend(), "sleep_mode": cfg.engines_sleep()}
+    engine = cfg.rollout.engine.model_copy(update=resolved)
     workers = []
     for i, slot in enumerate(layout.engines):
         # Ray sets OMP_NUM_THREADS to the CPUs an actor reserves; a colocated engine reserves a share of its bundle

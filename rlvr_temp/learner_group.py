@@ -13,10 +13,9 @@ waits for it. With one rank both go straight to the actor (exactly the single-le
   weights and optimizer states are the same.
 
 Checkpoints: :meth:`write_parts` / :meth:`restore` let each rank write / read its own part from its actor
-(``checkpoint.write_learner_part``); with one rank the state goes through the driver as before. The hooks
-:meth:`before_learn` / :meth:`after_learn` are where a colocated GPU layout puts the engines to sleep and wakes them
-(vLLM sleep mode; not wired yet: docs/cluster.md). Left out: re-forming the group while a rank is blocked in a
-collective (it fails after ``resources.dist_timeout_s``).
+(``checkpoint.write_learner_part``); with one rank the state goes through the driver as before. Colocated GPU
+engines sleep while the ranks train (vLLM sleep mode, rlvr_temp.sync). Left out: re-forming the group while a rank
+is blocked in a collective (it fails after ``resources.dist_timeout_s``).
 """
 
 from __future__ import annotations
@@ -149,13 +148,6 @@ class LearnerGroup:
         self.join()
 
     # ------------------------------------------------------------------------------------------ colocation hooks
-    def before_learn(self, workers: list[Any]) -> None:
-        """Called before an update. Colocated on GPUs, the engines would sleep here (vLLM sleep mode, level 1) to
-        leave the learner their memory; nothing yet (docs/cluster.md, "Layouts")."""
-
-    def after_learn(self, workers: list[Any]) -> None:
-        """Called after an update, before the weight sync: where colocated engines would wake up."""
-
     def close(self, release: bool = True) -> None:
         """Stop every rank; with ``release``, also remove the run's placement group (``on_release``, set by
         ``launch.start_learner``), which ends any engine still placed in it: only when the run owns its engines."""

@@ -5,7 +5,7 @@
   of its bundle (so that all fit: ``bundle / actors in it``) but runs with all of it: the learner sets its torch
   threads, and each engine its OpenMP threads, to the bundle's CPUs (divided among the bundle's engines). On GPUs
   the engine and the learner rank share the bundle's GPU; vLLM's sleep mode would free the engine's memory while
-  the learner works (``LearnerGroup.before_learn`` / ``after_learn`` are the hooks, docs/cluster.md).
+  the learner works (``rollout.engine.sleep_mode``, rlvr_temp.sync).
 * ``split``: one bundle per engine (``ray.rollout_cpus`` / ``ray.rollout_gpus``) and one per learner rank
   (``ray.learner_cpus`` / ``ray.learner_gpus``): nothing shared, for models too big to share a GPU.
 

@@ -74,6 +74,10 @@ class RolloutWorker:
             kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(engine_settings))
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+        if engine.sleep_mode is True:  # "auto" is resolved by the driver (RunConfig.engines_sleep)
+            if not torch.cuda.is_available():
+                raise ValueError("rollout.engine.sleep_mode=true needs a CUDA build of vLLM (vLLM's sleep mode)")
+            kwargs["enable_sleep_mode"] = True
         if engine.weight_sync != "object_store":  # "auto" is resolved by the driver (RunConfig.weight_sync_backend)
             backend = (
                 engine.weight_sync
@@ -236,6 +240,14 @@ class RolloutWorker:
     def shutdown_weight_transfer_engine(self) -> None:
         """Leave the transfer group (before the learner opens a new one, e.g. after an actor restart)."""
         self.llm.shutdown_weight_transfer_engine()
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the engine's GPU memory while the learner trains (vLLM sleep mode; level 1: weights to the CPU)."""
+        self.llm.sleep(level=level)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Re-allocate what :meth:`sleep` freed (``["weights"]`` before a sync, ``["kv_cache"]`` after; None: all)."""
+        self.llm.wake_up(tags=tags)
 
     def load_weights(self, weights: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> int:
         """Load a whole state dict (HF names, plain dtype) in place: ``rollout.engine.weight_sync: object_store``

@@ -6,6 +6,9 @@ CPU (rlvr_temp.weight_sync), ``nccl`` between GPUs, ``ipc`` on a shared GPU -- a
 A transfer group's members are fixed at its rendezvous, so when Ray has restarted the learner or an engine since
 (rlvr_temp.recovery), the survivors leave the old group and a new one is formed before the next round.
 ``object_store`` keeps the earlier path: one merged state dict through Ray's object store, loaded by every engine.
+With vLLM's sleep mode (``colocated`` on GPUs, ``RunConfig.engines_sleep``) the engines free their memory before
+each update (:meth:`EngineSync.release`) and wake their weights, then their KV cache, around the sync, as verl
+does.
 
 Learner (:func:`trainer_engine`, :func:`send`): the trainer-side engine for a backend over the learner's policy
 (``rlvr_temp.weight_source.PolicySource``: tensors computed module by module on the learner's device), and one
@@ -39,6 +42,13 @@ class EngineSync:
         self.tp_sizes = [cfg.rollout.engine.tensor_parallel_size] * len(workers)
         self.learner, self.workers = learner, workers
         self._members: tuple[Any, ...] | None = None  # (learner id, worker ids) the current group was formed with
+        self.sleep, self.asleep = cfg.engines_sleep(), False
+
+    def release(self) -> None:
+        """Before an update: with sleep mode (colocated GPUs) the engines give the learner their memory."""
+        if self.sleep:
+            ray.get([w.sleep.remote(1) for w in self.workers])
+            self.asleep = True
 
     def _connect(self, members: tuple[Any, ...]) -> None:
         from rlvr_temp.weight_sync import RayEnginesClient  # the driver needs vLLM only when it syncs this way
@@ -56,15 +66,21 @@ class EngineSync:
 
     def sync(self, learner_id: Any, worker_ids: list[Any]) -> dict[str, float]:
         """Send the learner's current weights to every engine; ``sync/*`` metrics (bytes and tensors per round; its
-        time is the trainer's ``time/sync``)."""
+        time is the trainer's ``time/sync``). Sleeping engines wake their weights first and their KV cache after."""
+        if self.asleep:
+            ray.get([w.wake_up.remote(["weights"]) for w in self.workers])
         if self.backend == "object_store":
             ref = self.learner.export_weights.remote(incarnation=learner_id)
             ray.get([w.load_weights.remote(ref) for w in self.workers])
-            return {}
-        members = (learner_id, *worker_ids)
-        if members != self._members:
-            self._connect(members)
-        stats = ray.get(self.learner.sync_weights.remote(incarnation=learner_id))
+            stats: dict[str, float] = {}
+        else:
+            members = (learner_id, *worker_ids)
+            if members != self._members:
+                self._connect(members)
+            stats = ray.get(self.learner.sync_weights.remote(incarnation=learner_id))
+        if self.asleep:
+            ray.get([w.wake_up.remote(["kv_cache"]) for w in self.workers])
+            self.asleep = False
         return {f"sync/{k}": float(v) for k, v in stats.items() if k != "seconds"}
 
 

@@ -187,11 +187,11 @@ class Trainer:
     def learn(self, groups: Groups, base_t: float) -> dict[str, float]:
         """Advantages within each group, then one learner update on the resulting batch (learner actor)."""
         batch = TrainBatch.from_groups(groups, self.cfg.algorithm.advantage)
+        self.engine_sync.release()  # colocated GPUs: the engines' memory to the learner (vLLM sleep mode)
         return ray.get(self.learner.train_step.remote(batch, base_t, incarnation=self.learner_id))
 
     def sync_weights(self) -> dict[str, float]:
-        """The learner's weights to every engine (rlvr_temp.sync: vLLM's weight-transfer engines, layer by layer);
-        returns ``sync/*`` metrics (seconds, bytes)."""
+        """The learner's weights to every engine (rlvr_temp.sync: vLLM's weight-transfer engines); ``sync/*``."""
         return self.engine_sync.sync(self.learner_id, self.worker_ids)
 
     # ------------------------------------------------------------------------------------------ one step
