@@ -4,9 +4,10 @@
     python scripts/gpu_smoke.py --out gpu_smoke.json          # Qwen2.5-1.5B shapes (a GPU machine)
     python scripts/gpu_smoke.py --small --out /tmp/r.json     # CPU-sized shapes (tests/test_gpu_smoke.py)
 
-Group 1 needs only torch, transformers, peft, bitsandbytes (and pydantic / omegaconf); group 2 (vLLM) is listed as
-SKIPPED(reason). Random weights in Qwen2.5-1.5B's shapes (``--small``: 2 layers), nothing downloaded. Prints PASS /
-FAIL / SKIPPED(reason) per check and a summary; rewrites the JSON report after each check; exits 1 if one FAILED.
+Group 1 needs only torch, transformers, peft, bitsandbytes (and pydantic / omegaconf); group 2 (vLLM, Ray:
+scripts/gpu_smoke_vllm.py) is SKIPPED("vLLM not installed") without vLLM. Random weights in Qwen2.5-1.5B's shapes
+(``--small``: 2 layers), nothing downloaded. Prints PASS / FAIL / SKIPPED(reason) per check and a summary; rewrites
+the JSON report after each check; exits 1 if one FAILED. ``--groups 1`` or ``2`` runs one group (the other SKIPPED).
 What each check proves, and how to run this on a lent GPU machine: docs/benchmarks.md, "GPU smoke test".
 """
 
@@ -32,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 for _key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
     os.environ.setdefault(_key, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
+from gpu_smoke_vllm import GROUP2, run_group  # noqa: E402  (imports neither vLLM nor Ray)
 
 # Qwen2.5-1.5B's config.json; --small keeps the architecture: q/o 256, k/v 128, gate/up 512, down 256 wide (the tied
 # lm_head stays unquantised), all multiples of 32 as bitsandbytes' CPU 4-bit path needs
@@ -53,17 +55,8 @@ SHAPES = {
     "gpu": dict(grads=(2, 256), step=(8, 2304, 256), logprobs=(8, 512), proc=256, iters=20, lora=(64, 128)),
     "small": dict(grads=(2, 32), step=(4, 64, 16), logprobs=(4, 16), proc=32, iters=10, lora=(16, 32)),
 }
-DISTRIBUTIONS = ("transformers", "peft", "bitsandbytes", "accelerate", "pydantic", "omegaconf")
+DISTRIBUTIONS = ("transformers", "peft", "bitsandbytes", "accelerate", "pydantic", "omegaconf", "ray")
 GROUP1 = ["import", "nf4_lora_grads", "learner_step_memory", "logprobs_fp64", "processor_math", "checkpoint_cpu"]
-GROUP2 = {
-    "vllm_engine_v1": "a vLLM engine starts with rlvr_temp's TemperatureProcessor (V1 model runner)",
-    "vllm_engine_v2": "a vLLM engine starts with the V2 processor (V2 model runner)",
-    "records_aligned": "the processor's per-token (temperature, entropy) records align with the generated tokens",
-    "rollout_vs_transformers_logprobs": "vLLM's processed log-probs equal the learner's at the recorded temperatures",
-    "rollout_throughput": "token mode tokens/s against plain vLLM (target >= 0.97x)",
-    "weight_transfer": "the learner's merged export loads into the engine",
-    "trainer_step": "one Trainer.train_step end to end (Ray, vLLM, NF4 learner)",
-}
 
 
 class Outcome(Exception):  # ends a check SKIPPED or FAIL (status), with the metrics it did measure
@@ -90,21 +83,28 @@ def _timer(ctx: Any) -> Any:
     return lambda: (b.record(), b.synchronize(), a.elapsed_time(b))[-1]
 
 
-def _build_and_load(ctx: Any) -> Any:
-    """Save a random-weight Qwen2 model in the temp dir, then load it with rlvr_temp.learner.load_policy (QLoRA)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def _save_model(ctx: Any) -> Path:
+    """The random-weight Qwen2 model, saved once in the temp dir (groups 1 and 2 use the same folder)."""
+    from transformers import Qwen2ForCausalLM
 
-    from rlvr_temp.config import LearnerConfig, ModelConfig
-
+    if (ctx.tmp / "model" / "config.json").exists():
+        return ctx.tmp / "model"
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    ctx.qcfg = Qwen2Config(**(SMALL if ctx.small else QWEN25_15B))
     with torch.device(ctx.device):  # initialising 1.5B weights is far quicker on the GPU
         net = Qwen2ForCausalLM(ctx.qcfg)
     ctx.model_info["parameters"] = sum(p.numel() for p in net.parameters())
     net.to(ctx.dtype).save_pretrained(ctx.tmp / "model")
     del net
     ctx.model_info["build_seconds"] = round(time.perf_counter() - t0, 2)
+    return ctx.tmp / "model"
+
+
+def _build_and_load(ctx: Any) -> Any:
+    """Save the random-weight model, then load it with rlvr_temp.learner.load_policy (QLoRA)."""
+    from rlvr_temp.config import LearnerConfig, ModelConfig
+
+    _save_model(ctx)
     t0 = time.perf_counter()
     r, alpha = ctx.shapes["lora"]
     ctx.model_cfg = ModelConfig(path=str(ctx.tmp / "model"), dtype=str(ctx.dtype).removeprefix("torch."))
@@ -368,15 +368,6 @@ def check_checkpoint_cpu(ctx: Any) -> dict[str, Any]:
     return metrics
 
 
-def vllm_skip_reason() -> str:
-    """Why the vLLM checks cannot run here (asked after group 1, so that the import check saw no vLLM)."""
-    if not torch.cuda.is_available():
-        return "no CUDA device; needs a CUDA build of vLLM"
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed; needs a CUDA build of vLLM"
-    return "vLLM is installed, but this script runs group 1 only (group 2 is not written yet)"
-
-
 # ------------------------------------------------------------------------------------------------ driver
 def _fmt(metrics: dict[str, Any]) -> str:
     """The metrics on one line (a traceback, only an unexpected error's, as it is)."""
@@ -396,7 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_smoke.json"), help="JSON report (default: %(default)s)")
     ap.add_argument("--small", action="store_true", help="CPU-sized shapes (hidden 256, 2 layers, vocab 1024)")
+    ap.add_argument("--groups", choices=("1", "2", "1,2"), default="1,2", help="checks to run (default: %(default)s)")
     args = ap.parse_args(argv)
+    groups = tuple(map(int, args.groups.split(",")))
+    from transformers import Qwen2Config
+
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     config = SMALL if args.small else QWEN25_15B
@@ -413,29 +408,34 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
 
+    def run_check(name: str, group: int, fn: Any) -> None:
+        t0, metrics, status, reason = time.perf_counter(), {}, "PASS", None
+        try:
+            if group not in groups:
+                raise Outcome("SKIPPED", f"not selected (--groups {args.groups})")
+            metrics = fn(ctx)
+        except Outcome as out:
+            status, reason, metrics = out.status, out.reason, out.metrics
+        except Exception as exc:
+            status, reason = "FAIL", f"{type(exc).__name__}: {str(exc)[:500]}"
+            metrics = {"traceback": traceback.format_exc(limit=-8)}
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        metrics = metrics or ({"checks": GROUP2[name]} if status == "SKIPPED" and group == 2 else {})
+        record(name, group, status, reason, round(time.perf_counter() - t0, 2), metrics)
+
     with tempfile.TemporaryDirectory(prefix="gpu_smoke-") as tmp:
         ctx = types.SimpleNamespace(small=args.small, shapes=SHAPES["small" if args.small else "gpu"], device=device)
         ctx.__dict__.update(dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, tmp=Path(tmp))
         ctx.__dict__.update(vocab=config["vocab_size"], learner=None, policy=None, policy_error=None)
-        ctx.model_info = report["model"]
+        ctx.__dict__.update(model_info=report["model"], qcfg=Qwen2Config(**config), Outcome=Outcome)
+        ctx.save_model = functools.partial(_save_model, ctx)
         for name in GROUP1:
-            t0, metrics, status, reason = time.perf_counter(), {}, "PASS", None
-            try:
-                metrics = globals()[f"check_{name}"](ctx)
-            except Outcome as out:
-                status, reason, metrics = out.status, out.reason, out.metrics
-            except Exception as exc:
-                status, reason = "FAIL", f"{type(exc).__name__}: {str(exc)[:500]}"
-                metrics = {"traceback": traceback.format_exc(limit=-8)}
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.empty_cache()
-            record(name, 1, status, reason, round(time.perf_counter() - t0, 2), metrics)
+            run_check(name, 1, globals()[f"check_{name}"])
         ctx.policy = None
-    reason = vllm_skip_reason()
-    for name, what in GROUP2.items():
-        record(name, 2, "SKIPPED", reason, 0.0, {"checks": what})
+        run_group(ctx, run_check)  # group 2 (scripts/gpu_smoke_vllm.py)
     counts = {s: sum(c["status"] == s for c in report["checks"]) for s in ("PASS", "FAIL", "SKIPPED")}
     code = 1 if counts["FAIL"] else 0
     report["summary"] = dict(counts, seconds=round(time.perf_counter() - started, 1), exit_code=code)
