@@ -13,7 +13,8 @@ the bucket packed bytes-exact into one ``uint8`` buffer, which every worker unpa
 :class:`RayEnginesClient` / :class:`LocalLLMClient` are the clients; the learner's side is
 :class:`rlvr_temp.weight_source.PolicySource` (re-exported here). Left out: sharded
 (FSDP) trainers beyond "rank 0 sends, the others iterate", overlapping packing with sending, and repairing a group
-after a failed round (tear the engines down and re-init).
+after an engine failed outright (shut the engines' side down first: gloo keeps the trainer's pending collective,
+and its teardown waits, until the peers' end is gone or ``timeout_s`` passes; then re-init).
 """
 
 from __future__ import annotations

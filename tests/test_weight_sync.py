@@ -209,6 +209,29 @@ def test_engine_failing_to_load_aborts_the_trainer_naming_the_parameter():
     assert any("KeyError" in str(e) and "layers.1.b" in str(e) for e in client.errors)
 
 
+def test_engines_that_fail_outright_fail_the_trainer_at_once():
+    """An engine that cannot join, or rejects a round before its first collective: the trainer raises now, instead
+    of waiting in the rendezvous or a collective until the group's timeout."""
+
+    class NoJoin(FakeClient):
+        def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+            raise ConnectionError("engine 1 is gone")
+
+    class Rejecting(FakeEngine):
+        def receive_weights(self, update_info) -> None:
+            raise RuntimeError("not today")
+
+    with pytest.raises(RuntimeError, match=r"failed to join.*engine 1 is gone"):
+        _trainer(NoJoin([FakeEngine(FakeModel())]), DictSource(_tensors()))
+    rejecting = Rejecting(FakeModel())
+    engine = _trainer(FakeClient([rejecting]), DictSource(_tensors()))
+    with pytest.raises(RuntimeError, match="rejected the weight update: not today"):
+        engine.send_weights()
+    # the trainer's status all-reduce is still pending: gloo only lets go of it once the peers' end is gone
+    rejecting.shutdown()
+    engine.shutdown()
+
+
 def _learner(tiny_model_path: str, mode: str):
     from rlvr_temp.config import RunConfig
     from rlvr_temp.learner import Learner
