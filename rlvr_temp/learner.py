@@ -13,7 +13,8 @@ Gradient accumulation is exact: every micro-batch's loss is normalised by its wh
 response count (``losses.aggregate``), so the micro-batch gradients sum to the mini-batch gradient. With
 ``resources.learner_ranks`` > 1 (``rlvr_temp.learner_group`` starts the ranks, :meth:`Learner.join` forms the
 process group) each rank takes a token-balanced share of every mini-batch, still normalised by the whole
-mini-batch, and the gradients are summed over the ranks (``rlvr_temp.data_parallel``).
+mini-batch, and the gradients are summed over the ranks; a ``full`` policy is then sharded over them with FSDP2
+(``rlvr_temp.data_parallel``, which also holds the learner's state, checkpoint part and weight-sync methods).
 """
 
 from __future__ import annotations
@@ -211,14 +212,15 @@ class Learner(dp.RankMixin):
         """Per-response log-probs under the current policy (``ref``: the frozen base, adapters off), eval mode; only
         the responses ``index`` (default all; the others get empty tensors)."""
         out: list[torch.Tensor] = [torch.empty(0)] * len(batch)
-        for idx in micro_batches(range(len(batch)) if index is None else index, self.lc.micro_batch_size):
+        chunks = list(micro_batches(range(len(batch)) if index is None else index, self.lc.micro_batch_size))
+        for idx, real, _ in self._lockstep(chunks):  # sharded: filler forwards keep the ranks' all-gathers paired
             mb = collate(batch, idx, self.pad_id, self.device)
             if ref:
                 with self.model.disable_adapter():
                     lp, _, _ = self._forward(mb, base_t)
             else:
                 lp, _, _ = self._forward(mb, base_t)
-            for row, i in enumerate(idx):
+            for row, i in enumerate(idx if real else ()):
                 out[i] = lp[row, : len(batch.response_ids[i])].float().cpu()
         return out
 
@@ -251,9 +253,13 @@ class Learner(dp.RankMixin):
         budget = self.lc.micro_batch_tokens
         mine = mini if local is None else local
         chunks = token_budget_batches(batch, mine, budget) if budget else micro_batches(mine, self.lc.micro_batch_size)
-        for idx in chunks:
+        for idx, real, last in self._lockstep(list(chunks)):
+            self._grad_sync(last)  # sharded: reduce-scatter the accumulated gradients on the last backward only
             mb = collate(batch, idx, self.pad_id, self.device, extra)
             logp, ent, head_t = self._forward(mb, base_t, with_entropy=want_ent)
+            if not real:  # a filler (sharded ranks run equally many backward passes): exact zero gradients
+                (logp.sum() * 0.0).backward()
+                continue
             if record is not None:
                 for row, i in enumerate(idx):
                     record[i] = logp[row, : lengths[i]].detach().float().cpu()
@@ -328,9 +334,7 @@ class Learner(dp.RankMixin):
             record = seen if single else None
             for k, v in self.accumulate(batch, mini, extra, base_temperature, record, local=part).items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v
-            if self.world > 1:
-                dp.all_reduce_grads(self._trainable())
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self._trainable(), self.lc.grad_clip)))
+            grad_norms.append(self._reduce_and_clip())  # summed over the ranks, then clipped
             self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -391,74 +395,9 @@ class Learner(dp.RankMixin):
                 out[key] = (out[key].float() + delta.cpu()).to(self.export_dtype)
         return out | head
 
-    def init_weight_sync(self, client: Any, backend: str, bucket_bytes: int) -> None:
-        """Join the engines' weight-transfer group as its sender (rlvr_temp.sync), replacing an earlier group."""
-        from rlvr_temp import sync  # vLLM's weight-transfer classes: only a learner that sends weights needs them
-        from rlvr_temp.weight_source import PolicySource
-
-        if self._sender is not None:
-            self._sender.shutdown()
-        self._sender = sync.trainer_engine(backend, client, PolicySource.from_learner(self), bucket_bytes)
-
-    @torch.no_grad()
-    def sync_weights(self, incarnation: str | None = None) -> dict[str, float]:
-        """Stream the current policy to every engine, module by module from this device; seconds and bytes."""
-        check_incarnation(self._incarnation, incarnation, "learner")
-        if self._sender is None:
-            raise RuntimeError("sync_weights before init_weight_sync")
-        from rlvr_temp import sync
-
-        return sync.send(self._sender)
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Trainable parameters only (adapter or full weights, TTM head), for checkpoints and tests."""
-        out = {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        if self.ttm_head is not None:
-            out.update({f"ttm_head.{n}": p.detach().cpu().clone() for n, p in self.ttm_head.named_parameters()})
-        return out
-
-    # ------------------------------------------------------------------------------------------ state
-    def get_state(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: trainable weights, optimizer, LR schedule, step, RNG."""
-        return {
-            "trainable": self.trainable_state(),
-            # on the CPU: the state crosses process boundaries (Ray) and goes to disk; load_state_dict moves it back
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "torch_rng": torch.get_rng_state(),
-        }
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`get_state`'s output (the policy must have been built with the same settings)."""
-        params = dict(self.model.named_parameters())
-        if self.ttm_head is not None:
-            params.update({f"ttm_head.{n}": p for n, p in self.ttm_head.named_parameters()})
-        missing = [k for k in state["trainable"] if k not in params]
-        if missing:
-            raise ValueError(f"checkpoint has parameters this policy lacks: {missing[:3]}...")
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                params[name].copy_(value.to(params[name].device, params[name].dtype))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
-
     def identity(self) -> tuple[str, int]:
         """(incarnation token, updates made): what the driver checks after an actor failure."""
         return self._incarnation, self.step
 
     def ping(self) -> str:
         return "ok"
-
-
-def _to_cpu(obj: Any) -> Any:
-    """``obj`` with every tensor in it (nested dicts / lists / tuples) copied to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj

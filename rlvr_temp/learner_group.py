@@ -10,12 +10,16 @@ waits for it. With one rank both go straight to the actor (exactly the single-le
 * ``identity`` joins the ranks' incarnation tokens (``"a|b"``) and carries rank 0's update count; a call given such
   a token passes each rank its own part, so that a restarted rank refuses it (``recovery``);
 * anything else (``export_weights``, ``trainable_state``, ``get_state``, ...) runs on rank 0 alone: the ranks'
-  weights and optimizer states are the same.
+  weights and optimizer states are the same -- except with a sharded (FSDP2, ``learner.mode=full``) policy, where
+  the calls that gather its weights (``trainable_state``, ``get_state``, ``export_weights``, ``init_weight_sync``,
+  ``sync_weights``: the ranks' ``collective_methods``) run on every rank too, rank 0's result returned.
 
 Checkpoints: :meth:`write_parts` / :meth:`restore` let each rank write / read its own part from its actor
 (``checkpoint.write_learner_part``); with one rank the state goes through the driver as before. Colocated GPU
-engines sleep while the ranks train (vLLM sleep mode, rlvr_temp.sync). Left out: re-forming the group while a rank
-is blocked in a collective (it fails after ``resources.dist_timeout_s``).
+engines sleep while the ranks train (vLLM sleep mode, rlvr_temp.sync). A sharded policy cannot be re-formed around
+one restarted rank (the survivors hold shards of the old group): every rank is restarted instead, and the
+checkpoint then restored. Left out: re-forming the group while a rank is blocked in a collective (it fails after
+``resources.dist_timeout_s``).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class LearnerGroup:
         self.dist_timeout_s = dist_timeout_s
         self.backend: str | None = None
         self._joined: list[str] = []
+        self._collective: frozenset[str] = frozenset()  # methods every rank must run (sharded policy)
         self.on_release: Callable[[], None] | None = None
         if self.world > 1:
             self.join()
@@ -83,7 +88,7 @@ class LearnerGroup:
         if name == "identity":
             return _identity.remote(*[r.identity.remote() for r in self.ranks])
         tokens = self._tokens(kwargs)
-        if name not in ALL_RANKS:
+        if name not in ALL_RANKS and name not in self._collective:
             return getattr(self.ranks[0], name).remote(*args, **(kwargs | tokens[0]))
         if name == "train_step" and args:
             args = (ray.put(args[0]), *args[1:])  # one copy of the batch in the object store for every rank
@@ -111,11 +116,15 @@ class LearnerGroup:
             [r.join.remote(addr, port, k, self.world, self.dist_timeout_s) for k, r in enumerate(self.ranks)]
         )
         self.backend, self._joined = backends[0], [i[0] for i in ids]
+        self._collective = ray.get(self.ranks[0].collective_methods.remote())
         return self.backend
 
     def _ensure_joined(self) -> None:
         if self.world > 1 and [i[0] for i in ray.get([r.identity.remote() for r in self.ranks])] != self._joined:
-            self.join()
+            if self._collective:  # the survivors' shards belong to the old group: every rank starts afresh
+                self.restart()
+            else:
+                self.join()
 
     # ------------------------------------------------------------------------------------------ state
     def write_parts(self, directory: Path) -> list[str]:

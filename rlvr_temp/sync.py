@@ -85,9 +85,10 @@ class EngineSync:
 
 
 # ---------------------------------------------------------------------------------------------- learner side
-def trainer_engine(backend: str, client: Any, source: Any, bucket_bytes: int = BUCKET_BYTES) -> Any:
-    """The learner's (rank 0, sender) trainer-side weight-transfer engine for ``backend``, after its rendezvous
-    with every engine behind ``client``; it streams ``source`` (a vLLM ``WeightSource``) each round."""
+def trainer_engine(backend: str, client: Any, source: Any, bucket_bytes: int = BUCKET_BYTES, rank: int = 0) -> Any:
+    """Learner rank ``rank``'s trainer-side weight-transfer engine for ``backend``: rank 0 is the sender (after its
+    rendezvous with every engine behind ``client``) and streams ``source`` (a vLLM ``WeightSource``) each round;
+    another rank (a sharded learner) only iterates ``source`` alongside, for its gathers."""
     from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
     from vllm.utils.network_utils import get_ip, get_open_port
 
@@ -99,7 +100,7 @@ def trainer_engine(backend: str, client: Any, source: Any, bucket_bytes: int = B
             master_address=get_ip(),
             master_port=get_open_port(),
             world_size=client.world_size,
-            rank=0,
+            rank=rank,
             bucket_bytes=bucket_bytes,
         )
     elif backend == "nccl":
@@ -109,13 +110,13 @@ def trainer_engine(backend: str, client: Any, source: Any, bucket_bytes: int = B
             master_address=get_ip(),
             master_port=get_open_port(),
             world_size=client.world_size,
-            rank=0,
+            rank=rank,
             packed_buffer_size_bytes=bucket_bytes,
         )
     elif backend == "ipc":
         from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 
-        info = IPCTrainerInitInfo(rank=0, packed=True, packed_buffer_size_bytes=bucket_bytes)
+        info = IPCTrainerInitInfo(rank=rank, packed=True, packed_buffer_size_bytes=bucket_bytes)
     else:
         raise ValueError(f"weight sync backend {backend!r}: expected gloo, nccl or ipc")
     return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)

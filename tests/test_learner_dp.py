@@ -1,6 +1,7 @@
 """Data-parallel learner ranks (``resources.learner_ranks``): the token-balanced split, and two gloo ranks in Ray
-actors giving the single rank's update on the same global batch (lora and full), with per-rank checkpoints that
-resume exactly and refuse another number of ranks."""
+actors giving the single rank's update on the same global batch (lora: replicated; full: FSDP2-sharded parameters
+and optimizer state, about half the single rank's bytes each), with per-rank checkpoints that resume exactly and
+refuse another number of ranks."""
 
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path,
     single = Learner(tiny_model_path, _cfg(tiny_model_path, mode, 1), num_threads=1)
     m1 = single.train_step(batch, 1.0)
     expected = single.trainable_state()
+    one_rank = single.shard_bytes()
     del single
 
     cfg = _cfg(tiny_model_path, mode, 2)
@@ -92,10 +94,18 @@ def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path,
         got = ray_cluster.get(group.trainable_state.remote())
         assert set(got) == set(expected)
         assert _rel(expected, got) <= 1e-6, _rel(expected, got)
-        rank1 = ray_cluster.get(group.ranks[1].trainable_state.remote())
-        assert all(torch.equal(got[k], rank1[k]) for k in got)  # the ranks stay identical
         for key in ("actor/loss", "actor/grad_norm", "actor/updates"):
             assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+        per_rank = ray_cluster.get([r.shard_bytes.remote() for r in group.ranks])
+        if mode == "full":  # FSDP2: each rank holds a shard (about half) of the weights and of AdamW's state
+            for b in per_rank:
+                assert b["params"] == pytest.approx(one_rank["params"] / 2, rel=0.01)
+                assert b["optimizer"] == pytest.approx(one_rank["optimizer"] / 2, rel=0.01)
+            assert sum(b["params"] for b in per_rank) == one_rank["params"]
+        else:  # replicated: the ranks stay identical
+            assert per_rank == [one_rank, one_rank]
+            rank1 = ray_cluster.get(group.ranks[1].trainable_state.remote())
+            assert all(torch.equal(got[k], rank1[k]) for k in got)
 
         # per-rank checkpoint: rank 1 writes its own part; resuming it and repeating a step is bitwise exact
         path = save_checkpoint(
@@ -104,6 +114,10 @@ def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path,
         assert (path / "learner_rank1.pt").is_file()
         ckpt = load_checkpoint(path)
         assert ckpt["learner_ranks"] == 2
+        # policy.safetensors: the whole policy's weights (gathered from the shards on rank 0 when sharded)
+        assert all(torch.equal(ckpt["learner_state"]["trainable"][k], got[k]) for k in got)
+        part1 = torch.load(path / "learner_rank1.pt", weights_only=False)
+        assert ("shard" in part1) == (mode == "full")  # each FSDP2 rank writes its own shards and optimizer state
         group.train_step(batch, 1.0, incarnation=token)
         after = ray_cluster.get(group.trainable_state.remote())
         group.restore(ckpt)
