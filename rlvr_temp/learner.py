@@ -3,9 +3,9 @@ log-probs are recomputed at the per-token temperatures the rollout sampled with 
 
 Policy modes (``learner.mode``): ``full`` (all weights), ``lora`` (LoRA adapters on a plain-dtype base) and
 ``qlora`` (LoRA on an NF4, double-quantised base, Dettmers et al. 2023 — the seeds' 4-bit setup). For weight sync
-the learner exports a plain-dtype state dict with Hugging Face names: LoRA deltas merged into the dequantised base,
-never packed 4-bit tensors (trl#4973). The dequantised base is computed once (it is frozen); each export adds
-``scale * B @ A``.
+the learner streams plain-dtype Hugging Face weights to the engines module by module from its device (LoRA deltas
+merged into the dequantised base, never packed 4-bit tensors: rlvr_temp.policy_tensors) through vLLM's
+weight-transfer engines (``init_weight_sync`` / ``sync_weights``, rlvr_temp.sync).
 
 The learner receives the run's typed config as it is and a :class:`rlvr_temp.batch.TrainBatch` per step; the
 temperature strategy (``rlvr_temp.temperature.strategy``) says at which temperatures log-probs are taken.
@@ -24,15 +24,14 @@ from typing import Any, Protocol
 
 import bitsandbytes as bnb
 import torch
-from bitsandbytes.functional import dequantize_4bit
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from peft.tuners.lora import LoraLayer
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from rlvr_temp import data_parallel as dp
 from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches, token_budget_batches
 from rlvr_temp.config import RunConfig
 from rlvr_temp.losses import ClipSettings, get_policy_loss
+from rlvr_temp.policy_tensors import export_state
 from rlvr_temp.temperature import (
     TemperatureStrategy,
     TokenTemperatureHead,
@@ -160,7 +159,6 @@ class Learner(dp.RankMixin):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.loss_fn = get_policy_loss(self.ac.loss)
         self.clip = ClipSettings(self.ac.clip_eps_low, self.ac.clip_eps_high, self.ac.dual_clip_c)
-        self._base_cache: dict[str, torch.Tensor] | None = None
         self.step = 0
         self.rank, self.world = 0, 1  # data-parallel position (join)
         self._incarnation = new_incarnation()
@@ -349,51 +347,11 @@ class Learner(dp.RankMixin):
         return metrics
 
     # ------------------------------------------------------------------------------------------ export
-    def _base_weights(self) -> dict[str, torch.Tensor]:
-        """Frozen base weights (dequantised for NF4), HF names, export dtype; computed once."""
-        if self._base_cache is None:
-            inner = self.model.get_base_model()
-            cache: dict[str, torch.Tensor] = {}
-            for name, module in inner.named_modules():
-                if name.endswith(".base_layer") or ".lora_" in name:
-                    continue
-                base = getattr(module, "base_layer", module)
-                if isinstance(base, bnb.nn.Linear4bit):
-                    w = dequantize_4bit(base.weight.data, base.weight.quant_state)
-                    cache[f"{name}.weight"] = w.to(self.export_dtype).cpu()
-                    if base.bias is not None:
-                        cache[f"{name}.bias"] = base.bias.detach().to(self.export_dtype).cpu()
-                    continue
-                target = base if base is not module else module
-                for pname, p in target.named_parameters(recurse=False):
-                    key = f"{name}.{pname}" if name else pname
-                    cache[key] = p.detach().to(self.export_dtype).cpu().clone()
-            self._base_cache = cache
-        return self._base_cache
-
-    @torch.no_grad()
     def export_weights(self, incarnation: str | None = None) -> dict[str, torch.Tensor]:
-        """Plain-dtype Hugging Face state dict of the current policy (LoRA merged; never packed 4-bit)."""
+        """Plain-dtype Hugging Face state dict of the current policy on the CPU (rlvr_temp.policy_tensors: LoRA
+        merged into the dequantised base, never packed 4-bit)."""
         check_incarnation(self._incarnation, incarnation, "learner")
-        head = {}
-        if self.ttm_head is not None:
-            head = {
-                f"ttm_head.{n}": p.detach().to(self.export_dtype).cpu().clone()
-                for n, p in self.ttm_head.named_parameters()
-            }
-        if self.lc.mode == "full":
-            sd = {k: v.detach().to(self.export_dtype).cpu().clone() for k, v in self.model.state_dict().items()}
-            return sd | head
-
-        out = dict(self._base_weights())
-        for name, module in self.model.get_base_model().named_modules():
-            if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                a = module.lora_A["default"].weight.float()
-                b = module.lora_B["default"].weight.float()
-                delta = (b @ a) * module.scaling["default"]
-                key = f"{name}.weight"
-                out[key] = (out[key].float() + delta.cpu()).to(self.export_dtype)
-        return out | head
+        return export_state(self.model, self.export_dtype, self.ttm_head)
 
     def identity(self) -> tuple[str, int]:
         """(incarnation token, updates made): what the driver checks after an actor failure."""
