@@ -7,9 +7,10 @@ computed one module at a time on the policy's device.
 * then the TTM head (``learned`` mode) as ``ttm_head.*``, last (``ttm_vllm`` reads it after the model's weights).
 
 Used by the weight-transfer source (rlvr_temp.weight_source, streamed per bucket) and by
-``Learner.export_weights`` (the object-store path, checkpoint export). Imports neither vLLM nor Ray. Left out:
-sharded (FSDP) parameters (``full_tensor()`` gathers belong to the caller) and adapters other than peft's
-``default`` LoRA.
+``Learner.export_weights`` (the object-store path, checkpoint export). Imports neither vLLM nor Ray. A sharded
+(FSDP2) policy's entries are DTensors: the weight-transfer source gathers them as it yields them, and
+:func:`export_state` gathers each in turn (a collective: every learner rank calls it). Left out: adapters other
+than peft's ``default`` LoRA.
 """
 
 from __future__ import annotations
@@ -71,5 +72,10 @@ def policy_entries(
 
 
 def export_state(model: torch.nn.Module, dtype: torch.dtype, ttm_head: torch.nn.Module | None = None) -> dict:
-    """The whole :func:`policy_entries` as a CPU state dict (copies, never views of live parameters)."""
-    return {name: make().to("cpu", copy=True) for name, _, make in policy_entries(model, dtype, ttm_head)}
+    """The whole :func:`policy_entries` as a CPU state dict (copies, never views of live parameters); a sharded
+    weight gathered (``full_tensor()``) in ``dtype``."""
+    out = {}
+    for name, _, make in policy_entries(model, dtype, ttm_head):
+        t = make()
+        out[name] = (t.full_tensor() if hasattr(t, "full_tensor") else t).to("cpu", copy=True)
+    return out

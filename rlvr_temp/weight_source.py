@@ -2,8 +2,9 @@
 pairs of :func:`rlvr_temp.policy_tensors.policy_entries`, computed one module at a time on the learner's device
 as each bucket is packed (LoRA deltas merged into the dequantised NF4 or plain base), never a host copy of the model.
 
-Left out: sharded (FSDP) policies (each rank would need ``full_tensor()`` gathers) and adapters other than peft's
-``default`` LoRA (as ``export_weights``).
+A sharded (FSDP2) policy's tensors are gathered as they are yielded (vLLM's ``materialize_full_tensor``, a
+collective): every learner rank iterates the source in the same order (the non-sender ranks' trainer engines only
+iterate it). Left out: adapters other than peft's ``default`` LoRA (as ``export_weights``).
 """
 
 from __future__ import annotations
@@ -39,4 +40,5 @@ class PolicySource(wt.WeightSource):
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, _, make in self._entries():
-            yield name, make()
+            # cast first (make), then gather: a sharded weight crosses the ranks in the export dtype
+            yield name, wt.materialize_full_tensor(make())

@@ -102,6 +102,23 @@ def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path,
                 assert b["params"] == pytest.approx(one_rank["params"] / 2, rel=0.01)
                 assert b["optimizer"] == pytest.approx(one_rank["optimizer"] / 2, rel=0.01)
             assert sum(b["params"] for b in per_rank) == one_rank["params"]
+            # gathering is a collective: the group runs export and weight sync on every rank (rank 0's result)
+            exported = group.export_weights(incarnation=token)
+            assert all(torch.equal(exported[k], got[k]) for k in got)
+            assert torch.equal(exported["lm_head.weight"], got["model.embed_tokens.weight"])  # tied
+
+            class NoEngines:  # a transfer group of the sender alone: the gloo engine's whole path, nobody receives
+                world_size = 1
+
+                def init_weight_transfer_engine(self, info: dict) -> None: ...
+                def start_weight_update(self) -> None: ...
+                def update_weights(self, info: dict) -> None: ...
+                def finish_weight_update(self, weight_version: str | None = None) -> None: ...
+
+            group.init_weight_sync(NoEngines(), "gloo", 1 << 16)
+            sent = group.sync_weights(incarnation=token)
+            assert sent["bytes"] == sum(v.numel() * v.element_size() for v in exported.values())
+            assert sent["params"] == len(exported)
         else:  # replicated: the ranks stay identical
             assert per_rank == [one_rank, one_rank]
             rank1 = ray_cluster.get(group.ranks[1].trainable_state.remote())
