@@ -352,10 +352,10 @@ def check_checkpoint_cpu(ctx: Any) -> dict[str, Any]:
     opt.step()
     sched.step()
     q.zero_grad(set_to_none=True)
-    # the learner's own get_state / trainable_state, on an object holding what they read
-    fake = types.SimpleNamespace(model=q, ttm_head=None, optimizer=opt, scheduler=sched, step=1)
-    fake.trainable_state = functools.partial(ctx.learner.Learner.trainable_state, fake)
-    state = ctx.learner.Learner.get_state(fake)
+    # the learner's own get_state (and what it calls), on a Learner holding only what they read (rank 0, unsharded)
+    learner = object.__new__(ctx.learner.Learner)
+    learner.__dict__.update(model=q, ttm_head=None, optimizer=opt, scheduler=sched, step=1)
+    state = learner.get_state()
     found = _tensors(state)
     off = [f"{k} ({v.device})" for k, v in found if v.device.type != "cpu"]
     path = save_checkpoint(ctx.tmp / "run", 1, learner_state=state, trainer_state={"step": 1}, config=RunConfig())
