@@ -20,7 +20,6 @@ Target from the issue: per-token <= 1.05x scalar.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import write_json
 
 from rlvr_temp.batch import TrainBatch
 from rlvr_temp.temperature import make_strategy
@@ -212,10 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     print(to_markdown(res))
     verdict = "met" if res["target_met"] else "NOT met"
     print(f"\nlearner per-token <= {TARGET_RATIO}x scalar: {verdict} ({res['learner_ratio']:.3f})")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return write_json(args.json, res)
 
 
 if __name__ == "__main__":

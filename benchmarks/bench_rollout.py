@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
 import pstats
 import statistics
@@ -44,6 +43,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from common import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -282,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(p["apply_callees"])
         print(p["top_tottime"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return write_json(args.json, res)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ of each phase's ``time/*`` metric over steps 1..N-1 (step 0 is a warm-up). Runs 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be >= 2 (step 0 is a warm-up)")
     res = {"steps": steps, "rows": [bench_recipe(r, steps, args.model) for r in args.recipes]}
     print(to_markdown(res))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return write_json(args.json, res)
 
 
 if __name__ == "__main__":

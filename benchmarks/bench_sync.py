@@ -22,13 +22,14 @@ weights must give the same tokens).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from common import write_json
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{res['params'] / 1e6:.1f}M parameters; gloo {res['speedup']:.2f}x faster than the object store per round "
         f"(group set-up once: {res['connect_s']:.2f} s); greedy output equal after both: {res['greedy_equal']}"
     )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return write_json(args.json, res)
 
 
 if __name__ == "__main__":

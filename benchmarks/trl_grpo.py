@@ -38,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from common import write_json
 from interleave import Baton, run_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -438,10 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     print(to_markdown(res))
     if (ratio := speedup(res)) is not None:
         print(f"TRL s/step / rlvr_temp s/step: {ratio:.2f}x")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return write_json(args.json, res)
 
 
 if __name__ == "__main__":
