@@ -26,6 +26,7 @@ from rlvr_temp.batch import Rollout
 from rlvr_temp.config import EngineConfig, ModelConfig
 from rlvr_temp.temperature import TemperatureStrategy
 from rlvr_temp.utils import check_incarnation, derive_seed, new_incarnation
+from rlvr_temp.weight_sync import LocalLLMClient
 
 
 def _check_temperature(t: float, what: str) -> float:
@@ -34,7 +35,7 @@ def _check_temperature(t: float, what: str) -> float:
     return float(t)
 
 
-class RolloutWorker:
+class RolloutWorker(LocalLLMClient):
     """Owns one vLLM engine with the rlvr_temp temperature processor installed.
 
     Built from the run's typed ``model`` and ``rollout.engine`` config sections as they are; ``engine_settings``
@@ -218,22 +219,11 @@ class RolloutWorker:
         return groups
 
     # ------------------------------------------------------------------------------------------ weights
-    # vLLM's weight-transfer API (rlvr_temp.weight_sync drives it from the learner through these four calls)
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        """Join the learner's weight-transfer group (``init_info`` from the learner's trainer engine)."""
-        self.llm.init_weight_transfer_engine({"init_info": init_info})
-
-    def start_weight_update(self) -> None:
-        self.llm.start_weight_update()
-
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        """Receive one round of weights (blocks until the learner's broadcasts of the round are in)."""
-        self.llm.update_weights({"update_info": update_info})
-
-    def finish_weight_update(self) -> int:
+    # vLLM's weight-transfer API: init_weight_transfer_engine / start_weight_update / update_weights come from
+    # LocalLLMClient (rlvr_temp.weight_sync), the learner's trainer engine drives them through RayEnginesClient
+    def finish_weight_update(self, weight_version: str | None = None) -> int:
         """Finish the round; the prefix cache (computed with the old weights) is dropped."""
-        self.llm.finish_weight_update()
-        self.llm.reset_prefix_cache()
+        super().finish_weight_update(weight_version)
         self.weights_version += 1
         return self.weights_version
 
