@@ -7,7 +7,7 @@ rlvr_temp logits processor, which maps them into ``[t_low, t_high]`` for the req
 their logits and records the temperatures — so the one place that applies and records temperatures stays the
 processor. Logits themselves are returned unchanged, so requests not in ``learned`` mode are unaffected.
 
-The engine must run in the worker's process (as the rollout worker arranges) for :data:`LAST` to be shared.
+The model and the processor run in the same vLLM worker process, which is where :data:`LAST` is shared.
 Head weights travel with the model weights (``ttm_head.proj.weight``, ``ttm_head.proj.bias``); a checkpoint
 without them starts from the head's initial values (bias ``logit(t0)``, zero weights).
 """
@@ -26,7 +26,6 @@ from rlvr_temp.temperature import TokenTemperatureHead
 PREFIX = "RlvrTempTTM"
 #: ``{"t": Tensor[n_rows]}`` — the head temperatures of the last ``compute_logits`` call in this process.
 LAST: dict[str, torch.Tensor | None] = {"t": None}
-_REGISTERED: set[str] = set()
 
 
 def _with_head_defaults(weights: Iterable[tuple[str, torch.Tensor]], head: TokenTemperatureHead):
@@ -77,23 +76,44 @@ def make_ttm_class(base_cls: type) -> type:
     return TTMForCausalLM
 
 
-def register(base_arch: str) -> str:
-    """Register the TTM variant of a vLLM architecture (e.g. ``LlamaForCausalLM``); return its name."""
-    # vLLM's model classes are imported only here: only an engine built for `learned` mode needs them
+#: the vLLM architectures that have a TTM variant, and the modules of their classes
+BASES = {
+    "LlamaForCausalLM": "vllm.model_executor.models.llama",
+    "Qwen2ForCausalLM": "vllm.model_executor.models.qwen2",
+}
+
+
+def register_plugin() -> None:
+    """vLLM general plugin (``vllm.general_plugins`` entry point in pyproject.toml): vLLM runs it in each of its
+    processes (engine core, one worker per rank), so the TTM variants are known wherever the model is built.
+    Registered by name only; the classes are built on first use (:func:`__getattr__`)."""
     from vllm import ModelRegistry
 
-    name = PREFIX + base_arch
-    if name in _REGISTERED:
-        return name
-    if base_arch == "LlamaForCausalLM":
-        from vllm.model_executor.models.llama import LlamaForCausalLM as base
-    elif base_arch == "Qwen2ForCausalLM":
-        from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM as base
-    else:
-        raise ValueError(f"learned temperature mode supports LlamaForCausalLM and Qwen2ForCausalLM, not {base_arch}")
-    ModelRegistry.register_model(name, make_ttm_class(base))
-    _REGISTERED.add(name)
-    return name
+    for base in BASES:
+        if PREFIX + base not in ModelRegistry.get_supported_archs():
+            ModelRegistry.register_model(PREFIX + base, f"rlvr_temp.ttm_vllm:{PREFIX}{base}")
+
+
+def __getattr__(name: str) -> type:
+    """``RlvrTempTTM<Base>``: the TTM subclass of vLLM's ``<Base>``, built on first access (PEP 562)."""
+    base = name[len(PREFIX) :] if name.startswith(PREFIX) else ""
+    if base not in BASES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    cls = make_ttm_class(getattr(importlib.import_module(BASES[base]), base))
+    cls.__name__ = cls.__qualname__ = name
+    globals()[name] = cls
+    return cls
+
+
+def register(base_arch: str) -> str:
+    """The name of the TTM variant of a vLLM architecture (e.g. ``LlamaForCausalLM``), registered in this
+    process too (vLLM's other processes register it through :func:`register_plugin`)."""
+    if base_arch not in BASES:
+        raise ValueError(f"learned temperature mode supports {' and '.join(BASES)}, not {base_arch}")
+    register_plugin()
+    return PREFIX + base_arch
 
 
 def hf_overrides(model_path: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -120,5 +120,8 @@ def test_tp2_trains_end_to_end(ray_cluster, tmp_path, tiny_model_path):
     run = train(load_config("recipes/demo/base.yaml", overrides))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
+    # step 1 sampled with the weights step 0's update streamed (gloo) into both TP ranks: the learner recomputes
+    # the engine's log-probs
+    assert rows[1]["sync/bytes"] > 0 and rows[1]["logprob/mismatch_mean"] < 1e-4
     engines = json.loads((run / "engines.json").read_text())
     assert engines[0]["tensor_parallel_size"] == 2 and len(engines[0]["ranks"]) == 2

@@ -34,7 +34,11 @@ def test_learned_mode_records_trains_and_matches(tmp_path, tiny_model_path):
         ],
     )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except BaseException:
+        ray.shutdown()  # a failed start must not leave Ray up for the next test module
+        raise
     try:
         lo, hi = cfg.temperature.learned.t_low, cfg.temperature.learned.t_high
         head_before = {k: v for k, v in ray.get(trainer.learner.trainable_state.remote()).items() if "ttm" in k}
