@@ -159,7 +159,9 @@ _LAYOUTS: dict[str, Layout] = {}
 
 
 def _key(cfg: RunConfig) -> str:
-    parts = [cfg.resources.model_dump(mode="json"), cfg.ray.model_dump(mode="json"), cfg.rollout.num_workers]
+    # the Ray job too: a group of an earlier ray.init (a test's, the demo's) is not this session's to reuse
+    job = ray.get_runtime_context().get_job_id()
+    parts = [cfg.resources.model_dump(mode="json"), cfg.ray.model_dump(mode="json"), cfg.rollout.num_workers, job]
     return json.dumps(parts, sort_keys=True)
 
 
@@ -177,7 +179,8 @@ def layout_for(cfg: RunConfig) -> Layout:
 
 def _removed(pg: PlacementGroup) -> bool:
     try:
-        return placement_group_table(pg).get("state") == "REMOVED"
+        # an unknown group (another session's) has no state: as good as removed
+        return placement_group_table(pg).get("state") not in ("CREATED", "PENDING", "RESCHEDULING")
     except Exception:  # a group of a Ray session that has ended
         return True
 
