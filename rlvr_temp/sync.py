@@ -95,24 +95,14 @@ def trainer_engine(backend: str, client: Any, source: Any, bucket_bytes: int = B
     from rlvr_temp import weight_sync
 
     weight_sync.register()
+    # the TCP rendezvous of the gloo and nccl groups; the sender (rank 0) opens it
+    rendezvous = {"master_address": get_ip(), "master_port": get_open_port(), "world_size": client.world_size}
     if backend == "gloo":
-        info: Any = weight_sync.GlooTrainerInitInfo(
-            master_address=get_ip(),
-            master_port=get_open_port(),
-            world_size=client.world_size,
-            rank=rank,
-            bucket_bytes=bucket_bytes,
-        )
+        info: Any = weight_sync.GlooTrainerInitInfo(**rendezvous, rank=rank, bucket_bytes=bucket_bytes)
     elif backend == "nccl":
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
-        info = NCCLTrainerInitInfo(
-            master_address=get_ip(),
-            master_port=get_open_port(),
-            world_size=client.world_size,
-            rank=rank,
-            packed_buffer_size_bytes=bucket_bytes,
-        )
+        info = NCCLTrainerInitInfo(**rendezvous, rank=rank, packed_buffer_size_bytes=bucket_bytes)
     elif backend == "ipc":
         from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
 
