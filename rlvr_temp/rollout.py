@@ -18,7 +18,7 @@ from typing import Any
 import ray
 import torch
 import vllm
-from vllm import LLM, SamplingParams
+from vllm import LLM, RequestOutput, SamplingParams
 from vllm.config import WeightTransferConfig
 
 from rlvr_temp import ttm_vllm, vllm_processor, vllm_worker
@@ -116,6 +116,18 @@ class RolloutWorker(LocalLLMClient):
         self._uid = 0
         self._incarnation = new_incarnation()
 
+    def _generate_as_one_batch(self, requests: list[dict[str, Any]], params: list[SamplingParams]) -> list[Any]:
+        """``LLM.generate`` with every request queued before the first step. A multiprocess engine core steps as
+        soon as its first request arrives, so the first batches (and the global entropy window's first contents)
+        would depend on how fast requests cross the socket; a paused scheduler makes the batches, and with them
+        the sampled tokens and the log-probs, the same from run to run (``LLM.enqueue``'s documented recipe)."""
+        self.llm.sleep(level=0)  # level 0 pauses scheduling only: requests are accepted and queued
+        try:
+            self.llm.enqueue(requests, params, use_tqdm=False)
+        finally:
+            self.llm.wake_up(tags=["scheduling"])
+        return self.llm.wait_for_completion(RequestOutput, use_tqdm=False)
+
     def _rank0(self, method: str, *args: Any) -> Any:
         """``method`` of the worker extension on every rank (rlvr_temp.vllm_worker); rank 0's answer."""
         return self.llm.collective_rpc(method, args=args)[0]
@@ -185,7 +197,7 @@ class RolloutWorker(LocalLLMClient):
                 params.append(sp)
                 meta.append((i, uid, t))
         try:
-            outputs = self.llm.generate(requests, params, use_tqdm=False)
+            outputs = self._generate_as_one_batch(requests, params)
         finally:
             # every request of this call has finished: its records, then release its rows and per-sequence windows
             records = self._rank0("rlvr_collect", [uid for _, uid, _ in meta])
