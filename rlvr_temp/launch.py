@@ -126,6 +126,7 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
             num_threads=slot.threads,
             engine_settings=strategy.engine_settings(),
             log_level=cfg.logging.engine_log_level,
+            cpu_slot=i,
         )
         workers.append(worker)
     layout.record("engine", workers, layout.engines)

@@ -39,7 +39,8 @@ class RolloutWorker(LocalLLMClient):
     """Owns one vLLM engine with the rlvr_temp temperature processor installed.
 
     Built from the run's typed ``model`` and ``rollout.engine`` config sections as they are; ``engine_settings``
-    is the temperature strategy's (the TTM head's settings in ``learned`` mode, else None).
+    is the temperature strategy's (the TTM head's settings in ``learned`` mode, else None); ``cpu_slot``: the
+    worker's index, which range of the node's cores a CPU engine's threads are pinned to (``engine.cpu_bind``).
     """
 
     def __init__(
@@ -52,11 +53,13 @@ class RolloutWorker(LocalLLMClient):
         num_threads: int | None = None,
         engine_settings: Mapping[str, Any] | None = None,
         log_level: str | None = "WARNING",
+        cpu_slot: int = 0,
     ) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if engine.multiprocess else "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(engine.kv_cache_gib))))
         if not torch.cuda.is_available():
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding(engine.tensor_parallel_size))
+            bind = cpu_thread_binding(engine.tensor_parallel_size, num_threads if engine.cpu_bind else None, cpu_slot)
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
         if num_threads:
             os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
 
@@ -337,13 +340,18 @@ def quiet_vllm_logs(level: str | None) -> None:
             log.addFilter(_DropPrefix(prefix))
 
 
-def cpu_thread_binding(tensor_parallel_size: int) -> str:
-    """``VLLM_CPU_OMP_THREADS_BIND`` for a CPU engine: ``nobind`` (OpenMP threads float; ``OMP_NUM_THREADS``) with
-    one rank, else this process's cores split into equal groups, one per rank (vLLM's CPU worker binds each
-    rank's threads to its group and refuses to start tensor parallelism unbound)."""
-    if tensor_parallel_size == 1:
-        return "nobind"
+def cpu_thread_binding(tensor_parallel_size: int, threads: int | None = None, slot: int = 0) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for a CPU engine. One rank: ``threads`` cores of this process's, the
+    ``slot``-th range of them (modulo how many ranges fit), or ``nobind`` (OpenMP threads float;
+    ``OMP_NUM_THREADS``) without ``threads`` or with fewer cores. Several ranks: this process's cores split into
+    equal groups, one per rank (vLLM's CPU worker binds each rank's threads to its group and refuses to start
+    tensor parallelism unbound)."""
     cores = sorted(os.sched_getaffinity(0))
+    if tensor_parallel_size == 1:
+        if not threads or threads > len(cores):
+            return "nobind"
+        k = slot % (len(cores) // threads)
+        return ",".join(map(str, cores[k * threads : (k + 1) * threads]))
     if len(cores) < tensor_parallel_size:
         raise ValueError(
             f"rollout.engine.tensor_parallel_size={tensor_parallel_size} needs as many CPU cores, this process may "

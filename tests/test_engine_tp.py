@@ -125,3 +125,16 @@ def test_tp2_trains_end_to_end(ray_cluster, tmp_path, tiny_model_path):
     assert rows[1]["sync/bytes"] > 0 and rows[1]["logprob/mismatch_mean"] < 1e-4
     engines = json.loads((run / "engines.json").read_text())
     assert engines[0]["tensor_parallel_size"] == 2 and len(engines[0]["ranks"]) == 2
+
+
+def test_cpu_thread_binding_pins_each_worker_to_its_own_cores(monkeypatch):
+    from rlvr_temp.rollout import cpu_thread_binding
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
+    assert cpu_thread_binding(1) == "nobind"  # no thread count: threads float
+    assert cpu_thread_binding(1, 2) == "4,5"
+    assert [cpu_thread_binding(1, 2, slot) for slot in range(3)] == ["4,5", "6,7", "4,5"]  # disjoint, then wrap
+    assert cpu_thread_binding(1, 8) == "nobind"  # more threads than cores: unbound rather than refused
+    assert cpu_thread_binding(2) == "4,5|6,7"  # tensor parallelism: one group per rank
+    with pytest.raises(ValueError, match="needs as many CPU cores"):
+        cpu_thread_binding(8)
