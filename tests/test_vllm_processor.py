@@ -141,7 +141,8 @@ def test_state_round_trip_restores_window():
 
 
 def test_quiet_vllm_logs_drops_only_the_benign_warnings(monkeypatch):
-    from rlvr_temp.rollout import BENIGN_VLLM_WARNINGS, quiet_vllm_logs
+    from rlvr_temp.rollout import quiet_vllm_logs
+    from rlvr_temp.vllm_worker import BENIGN_VLLM_WARNINGS
 
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")
     vllm_log = logging.getLogger("vllm")
