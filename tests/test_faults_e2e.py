@@ -63,15 +63,27 @@ def _comparable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time") and k != "train/retries"} for r in rows]
 
 
+def _same_run(a: list[dict], b: list[dict]) -> None:
+    """The two runs' metrics agree: the same steps and keys, the numbers to float32 precision. Not bitwise: some
+    runs (in CI too) see one token's rollout/learner log-prob differ by 1.45e-3, which moves the update by ~1e-4
+    relative; the log-prob mismatch metrics themselves are compared to that margin."""
+    a, b = _comparable(a), _comparable(b)
+    assert [sorted(r) for r in a] == [sorted(r) for r in b]
+    for ra, rb in zip(a, b):
+        for k, v in ra.items():
+            tol = 5e-3 if k.startswith("logprob/mismatch") else 1e-5
+            assert v == pytest.approx(rb[k], rel=1e-3, abs=tol), (ra["step"], k)
+
+
 def test_killed_worker_and_learner_are_recovered_and_the_metrics_are_unchanged(ray_cluster, tmp_path):
     clean = _run(tmp_path, "clean", None)
     assert [r["step"] for r in clean] == [0, 1, 2] and all(r["train/retries"] == 0 for r in clean)
     worker_killed = _run(tmp_path, "worker", ("worker", 1))  # retried from the step's boundary
     assert [r["train/retries"] for r in worker_killed] == [0, 1, 1]
-    assert _comparable(worker_killed) == _comparable(clean)
+    _same_run(worker_killed, clean)
     learner_killed = _run(tmp_path, "learner", ("learner", 2))  # back to the checkpoint after step 2
     assert [r["train/retries"] for r in learner_killed] == [0, 0, 1]
-    assert _comparable(learner_killed) == _comparable(clean)
+    _same_run(learner_killed, clean)
 
 
 def test_an_error_inside_an_actor_ends_the_run_in_one_line(ray_cluster, tmp_path):

@@ -368,21 +368,25 @@ def test_tensor_parallel_engine_receives_on_both_ranks(tiny_model_path: str, tmp
 @pytest.fixture(scope="module")
 def engine(tiny_model_path: str):
     """An in-process vLLM CPU engine on the tiny model with the gloo weight-transfer backend."""
+    yield _inprocess_llm(tiny_model_path, seed=0)
+
+
+def _inprocess_llm(model: str, **kwargs: Any) -> Any:
+    """``vllm.LLM`` in this process (no engine-core process) on ``model``, CPU, with gloo weight transfer."""
     from vllm import LLM
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
         mp.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        llm = LLM(
-            model=tiny_model_path,
+        return LLM(
+            model=model,
             dtype="float32",
             max_model_len=128,
             enforce_eager=True,
-            seed=0,
             weight_transfer_config=WeightTransferConfig(backend="gloo"),
+            **kwargs,
         )
-        yield llm
 
 
 def _greedy(llm: Any) -> list[list[int]]:
@@ -432,23 +436,12 @@ def test_ttm_head_travels_last_and_survives_small_buckets(tiny_model_path: str):
     call without them (rlvr_temp.ttm_vllm). The source yields the head last, so with one bucket per layer the head
     still ends up bitwise equal to the learner's, send after send."""
     from transformers import AutoModelForCausalLM
-    from vllm import LLM
 
     from rlvr_temp import ttm_vllm
     from rlvr_temp.temperature import TokenTemperatureHead
 
     settings = {"heads": 4, "t_min": 0.01, "t_max": 0.99, "init_temperature": 0.5}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        mp.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        llm = LLM(
-            model=tiny_model_path,
-            dtype="float32",
-            max_model_len=128,
-            enforce_eager=True,
-            hf_overrides=ttm_vllm.hf_overrides(tiny_model_path, settings),
-            weight_transfer_config=WeightTransferConfig(backend="gloo"),
-        )
+    llm = _inprocess_llm(tiny_model_path, hf_overrides=ttm_vllm.hf_overrides(tiny_model_path, settings))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     head = TokenTemperatureHead(model.config.hidden_size, **settings, init_std=0.3)
     source = ws.PolicySource(model, torch.float32, ttm_head=head)
