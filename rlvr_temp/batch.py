@@ -184,19 +184,23 @@ def micro_batches(index: Sequence[int], size: int) -> list[list[int]]:
     return [index[i : i + size] for i in range(0, len(index), size)]
 
 
-def token_budget_batches(batch: TrainBatch, index: Sequence[int], max_tokens: int) -> list[list[int]]:
+def token_budget_batches(
+    batch: TrainBatch, index: Sequence[int], max_tokens: int, with_prompts: bool = True
+) -> list[list[int]]:
     """Micro-batches of ``index`` whose padded size (rows x longest prompt + longest response) stays within
     ``max_tokens`` (verl's dynamic batch size): responses sorted by length, packed greedily, so that long and
-    short responses are not padded to each other. A response longer than the budget gets a micro-batch alone."""
-    order = sorted(index, key=lambda i: (len(batch.prompt_ids[i]) + len(batch.response_ids[i]), i))
+    short responses are not padded to each other. A response longer than the budget gets a micro-batch alone.
+    ``with_prompts=False`` counts response tokens only (the prompts run apart: ``prompt_share``)."""
+    plen = [len(p) if with_prompts else 0 for p in batch.prompt_ids]
+    order = sorted(index, key=lambda i: (plen[i] + len(batch.response_ids[i]), i))
     out: list[list[int]] = []
     cur: list[int] = []
     p_max = r_max = 0
     for i in order:
-        p, r = max(p_max, len(batch.prompt_ids[i])), max(r_max, len(batch.response_ids[i]))
+        p, r = max(p_max, plen[i]), max(r_max, len(batch.response_ids[i]))
         if cur and (len(cur) + 1) * (p + r) > max_tokens:
             out.append(cur)
-            cur, p, r = [], len(batch.prompt_ids[i]), len(batch.response_ids[i])
+            cur, p, r = [], plen[i], len(batch.response_ids[i])
         cur.append(i)
         p_max, r_max = p, r
     return [*out, cur] if cur else out

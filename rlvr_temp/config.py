@@ -262,6 +262,12 @@ class LearnerConfig(PolicyConfig):
         description="Form micro-batches by a padded-token budget instead of `micro_batch_size` (verl's dynamic "
         "batch size): responses sorted by length and packed; the gradient is the same (exact accumulation).",
     )
+    share_prompts: bool = Field(
+        True,
+        description="Run each distinct prompt of a mini-batch once and let its responses attend to its cached "
+        "keys / values (the gradient is the same, summed over the group; docs/loop.md). Off: every response "
+        "recomputes its prompt. Not used with a learned-temperature head, FSDP2 or gradient checkpointing.",
+    )
 
 
 class TrainerBase(Section):

@@ -32,6 +32,7 @@ from rlvr_temp.batch import MicroBatch, TrainBatch, collate, micro_batches, toke
 from rlvr_temp.config import RunConfig
 from rlvr_temp.losses import ClipSettings, get_policy_loss
 from rlvr_temp.policy_tensors import export_state
+from rlvr_temp.prompt_share import SharedPrompts, prompt_chunks, shareable
 from rlvr_temp.temperature import (
     TemperatureStrategy,
     TokenTemperatureHead,
@@ -169,10 +170,17 @@ class Learner(dp.RankMixin):
 
     # ------------------------------------------------------------------------------------------ log-probs
     def _forward(
-        self, mb: MicroBatch, base_t: float, with_entropy: bool = False
+        self, mb: MicroBatch, base_t: float, with_entropy: bool = False, shared: tuple | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(log-probs, entropies or None, TTM head output or None) of the micro-batch's responses, ``[B, L]``."""
+        """(log-probs, entropies or None, TTM head output or None) of the micro-batch's responses, ``[B, L]``;
+        ``shared``: ``(SharedPrompts, rows)`` to read the prompts from their cache instead of running them."""
         use_head = self.ttm_head is not None and self.strategy.uses_head
+        if shared is not None:
+            cache, rows = shared
+            logits = cache.response_logits(self.model, mb, rows)
+            temps = self.strategy.learner_temperatures(mb.temperatures, base_t)
+            ent = token_entropies(logits, temps) if with_entropy else None
+            return token_logprobs(logits, mb.response_ids, temps), ent, None
         out = self.model(
             input_ids=mb.input_ids,
             attention_mask=mb.attention_mask,
@@ -247,14 +255,50 @@ class Learner(dp.RankMixin):
         lengths = batch.response_lengths()
         mini_tokens = max(1, sum(lengths[i] for i in mini))
         stats_sum: dict[str, float] = {}
+        mine = mini if local is None else local
+        share = self._shares_prompts()
+        # a chunk's prompts stay in memory with their graph: at most one micro-batch's worth of prompt tokens
+        cap = self.lc.micro_batch_tokens or self.lc.micro_batch_size * max(len(batch.prompt_ids[i]) for i in mine)
+        for part in prompt_chunks(batch, mine, cap) if share else [mine]:
+            stats = self._accumulate_part(batch, part, extra, base_t, record, mini_tokens, len(mini), share)
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v
+        return stats_sum
+
+    def _shares_prompts(self) -> bool:
+        """Whether the update runs each prompt once (``prompt_share``): ``learner.share_prompts``, and neither a
+        TTM head (it reads the last prompt position's hidden state), FSDP2 nor gradient checkpointing."""
+        head = self.ttm_head is not None and self.strategy.uses_head
+        plain = head or self.sharded or self.lc.gradient_checkpointing
+        return self.lc.share_prompts and not plain and shareable(self.model)
+
+    def _accumulate_part(
+        self,
+        batch: TrainBatch,
+        part: list[int],
+        extra: dict[str, list[torch.Tensor]],
+        base_t: float,
+        record: list[torch.Tensor] | None,
+        mini_tokens: int,
+        mini_seqs: int,
+        share: bool,
+    ) -> dict[str, float]:
+        """:meth:`accumulate` for the responses ``part`` (with ``share``, responses to the prompts of one
+        :func:`prompt_chunks` chunk: the prompts run once, first, and their backward last)."""
+        lengths = batch.response_lengths()
+        stats_sum: dict[str, float] = {}
         archer, want_ent = self.ac.archer, self.ac.entropy_coef > 0
         budget = self.lc.micro_batch_tokens
-        mine = mini if local is None else local
-        chunks = token_budget_batches(batch, mine, budget) if budget else micro_batches(mine, self.lc.micro_batch_size)
+        prompts = SharedPrompts(self.model, batch, part, self.pad_id, self.device) if share else None
+        if budget:  # with shared prompts a micro-batch holds response tokens only
+            chunks = token_budget_batches(batch, part, budget, with_prompts=not share)
+        else:
+            chunks = micro_batches(part, self.lc.micro_batch_size)
         for idx, real, last in self._lockstep(list(chunks)):
             self._grad_sync(last)  # sharded: reduce-scatter the accumulated gradients on the last backward only
             mb = collate(batch, idx, self.pad_id, self.device, extra)
-            logp, ent, head_t = self._forward(mb, base_t, with_entropy=want_ent)
+            shared = (prompts, prompts.rows(batch, idx)) if prompts is not None else None
+            logp, ent, head_t = self._forward(mb, base_t, with_entropy=want_ent, shared=shared)
             if not real:  # a filler (sharded ranks run equally many backward passes): exact zero gradients
                 (logp.sum() * 0.0).backward()
                 continue
@@ -274,26 +318,28 @@ class Learner(dp.RankMixin):
                 entropy_coef=self.ac.entropy_coef,
                 archer_entropy=mb.entropies if archer else None,
                 num_tokens=mini_tokens,
-                num_seqs=len(mini),
+                num_seqs=mini_seqs,
                 norm_len=self.cfg.rollout.max_response_len,
             )
-            share = mb.num_tokens / mini_tokens
+            weight = mb.num_tokens / mini_tokens
             if head_t is not None:
                 lc = self.cfg.temperature.learned
                 stats["ttm/head_temperature_mean"] = float((head_t.detach() * mb.mask).sum() / mb.mask.sum().clamp(1))
                 if lc.reg_weight > 0:
                     # the regulariser is a mean over the micro-batch's tokens: its token share makes it the
                     # mini-batch's token mean once summed
-                    reg = temperature_regularization(head_t, lc.init_temperature, lc.reg_weight, mb.mask) * share
+                    reg = temperature_regularization(head_t, lc.init_temperature, lc.reg_weight, mb.mask) * weight
                     loss = loss + reg
-                    stats["ttm/reg"] = reg.item() / max(share, 1e-12)
+                    stats["ttm/reg"] = reg.item() / max(weight, 1e-12)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at learner step {self.step}")
             loss.backward()
             stats["actor/loss"] = loss.item()
             for k, v in stats.items():
                 # the loss is already this micro-batch's part of the mini-batch loss: sum it; average the rest
-                stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "actor/loss" else v * share)
+                stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "actor/loss" else v * weight)
+        if prompts is not None:
+            prompts.backward()
         return stats_sum
 
     def train_step(

@@ -55,6 +55,9 @@ def _cfg(tiny_model_path: str, mode: str, ranks: int) -> RunConfig:
                 "micro_batch_size": 2,
                 "lr": 1e-3,
                 "warmup_steps": 0,
+                # FSDP2 (full on 2 ranks) runs the plain forward: compare it with the plain one (shared prompts
+                # agree with it to float32 rounding, tests/test_prompt_share.py); lora shares on 1 and 2 ranks
+                "share_prompts": mode != "full",
             },
             "rollout": {"max_response_len": 24},
             "algorithm": {"ppo_epochs": 2},
