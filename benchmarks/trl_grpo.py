@@ -20,7 +20,7 @@ Medians over the measured steps after one warm-up; the ratio is TRL s/step / rlv
 is timed but not compared (the start-ups overlap); the idle processes' threads and Ray daemons still run beside.
 Without TRL 1.16 it prints one SKIP line and exits 0.
 
-    python benchmarks/trl_grpo.py                 # 1 warm-up + 3 measured steps per system
+    python benchmarks/trl_grpo.py                 # 1 warm-up + 5 measured steps per system
     python benchmarks/trl_grpo.py --quick         # 1 measured step
     python benchmarks/trl_grpo.py --systems trl   # one system only
 """
@@ -140,7 +140,9 @@ def rlvr_config(model_path: str | Path, run_dir: str | Path, steps: int, layout:
             "micro_batch_size": PROMPTS * GROUP,
             # verl's dynamic batch size: responses sorted by length into micro-batches of <= 1,024 padded tokens
             # (same gradient; TRL's GRPOTrainer pads the 64 responses to the longest). 1,024 was the fastest of
-            # 1,024 / 1,536 / 2,048 / 4,096 / none on the 2-core CPU: 4.4 / 4.5 / 4.8 / 5.1 / 8.0 s per update
+            # 1,024 / 1,536 / 2,048 / 4,096 / none on the 2-core CPU: 4.4 / 4.5 / 4.8 / 5.1 / 8.0 s per update.
+            # With learner.share_prompts (the default) each group's prompt runs once and the budget counts
+            # response tokens: 3.7 s (512: 3.7 s, 2,048: 4.2 s)
             "micro_batch_tokens": MICRO_BATCH_TOKENS,
         },
         "trainer": {"total_steps": steps, "seed": SEED, "run_dir": str(run_dir)},
@@ -365,7 +367,8 @@ def markdown_section(res: dict[str, Any], machine: str, context: str) -> list[st
         f"1.0 (no top-p / top-k), full fine-tuning, AdamW lr {LR:g} constant, no weight decay, clip-norm 1.0, no KL, "
         "one pass per batch, DAPO token-mean loss (clip 0.2 / 0.28), one optimizer step per step (TRL: the 64 "
         "responses in one micro-batch padded to the longest; rlvr_temp: sorted by length into micro-batches of "
-        f"≤ {MICRO_BATCH_TOKENS:,} padded tokens, verl's dynamic batch size, the same gradient); reward: the "
+        f"≤ {MICRO_BATCH_TOKENS:,} padded response tokens, verl's dynamic batch size, each group's prompt run "
+        "once (`learner.share_prompts`), the same gradient); reward: the "
         "project's verifier on the synthetic arithmetic prompts (the random model "
         "never answers, so every reward is 0 — both still run the whole update).",
         f"TRL: `GRPOTrainer`, `use_vllm=False` (`transformers` `generate`), {THREADS} torch threads; *learn* is the "
@@ -403,7 +406,7 @@ def _child(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=3, help="measured steps per system, after 1 warm-up (default 3)")
+    parser.add_argument("--steps", type=int, default=5, help="measured steps per system, after 1 warm-up (default 5)")
     parser.add_argument("--quick", action="store_true", help="1 measured step")
     parser.add_argument("--systems", nargs="+", choices=("trl", "rlvr"), default=["rlvr", "trl"])
     parser.add_argument("--layouts", nargs="+", default=None, help="rlvr_temp resources.layout values (default: all)")
