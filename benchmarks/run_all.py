@@ -50,6 +50,14 @@ _NOISE = (" INFO ", " WARNING ", "Warning", "warn(", "Loading ", "it/s]", "\x1b[
 
 
 # ------------------------------------------------------------------------------------------------- running
+def settle(below: float = 0.7, limit_s: float = 90.0) -> None:
+    """Wait (at most ``limit_s``) until the 1-min load average is under ``below``: the previous benchmark's Ray
+    daemons and engines take a while to exit, and on 2 cores they would be timed with the next one."""
+    deadline = time.monotonic() + limit_s
+    while hasattr(os, "getloadavg") and os.getloadavg()[0] >= below and time.monotonic() < deadline:
+        time.sleep(5)
+
+
 def run_script(name: str, args: list[str], json_path: Path, timeout_s: float) -> dict[str, Any]:
     """Run ``benchmarks/bench_<name>.py`` in a subprocess; its JSON plus wall time, exit code, load average."""
     cmd = [sys.executable, str(HERE / SCRIPTS.get(name, f"bench_{name}.py")), *args, "--json", str(json_path)]
@@ -59,6 +67,7 @@ def run_script(name: str, args: list[str], json_path: Path, timeout_s: float) ->
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
+    settle()
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     t0 = time.perf_counter()
     try:

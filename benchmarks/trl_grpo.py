@@ -14,7 +14,8 @@ Each system runs in its own process, all started together; their steps interleav
   per 64 responses. *generate*: ``GRPOTrainer._generate``; *verify*: ``_calculate_rewards``; *learn*: the rest of
   the optimizer step; *step*: ``on_step_begin`` to ``on_step_end``.
 * rlvr_temp's ``Trainer`` (Ray, one vLLM rollout worker, the learner actor, 2 CPUs), ``train_step()``, phases from
-  its ``time/*`` metrics, once per ``resources.layout`` the config knows (``colocated`` first; as shipped without).
+  its ``time/*`` metrics, in the first ``resources.layout`` the config knows (``colocated``; as shipped without);
+  ``--layouts colocated split`` adds systems.
 
 Medians over the measured steps after one warm-up; the ratio is TRL s/step / rlvr_temp s/step. Left out: start-up
 is timed but not compared (the start-ups overlap); the idle processes' threads and Ray daemons still run beside.
@@ -409,7 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="measured steps per system, after 1 warm-up (default 5)")
     parser.add_argument("--quick", action="store_true", help="1 measured step")
     parser.add_argument("--systems", nargs="+", choices=("trl", "rlvr"), default=["rlvr", "trl"])
-    parser.add_argument("--layouts", nargs="+", default=None, help="rlvr_temp resources.layout values (default: all)")
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        default=None,
+        help="rlvr_temp resources.layout values (default: the first, colocated; every extra system's idle processes "
+        "load the 2-core machine during the others' steps)",
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)  # children: the model built by the parent
     parser.add_argument("--system", choices=("trl", "rlvr"), help=argparse.SUPPRESS)
@@ -430,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps({"skipped": skip}))
         return 0
-    layouts = args.layouts or [v or "shipped" for v in rlvr_layouts()]
+    layouts = args.layouts or [v or "shipped" for v in rlvr_layouts()[:1]]
     with tempfile.TemporaryDirectory(prefix="rlvr_bench_trl_model_") as tmp:
         model, n_params = build_model(tmp)
         print(f"model: {n_params:,} parameters ({n_params / 1e6:.1f}M), {json.dumps(SHAPE)}", flush=True)
