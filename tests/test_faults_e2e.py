@@ -31,7 +31,7 @@ BASE = [
 class KillingTrainer(Trainer):
     """Kills an actor just as one of its calls of a chosen step is made (Ray restarts it with a fresh state)."""
 
-    kill: set[tuple[str, int]] = set()
+    kill: frozenset[tuple[str, int]] = frozenset()
 
     def _maybe_kill(self, what: str, actor) -> None:
         if (what, self.step) in self.kill:
@@ -47,7 +47,7 @@ class KillingTrainer(Trainer):
         return super().learn(groups, base_t)
 
 
-def _run(tmp_path, name: str, kill: set[tuple[str, int]]) -> list[dict]:
+def _run(tmp_path, name: str, kill: frozenset[tuple[str, int]]) -> list[dict]:
     cfg = load_config("recipes/demo/base.yaml", [*BASE, f"trainer.run_dir={tmp_path / name}"])
     trainer = KillingTrainer(cfg)
     trainer.kill = kill
@@ -76,11 +76,11 @@ def _same_run(a: list[dict], b: list[dict]) -> None:
 
 
 def test_killed_worker_and_learner_are_recovered_and_the_metrics_are_unchanged(ray_cluster, tmp_path):
-    clean = _run(tmp_path, "clean", set())
+    clean = _run(tmp_path, "clean", frozenset())
     assert [r["step"] for r in clean] == [0, 1, 2] and all(r["train/retries"] == 0 for r in clean)
     # one run, two faults: the worker in step 1 (retried from the step's boundary), the learner in step 2 (back to
     # the checkpoint after step 2: its state is gone); train/retries counts them
-    killed = _run(tmp_path, "killed", {("worker", 1), ("learner", 2)})
+    killed = _run(tmp_path, "killed", frozenset({("worker", 1), ("learner", 2)}))
     assert [r["train/retries"] for r in killed] == [0, 1, 2]
     _same_run(killed, clean)
 
