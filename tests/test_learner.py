@@ -98,6 +98,29 @@ def test_token_budget_micro_batches_pack_by_length():
     assert len(chunks) > 1 and chunks[0][0] == 0  # the shortest response (3 tokens) comes first
 
 
+def test_token_budget_cuts_where_padding_costs_more_than_a_micro_batch():
+    """Eight 10-token responses and one of 100 fit one 1,000-token micro-batch (900 padded tokens), but two
+    micro-batches pad only 180: the cut is taken (a greedy fill would not), the shortest first."""
+    from rlvr_temp.batch import MICRO_BATCH_COST_TOKENS, token_budget_batches
+
+    lengths = [10] * 8 + [100]
+    batch = TrainBatch(
+        prompt_ids=[[1, 2]] * 9,
+        response_ids=[[5] * k for k in lengths],
+        token_temperatures=[[1.0] * k for k in lengths],
+        rollout_logprobs=[[0.0] * k for k in lengths],
+        token_entropies=[[0.0] * k for k in lengths],
+        response_temperatures=[1.0] * 9,
+        advantages=[0.0] * 9,
+    )
+    assert MICRO_BATCH_COST_TOKENS < 900 - 180
+    order = [8, 3, 0, 5, 1, 7, 2, 6, 4]
+    assert token_budget_batches(batch, order, 1000, with_prompts=False) == [list(range(8)), [8]]
+    assert token_budget_batches(batch, order, 90, with_prompts=False) == [list(range(8)), [8]]  # 100 > 90: alone
+    # with the prompts counted, the widths grow by 2 tokens and the cut is the same
+    assert token_budget_batches(batch, order, 1000) == [list(range(8)), [8]]
+
+
 def test_collate_pads_each_micro_batch_to_its_own_length():
     batch = _batch()
     mb = collate(batch, [0, 2], pad_id=0)  # responses of 3 and 7 tokens, prompts of 4 and 6
