@@ -143,7 +143,7 @@ def rlvr_config(model_path: str | Path, run_dir: str | Path, steps: int, layout:
             # (same gradient; TRL's GRPOTrainer pads the 64 responses to the longest). 1,024 was the fastest of
             # 1,024 / 1,536 / 2,048 / 4,096 / none on the 2-core CPU: 4.4 / 4.5 / 4.8 / 5.1 / 8.0 s per update.
             # With learner.share_prompts (the default) each group's prompt runs once and the budget counts
-            # response tokens: 3.7 s (512: 3.7 s, 2,048: 4.2 s)
+            # response tokens: 3.7 s (512: 3.7 s, 2,048: 4.2 s; measured before the padding-aware cut)
             "micro_batch_tokens": MICRO_BATCH_TOKENS,
         },
         "trainer": {"total_steps": steps, "seed": SEED, "run_dir": str(run_dir)},

@@ -1,7 +1,7 @@
 """Shared-prompt forward: each prompt of a mini-batch runs through the policy once, not once per response.
 
 A GRPO group is ``group_size`` responses to one prompt, and a plain forward recomputes that prompt for every one of
-them (in the TRL benchmark's setting, 28 of every 96 tokens: a quarter of the update's FLOPs). Here:
+them: with prompts of ``P`` tokens and responses of mean length ``R``, ``P / (P + R)`` of the update. Here:
 
 1. :meth:`SharedPrompts.forward` runs the distinct prompts of some responses once, left-padded, with gradients,
    keeping every layer's keys / values and the logits at each prompt's last position (they predict the first
