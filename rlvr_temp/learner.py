@@ -174,27 +174,25 @@ class Learner(dp.RankMixin):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(log-probs, entropies or None, TTM head output or None) of the micro-batch's responses, ``[B, L]``;
         ``shared``: ``(SharedPrompts, rows)`` to read the prompts from their cache instead of running them."""
-        use_head = self.ttm_head is not None and self.strategy.uses_head
-        if shared is not None:
-            cache, rows = shared
-            logits = cache.response_logits(self.model, mb, rows)
-            temps = self.strategy.learner_temperatures(mb.temperatures, base_t)
-            ent = token_entropies(logits, temps) if with_entropy else None
-            return token_logprobs(logits, mb.response_ids, temps), ent, None
-        out = self.model(
-            input_ids=mb.input_ids,
-            attention_mask=mb.attention_mask,
-            position_ids=mb.position_ids,
-            use_cache=False,
-            output_hidden_states=use_head,
-            # logits at position j predict token j + 1: the L response tokens come from the last L + 1 columns but
-            # one (P-1 .. P+L-2); the LM head runs on those only, not on the prompt
-            logits_to_keep=mb.response_ids.shape[1] + 1,
-        )
         p, r_len = mb.prompt_len, mb.response_ids.shape[1]
-        logits = out.logits[:, :r_len, :]
+        if shared is not None:  # never with the TTM head (Learner._shares_prompts)
+            cache, rows = shared
+            logits, out, use_head = cache.response_logits(self.model, mb, rows), None, False
+        else:
+            use_head = self.ttm_head is not None and self.strategy.uses_head
+            out = self.model(
+                input_ids=mb.input_ids,
+                attention_mask=mb.attention_mask,
+                position_ids=mb.position_ids,
+                use_cache=False,
+                output_hidden_states=use_head,
+                # logits at position j predict token j + 1: the L response tokens come from the last L + 1 columns
+                # but one (P-1 .. P+L-2); the LM head runs on those only, not on the prompt
+                logits_to_keep=r_len + 1,
+            )
+            logits = out.logits[:, :r_len, :]
         head_t = None
-        if use_head:
+        if use_head and out is not None:
             # learned mode: the sampling temperature is the head's output on the final hidden states, kept in the
             # graph, so the policy gradient trains the head
             head_t = self.ttm_head.token_temperature(out.hidden_states[-1][:, p - 1 : p - 1 + r_len, :])

@@ -3,15 +3,15 @@
 A GRPO group is ``group_size`` responses to one prompt, and a plain forward recomputes that prompt for every one of
 them: with prompts of ``P`` tokens and responses of mean length ``R``, ``P / (P + R)`` of the update. Here:
 
-1. :meth:`SharedPrompts.forward` runs the distinct prompts of some responses once, left-padded, with gradients,
-   keeping every layer's keys / values and the logits at each prompt's last position (they predict the first
-   response token). The learner sees *leaf copies* of those tensors.
+1. :class:`SharedPrompts` (its constructor) runs the distinct prompts of some responses once, left-padded, with
+   gradients, keeping every layer's keys / values and the logits at each prompt's last position (they predict the
+   first response token). The learner sees *leaf copies* of those tensors.
 2. :meth:`SharedPrompts.response_logits` runs a micro-batch of responses only, attending to their prompt's cached
    keys / values (rows gathered from the leaves, so each micro-batch's backward adds its part of their gradient).
 3. :meth:`SharedPrompts.backward` runs the prompt graph's backward once with those summed gradients.
 
-The gradient is the plain forward's (the sum over responses is the same sum, in another order): float32 agrees to
-about 1e-6 relative (``tests/test_prompt_share.py``). Left out: prompts longer than the token budget are not
+The gradient is the plain forward's (the sum over responses is the same sum, in another order): in float32 it agrees
+to 1e-5 of its norm (``tests/test_prompt_share.py``). Left out: prompts longer than the token budget are not
 split, and the TTM head (which reads the hidden state at the last prompt position), FSDP2 and gradient
 checkpointing (which drops the cache) use the plain forward (``Learner._shares_prompts``). The same idea as Prefix
 Grouper (Liu et al. 2025, arXiv:2506.05433), here through the model's own key/value cache, not a new attention
