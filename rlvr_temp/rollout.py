@@ -28,6 +28,9 @@ from rlvr_temp.temperature import TemperatureStrategy
 from rlvr_temp.utils import check_incarnation, derive_seed, new_incarnation
 from rlvr_temp.weight_sync import LocalLLMClient
 
+#: seconds a CPU engine's worker keeps busy-waiting for its next call (decode steps come tens of ms apart)
+CPU_IDLE_SPIN_S = 0.1
+
 
 def _check_temperature(t: float, what: str) -> float:
     if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
@@ -60,6 +63,9 @@ class RolloutWorker(LocalLLMClient):
         if not torch.cuda.is_available():
             bind = cpu_thread_binding(engine.tensor_parallel_size, num_threads if engine.cpu_bind else None, cpu_slot)
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
+            # the engine's worker busy-waits this long after its last call, not vLLM's 1 s (it would take a core
+            # from a colocated learner at the start of every update; rlvr_temp.vllm_worker.shorten_idle_spin)
+            os.environ.setdefault(vllm_worker.IDLE_SPIN_ENV, str(CPU_IDLE_SPIN_S))
         if num_threads:
             os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
 
@@ -180,7 +186,10 @@ class RolloutWorker(LocalLLMClient):
                 t = _check_temperature(t, f"prompt {i} response {j} temperature")
                 self._uid += 1
                 uid = f"r{self._uid}"
-                common = dict(max_tokens=max_tokens, logprobs=0, ignore_eos=ignore_eos)
+                # vLLM's logprobs only where the processor does not record them (greedy requests bypass it; the V2
+                # processor has no record yet): asking for them costs ~7% of generation (rlvr_temp.sampled_logprobs)
+                own = t > 0 and self.model_runner == "v1"
+                common = dict(max_tokens=max_tokens, logprobs=None if own else 0, ignore_eos=ignore_eos)
                 if seed is not None:
                     common["seed"] = derive_seed(seed, i, j)
                 if t == 0:
@@ -212,12 +221,13 @@ class RolloutWorker(LocalLLMClient):
             if t == 0:
                 temps_t, ents = [0.0] * n, [float("nan")] * n
             else:
-                temps_t, ents = records.get(uid, ([], []))
-                if len(temps_t) < n:
+                temps_t, ents, own_lps = records.get(uid, ([], [], None))
+                if len(temps_t) < n or (own_lps is not None and len(own_lps) < n):
                     raise RuntimeError(f"recorded {len(temps_t)} temperatures for {n} tokens (request {uid})")
                 # under asynchronous scheduling a finished request may have had one more step computed before the
                 # scheduler saw its stop token; records are by output position, so that step's is the surplus one
                 temps_t, ents = temps_t[:n], ents[:n]
+                logprobs = own_lps[:n] if own_lps is not None else logprobs
             groups[i].append(
                 Rollout(
                     prompt_id=ids[i],

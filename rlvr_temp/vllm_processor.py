@@ -21,13 +21,13 @@ Per decode step, for the participating rows of the batch at once (no per-row ten
    by the window settings alone (scope, capacity, hot fraction, warm-up), never by temperatures: entropies are
    measured at temperature 1, so one window serves a whole run whatever its schedule or mixture does; it is shared
    by all rows (scope ``global``) or kept per response (``sequence``, released when the response finishes),
-4. the rows are divided by their ``T`` (clamped ``>= 1e-4``), so vLLM's ``processed_logprobs`` are
-   ``log_softmax(logits / T_t)`` — exactly what the learner recomputes on-policy,
-5. ``(T, H)`` are appended to a step log; :meth:`TemperatureProcessor.drain` turns it into per-request lists.
+4. the rows are divided by their ``T`` (clamped ``>= 1e-4``): vLLM samples from ``log_softmax(logits / T_t)``,
+   exactly what the learner recomputes on-policy,
+5. ``(T, H)`` are appended to a step log; :meth:`TemperatureProcessor.drain` turns it into per-request lists. The
+   sampled tokens' log-probs are recorded too, once vLLM has appended them (:mod:`rlvr_temp.sampled_logprobs`;
+   :meth:`TemperatureProcessor.drain_logprobs`), so the rollout need not ask vLLM for logprobs.
 
 Requests without the key (evaluation at a plain temperature, greedy decoding) pass through untouched.
-The engine must run in the caller's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that the rollout worker can
-reach the processor; the worker arranges that.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from rlvr_temp import ttm_vllm
+from rlvr_temp.sampled_logprobs import SampledLogprobs
 from rlvr_temp.temperature import TokenTemperatureRule, sanitize_logits, to_sampling_range, truncate_logits
-from rlvr_temp.temperature.token_rule import row_chunk
+from rlvr_temp.temperature.token_rule import entropy_of_sanitized
 
 EXTRA_KEY = "rlvr_temp"
 MIN_TEMPERATURE = 1e-4
@@ -102,28 +103,6 @@ def parse_request(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
         if not (0 < v["t_low"] <= v["t_high"] and v["t_min"] < v["t_max"] and v["base"] > 0):
             raise ValueError(f"learned: need 0 < t_low <= t_high, t_min < t_max, base > 0, got {v}")
     return spec
-
-
-def entropy_of_sanitized(logits: torch.Tensor) -> torch.Tensor:
-    """:func:`entropy_from_logits` of logits that :func:`sanitize_logits` made finite, with fewer kernels.
-
-    Bit-identical to ``entropy_from_logits`` for finite input: the division by ``T = 1`` and the NaN/inf
-    guards are identities there, and ``where(p > 0, p * log p, 0)`` differs from ``p * log p`` only in the
-    sign of zero terms, which never changes the (non-zero) row sum. Same row chunks, hence the same kernels
-    over the same shapes, as ``entropy_from_logits``.
-    """
-    cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    vocab = logits.shape[-1]
-    step = row_chunk(vocab, None)
-    outs = []
-    for i in range(0, logits.shape[0], step):
-        z = logits[i : i + step]
-        z = z.to(cdt) if z.dtype != cdt else z.contiguous()
-        logp = torch.log_softmax(z, dim=-1)
-        outs.append(torch.mul(logp.exp(), logp).sum(dim=-1).neg_().clamp_min_(0.0))
-    if not outs:
-        return torch.empty(0, dtype=cdt, device=logits.device)
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def window_key(rule: dict[str, Any]) -> tuple:
@@ -217,6 +196,7 @@ class TemperatureProcessor(LogitsProcessor):
         self.rows: dict[int, _Row] = {}
         self.rules: dict[tuple, TokenTemperatureRule] = {}
         self.log: list[_Step] = []
+        self.sampled = SampledLogprobs()
         self.plan = _Plan()
         self._dirty = True
         _INSTANCES.add(self)
@@ -364,6 +344,7 @@ class TemperatureProcessor(LogitsProcessor):
         else:
             logits.index_copy_(0, plan.index, scaled)
         self.log.append(_Step(plan.uids, [len(out) for out in plan.outputs], temps, entropies))
+        self.sampled.add(plan.uids, plan.outputs, scaled)
         return logits
 
     def _temperatures(self, entropies: torch.Tensor) -> torch.Tensor:
@@ -414,6 +395,10 @@ class TemperatureProcessor(LogitsProcessor):
         self.log.clear()
         return {uid: ([t[p] for p in sorted(t)], [h[p] for p in sorted(h)]) for uid, (t, h) in out.items()}
 
+    def drain_logprobs(self) -> dict[str, list[float]]:
+        """Per-uid log-probs of the sampled tokens by output position (see :meth:`drain`), and clear them."""
+        return self.sampled.drain()
+
     def state_dict(self) -> dict[str, Any]:
         """Entropy windows, one per window key, with the rule that owns each (``torch.save``-able)."""
         return rules_state(self.rules)
@@ -426,6 +411,7 @@ class TemperatureProcessor(LogitsProcessor):
         self.rules.clear()
         self.rows.clear()
         self.log.clear()
+        self.sampled.clear()
         self._dirty = True
 
 

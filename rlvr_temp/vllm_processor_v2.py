@@ -41,9 +41,9 @@ import torch
 from rlvr_temp import temperature as tt
 from rlvr_temp import ttm_vllm
 from rlvr_temp.temperature import MIN_TEMPERATURE, TokenTemperatureRule
+from rlvr_temp.temperature.token_rule import entropy_of_sanitized
 from rlvr_temp.vllm_processor import (
     TemperatureProcessor,
-    entropy_of_sanitized,
     load_rules,
     parse_request,
     rule_temperatures,

@@ -8,7 +8,8 @@ every rank's processor holds the same windows) and written to all ranks. The sam
 the worker's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so there is one code path.
 
 Importing this module in a worker process also registers the project's weight-transfer backends with vLLM's
-factory (``rlvr_temp.weight_sync``), before vLLM builds the worker's transfer engine.
+factory (``rlvr_temp.weight_sync``), before vLLM builds the worker's transfer engine, and shortens how long the
+worker busy-waits for its next call once idle (:func:`shorten_idle_spin`; CPU engines).
 
 Left out: pipeline parallelism (the processor would run on the last stage only; refused by the config).
 """
@@ -54,8 +55,41 @@ def drop_benign_warnings() -> None:
             log.addFilter(_DropPrefix(prefix))
 
 
+#: environment variable with the seconds a CPU engine's worker busy-waits for its next call after the last one
+#: (set by ``rlvr_temp.rollout`` for CPU engines; read when vLLM imports this module in the worker process)
+IDLE_SPIN_ENV = "RLVR_TEMP_VLLM_IDLE_SPIN_S"
+
+
+def shorten_idle_spin() -> float | None:
+    """Make vLLM's shared-memory queue readers created from now on in this process busy-wait ``$IDLE_SPIN_ENV``
+    seconds after their last read (vLLM: 1 s, fixed); returns the value, or None where the variable is unset.
+
+    A vLLM worker reads each step's call from that queue and, after it, spins on ``sched_yield`` for a second
+    before it sleeps on a socket. Between decode steps (tens of ms apart) that saves a wake-up; after the last
+    call of a generation it takes a core from a colocated CPU learner for a second: measured 0.1-0.4 core-s, and
+    about 0.2 s of a 4 s update, per step (docs/benchmarks.md). vLLM builds the worker's queues after it has
+    imported this module (the ``worker_extension_cls``), so its readers get the shorter spin."""
+    value = os.environ.get(IDLE_SPIN_ENV)
+    if not value:
+        return None
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    spin = float(value)
+    base = getattr(shm_broadcast.SpinCondition, "_rlvr_base", shm_broadcast.SpinCondition)
+
+    class ShortSpin(base):  # type: ignore[misc,valid-type]
+        _rlvr_base = base
+
+        def __init__(self, is_reader: bool, context: Any, notify_address: str, busy_loop_s: float = spin) -> None:
+            super().__init__(is_reader, context, notify_address, busy_loop_s=busy_loop_s)
+
+    shm_broadcast.SpinCondition = ShortSpin
+    return spin
+
+
 weight_sync.register()  # vLLM creates the worker's weight-transfer engine when it loads the model
 drop_benign_warnings()
+shorten_idle_spin()
 
 #: the qualified name vLLM imports in each worker process (``worker_extension_cls``)
 EXTENSION = "rlvr_temp.vllm_worker.TemperatureWorkerExtension"
@@ -96,13 +130,17 @@ class TemperatureWorkerExtension:
     def _rlvr_rank(self) -> int:
         return int(getattr(self, "rank", 0))
 
-    def rlvr_collect(self, uids: list[str]) -> dict[str, tuple[list[float], list[float]]] | None:
-        """The per-token (temperatures, entropies) of every request since the last call, then forget ``uids``
-        (finished requests: their rows and per-sequence windows). Rank 0 returns the records, the others None."""
+    def rlvr_collect(self, uids: list[str]) -> dict[str, tuple[list[float], list[float], list[float] | None]] | None:
+        """The per-token (temperatures, entropies, sampled log-probs) of every request since the last call (log-probs
+        None where the processor records none: the V2 one), then forget ``uids`` (finished requests: their rows and
+        per-sequence windows). Rank 0 returns the records, the others None."""
         proc = self._rlvr_processor()
         records = proc.drain()
+        logprobs = proc.drain_logprobs() if hasattr(proc, "drain_logprobs") else {}
         proc.release(list(uids))
-        return records if self._rlvr_rank() == 0 else None
+        if self._rlvr_rank() != 0:
+            return None
+        return {uid: (temps, ents, logprobs.get(uid)) for uid, (temps, ents) in records.items()}
 
     def rlvr_state_dict(self) -> bytes | None:
         """The entropy windows, :func:`pack`ed (rank 0; None elsewhere)."""

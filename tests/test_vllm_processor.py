@@ -157,3 +157,51 @@ def test_quiet_vllm_logs_drops_only_the_benign_warnings(monkeypatch):
         benign = logging.LogRecord(name, logging.WARNING, __file__, 1, prefix + " (details)", None, None)
         other = logging.LogRecord(name, logging.WARNING, __file__, 1, "Linear: Failed to load weights", None, None)
         assert not log.filter(benign) and log.filter(other)
+
+
+def test_idle_spin_is_shortened_for_queues_made_afterwards(monkeypatch, tmp_path):
+    import zmq
+    from vllm.distributed.device_communicators import shm_broadcast
+
+    from rlvr_temp.vllm_worker import IDLE_SPIN_ENV, shorten_idle_spin
+
+    vllms = shm_broadcast.SpinCondition
+    monkeypatch.setattr(shm_broadcast, "SpinCondition", vllms)  # restored afterwards
+    monkeypatch.delenv(IDLE_SPIN_ENV, raising=False)
+    assert shorten_idle_spin() is None  # unset: vLLM's own 1 s
+    monkeypatch.setenv(IDLE_SPIN_ENV, "0.1")
+    assert shorten_idle_spin() == 0.1
+    assert shorten_idle_spin() == 0.1  # a second import wraps vLLM's class, not the wrapper
+    assert shm_broadcast.SpinCondition.__mro__[1] is vllms
+    ctx = zmq.Context()
+    try:
+        reader = shm_broadcast.SpinCondition(is_reader=True, context=ctx, notify_address=f"ipc://{tmp_path}/n")
+        assert reader.busy_loop_s == 0.1
+        reader.local_notify_socket.close(linger=0)
+        for s in (reader.read_cancel_socket, reader.write_cancel_socket):
+            s.close(linger=0)
+    finally:
+        ctx.term()
+
+
+def test_sampled_logprobs_wait_for_vllms_tokens_then_gather_the_tempered_log_softmax():
+    from rlvr_temp.sampled_logprobs import SampledLogprobs
+
+    rec = SampledLogprobs()
+    out_a, out_b = [], [7]  # vLLM's live output lists: b already has one token
+    s1 = torch.tensor([[0.0, 1.0, 2.0], [2.0, 0.0, -1.0]])
+    rec.add(("a", "b"), [out_a, out_b], s1)
+    s1.zero_()  # vLLM may modify its logits afterwards: the record keeps its own copy
+    out_a.append(2)
+    out_b.append(0)
+    s2 = torch.tensor([[1.0, 1.0, float("-inf")]])
+    rec.add(("a",), [out_a], s2)  # settles step 1: both tokens are there
+    assert len(rec.pending) == 1 and len(rec.done) == 1
+    out_a.append(1)
+    got = rec.drain()
+    lsm1 = torch.log_softmax(torch.tensor([[0.0, 1.0, 2.0], [2.0, 0.0, -1.0]]), -1)
+    assert got["a"] == pytest.approx([float(lsm1[0, 2]), math.log(0.5)])
+    assert got["b"] == pytest.approx([float(lsm1[1, 0])])  # position 1: b's second token
+    assert rec.drain() == {}
+    rec.add(("c",), [[]], s2)  # a request whose token never arrives (aborted): NaN, not a wrong value
+    assert math.isnan(rec.drain()["c"][0])
