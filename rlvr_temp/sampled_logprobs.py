@@ -9,7 +9,7 @@ report them, since the processor's output is what vLLM samples from.
 Why not ``SamplingParams(logprobs=0)``: vLLM then ranks every sampled token, builds a ``Logprob`` object per token,
 detokenizes it and ships it through the engine core on every step. On the 2-core CPU benchmark that made
 generation about 7% slower than without logprobs (docs/benchmarks.md). Left out: speculative decoding (several
-tokens per step; refused by the rollout config).
+tokens per step: the project does not configure it).
 """
 
 from __future__ import annotations
