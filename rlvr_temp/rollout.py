@@ -222,12 +222,15 @@ class RolloutWorker(LocalLLMClient):
                 temps_t, ents = [0.0] * n, [float("nan")] * n
             else:
                 temps_t, ents, own_lps = records.get(uid, ([], [], None))
-                if len(temps_t) < n or (own_lps is not None and len(own_lps) < n):
-                    raise RuntimeError(f"recorded {len(temps_t)} temperatures for {n} tokens (request {uid})")
+                logprobs = own_lps if own_lps is not None else logprobs  # the processor's, else vLLM's
+                if min(len(temps_t), len(logprobs)) < n:
+                    raise RuntimeError(
+                        f"recorded {len(temps_t)} temperatures and {len(logprobs)} log-probs for {n} tokens "
+                        f"(request {uid})"
+                    )
                 # under asynchronous scheduling a finished request may have had one more step computed before the
                 # scheduler saw its stop token; records are by output position, so that step's is the surplus one
-                temps_t, ents = temps_t[:n], ents[:n]
-                logprobs = own_lps[:n] if own_lps is not None else logprobs
+                temps_t, ents, logprobs = temps_t[:n], ents[:n], logprobs[:n]
             groups[i].append(
                 Rollout(
                     prompt_id=ids[i],

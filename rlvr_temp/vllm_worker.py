@@ -67,7 +67,7 @@ def shorten_idle_spin() -> float | None:
     A vLLM worker reads each step's call from that queue and, after it, spins on ``sched_yield`` for a second
     before it sleeps on a socket. Between decode steps (tens of ms apart) that saves a wake-up; after the last
     call of a generation it takes a core from a colocated CPU learner for a second: measured 0.1-0.4 core-s, and
-    about 0.2 s of a 4 s update, per step (docs/benchmarks.md). vLLM builds the worker's queues after it has
+    about 0.15 s of a 4 s update, per step (docs/benchmarks.md). vLLM builds the worker's queues after it has
     imported this module (the ``worker_extension_cls``), so its readers get the shorter spin."""
     value = os.environ.get(IDLE_SPIN_ENV)
     if not value:
