@@ -5,6 +5,7 @@ Benchmarks (each script also runs on its own; see its docstring):
 * ``bench_window.py``: the entropy window's cost per decode step against sorting the window every step;
 * ``bench_rollout.py``: decode throughput of the temperature processor's modes against plain vLLM;
 * ``bench_learner.py``: on-policy log-probs at per-token temperatures against a scalar temperature;
+* ``bench_nf4_cpu.py``: bitsandbytes' own CPU 4-bit path against the learner's workaround (AVX512-BF16 CPUs);
 * ``bench_step.py``: one demo GRPO step by phase (generate / verify / learn / sync), and start-up;
 * ``bench_sync.py``: weight sync per step through vLLM's weight-transfer engine (gloo) against Ray's object store;
 * ``trl_grpo.py``: rlvr_temp's GRPO step against TRL's ``GRPOTrainer`` (needs ``pip install -e .[bench]``; a
@@ -36,6 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import bench_learner  # noqa: E402
+import bench_nf4_cpu  # noqa: E402
 import bench_rollout  # noqa: E402
 import bench_step  # noqa: E402
 import bench_sync  # noqa: E402
@@ -43,8 +45,8 @@ import bench_window  # noqa: E402
 import trl_grpo  # noqa: E402
 from common import machine  # noqa: E402
 
-BENCHMARKS = ("window", "rollout", "learner", "step", "sync", "trl")
-SCRIPTS = {"trl": "trl_grpo.py"}  # the others are bench_<name>.py
+BENCHMARKS = ("window", "rollout", "learner", "nf4", "step", "sync", "trl")
+SCRIPTS = {"trl": "trl_grpo.py", "nf4": "bench_nf4_cpu.py"}  # the others are bench_<name>.py
 WINDOW_TARGET_US = 50.0  # the issue: <= 50 µs per decode step for 256 sequences at window 100,000
 _NOISE = (" INFO ", " WARNING ", "Warning", "warn(", "Loading ", "it/s]", "\x1b[36m", "Triton", "kernels-community")
 
@@ -150,6 +152,7 @@ def render(
     lines += _window_section(results.get("window"))
     lines += _rollout_section(results.get("rollout"))
     lines += _learner_section(results.get("learner"))
+    lines += _nf4_section(results.get("nf4"))
     lines += _step_section(results.get("step"))
     lines += _sync_section(results.get("sync"))
     lines += _trl_section(results.get("trl"), mach, previous)
@@ -296,6 +299,24 @@ def _learner_section(r: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _nf4_section(r: dict[str, Any] | None) -> list[str]:
+    if r is None:
+        return []
+    out = ["## NF4 on CPU: bitsandbytes' own path against the workaround (`bench_nf4_cpu.py`)", ""]
+    if "data" not in r:
+        return out + _failed("bench_nf4_cpu", r)
+    d = r["data"]
+    if "skipped" not in d:
+        out += [
+            "The demo's NF4 learner (qlora, fp32 compute) twice: with bitsandbytes' repacking of 4-bit weights for its",
+            "fused AVX512-BF16 kernel left on, and turned off as the learner does (docs/stack.md: the repacked",
+            "kernel has no backward). The demo itself never runs a no-grad forward (one epoch, old log-probs from",
+            f"the update's forward), so there both run the same code. {d['threads']} torch thread(s).",
+            "",
+        ]
+    return [*out, bench_nf4_cpu.to_markdown(d), "", _context(r), ""]
+
+
 def _step_section(r: dict[str, Any] | None) -> list[str]:
     if r is None:
         return []
@@ -382,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     model = args.model
-    if model is None and any(b in args.only for b in ("rollout", "learner", "step")):
+    if model is None and any(b in args.only for b in ("rollout", "learner", "nf4", "step")):
         # build (or find) the tiny model once, before anything is timed
         model = bench_rollout.default_model()
     mach = machine()

@@ -322,13 +322,12 @@ class RolloutWorker(LocalLLMClient):
 
 
 def quiet_vllm_logs(level: str | None) -> None:
-    """Set the level of vLLM's logs (None keeps ``VLLM_LOGGING_LEVEL``'s) and drop the
-    :data:`rlvr_temp.vllm_worker.BENIGN_VLLM_WARNINGS`, so the trainer's progress bar stays readable."""
+    """Set the level of vLLM's logs (None keeps ``VLLM_LOGGING_LEVEL``'s), so the trainer's progress bar stays
+    readable. (vLLM's benign warnings are dropped in every process of the project: rlvr_temp.benign_logs.)"""
     if level:
         # vLLM re-applies its logging config from VLLM_LOGGING_LEVEL when an engine starts: set both
         os.environ["VLLM_LOGGING_LEVEL"] = level.upper()
         logging.getLogger("vllm").setLevel(level.upper())
-    vllm_worker.drop_benign_warnings()
 
 
 def cpu_thread_binding(tensor_parallel_size: int, threads: int | None = None, slot: int = 0) -> str:

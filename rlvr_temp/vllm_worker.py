@@ -17,7 +17,6 @@ Left out: pipeline parallelism (the processor would run on the last stage only; 
 from __future__ import annotations
 
 import io
-import logging
 import os
 import socket
 import time
@@ -26,34 +25,6 @@ from typing import Any
 import torch
 
 from rlvr_temp import weight_sync
-
-#: vLLM warnings that every engine of this project triggers and that need no action, by logger: the in-place
-#: weight reload's ``RotaryEmbedding`` line at every sync (the rotary cos/sin cache is computed, not loaded, and
-#: is kept as it was -- greedy outputs after a sync equal a fresh engine's, tests/test_rollout_e2e.py), and the
-#: CPU worker's refusal of ``torch.set_num_threads`` (it pins its own OpenMP threads; docs/stack.md).
-BENIGN_VLLM_WARNINGS = {
-    "vllm.model_executor.model_loader.reload.layerwise": "RotaryEmbedding: Failed to load weights",
-    "vllm.v1.worker.cpu_worker": "CPU backend doesn't allow to use `torch.set_num_threads`",
-}
-
-
-class _DropPrefix(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-def drop_benign_warnings() -> None:
-    """Filter the :data:`BENIGN_VLLM_WARNINGS` out of their loggers in this process (idempotent). Runs when vLLM
-    imports this module in its worker processes, where the weight reload logs, and in the rollout worker's."""
-    for name, prefix in BENIGN_VLLM_WARNINGS.items():
-        log = logging.getLogger(name)
-        if not any(isinstance(f, _DropPrefix) and f.prefix == prefix for f in log.filters):
-            log.addFilter(_DropPrefix(prefix))
-
 
 #: environment variable with the seconds a CPU engine's worker busy-waits for its next call after the last one
 #: (set by ``rlvr_temp.rollout`` for CPU engines; read when vLLM imports this module in the worker process)
@@ -88,7 +59,6 @@ def shorten_idle_spin() -> float | None:
 
 
 weight_sync.register()  # vLLM creates the worker's weight-transfer engine when it loads the model
-drop_benign_warnings()
 shorten_idle_spin()
 
 #: the qualified name vLLM imports in each worker process (``worker_extension_cls``)

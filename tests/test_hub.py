@@ -100,15 +100,15 @@ def test_local_directory_and_tiny_still_work(tmp_path, tiny_model_path):
         resolve_model(str(tmp_path / "no" / "such" / "model"))
 
 
-def test_train_with_a_missing_hub_model_fails_in_one_line(tmp_path):
+def test_train_with_a_missing_hub_model_fails_in_one_line(tmp_path, error_line):
     """The user's path: `rlvr-temp train` with HF_HUB_CACHE pointing at a cache without the model (exit 2)."""
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "empty_cache"), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "rlvr_temp.cli", "train", str(ROOT / "recipes/demo/base.yaml")]
     cmd += ["model.path=rlvr-test/absent", f"trainer.run_dir={tmp_path / 'run'}", "logging.progress=false"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "'rlvr-test/absent'" in lines[0] and str(tmp_path / "empty_cache") in lines[0]
+    line = error_line(proc.stderr)
+    assert "'rlvr-test/absent'" in line and str(tmp_path / "empty_cache") in line
 
 
 # ----------------------------------------------------------------------------------------------- datasets

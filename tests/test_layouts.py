@@ -79,13 +79,12 @@ def test_a_recipe_the_cluster_cannot_hold_fails_in_one_line(ray_cluster):
 
 
 @pytest.mark.slow
-def test_the_cli_says_what_is_missing(tmp_path, tiny_model_path):
+def test_the_cli_says_what_is_missing(tmp_path, tiny_model_path, error_line):
     cmd = [sys.executable, "-m", "rlvr_temp.cli", "train", str(DEMO), f"trainer.run_dir={tmp_path / 'run'}"]
     cmd += ["resources.bundle_cpus=64", "logging.progress=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if "resources:" in line]
-    assert lines and "the recipe needs 64 CPUs" in lines[-1] and "Traceback" not in proc.stderr
+    assert "the recipe needs 64 CPUs" in error_line(proc.stderr) and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def test_engines_are_shared_when_model_and_engine_settings_match(tmp_path):
     assert [len(g) for _, g in groups] == [6, 1]
 
 
-def test_another_command_in_the_same_out_is_refused(tmp_path, capsys):
+def test_another_command_in_the_same_out_is_refused(tmp_path, capsys, error_line):
     from rlvr_temp.cli import main
 
     recipes = [str(DEMO / "fixed.yaml")]
@@ -79,8 +79,8 @@ def test_another_command_in_the_same_out_is_refused(tmp_path, capsys):
     sweep.Manifest(tmp_path, command, runs).write()
     before = (tmp_path / "sweep.json").read_text()
     assert main(["sweep", *recipes, "--seeds", "1", "--out", str(tmp_path), *SMALL, "rollout.top_p=0.9"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "another sweep command" in err and "+rollout.top_p=0.9" in err and len(err.splitlines()) == 1
+    err = error_line(capsys.readouterr().err)
+    assert "another sweep command" in err and "+rollout.top_p=0.9" in err
     assert main(["sweep", *recipes, str(DEMO / "token.yaml"), "--seeds", "1", "--out", str(tmp_path), *SMALL]) == 2
     assert f"(recipes: +{DEMO / 'token.yaml'})" in capsys.readouterr().err
     data = json.loads(before)  # same command, but the recipe resolves differently now: refused too
