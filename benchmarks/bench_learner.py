@@ -40,7 +40,7 @@ TARGET_RATIO = 1.05  # the issue's target: per-token temperatures cost at most 5
 
 def default_model() -> str:
     """The embedded tiny model (built on first use, then cached)."""
-    from rlvr_temp.tiny_model import ensure_tiny_model
+    from rlvr_temp.data.tiny_model import ensure_tiny_model
 
     return str(ensure_tiny_model())
 
@@ -96,8 +96,8 @@ def bench_learner(model: str, n: int, tokens: int, reps: int) -> dict[str, Any]:
     """``Learner._logprobs`` on-policy (per-token tensor) vs off-policy (scalar), same batch."""
     import torch
 
-    from rlvr_temp.config import RunConfig
-    from rlvr_temp.learner import Learner
+    from rlvr_temp.config.schema import RunConfig
+    from rlvr_temp.learner.policy import Learner
 
     def config(logprobs: str) -> RunConfig:
         return RunConfig.model_validate(

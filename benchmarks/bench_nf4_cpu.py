@@ -2,7 +2,7 @@
 
 On a CPU with AVX512-BF16, a ``Linear4bit`` repacks its weights the first time it runs a no-grad forward in eval
 mode and from then on multiplies with a fused bf16 kernel (``gemv_4bit``) that has no backward. The learner turns
-that off (``rlvr_temp.learner.disable_cpu_4bit_repacking``; docs/stack.md), so every forward dequantises the NF4
+that off (``rlvr_temp.learner.policy.disable_cpu_4bit_repacking``; docs/stack.md), so every forward dequantises the NF4
 weight and multiplies in the compute dtype. This script measures what the workaround costs, with two learners
 loaded alike from the demo recipe (``recipes/demo/base.yaml``: tiny model, qlora, fp32 compute, micro-batch 64)
 that differ only in that switch, on one batch of the demo's shape (128 responses x 48 tokens after 8-12 token
@@ -42,8 +42,8 @@ def demo_learner(model: str, bnb_path: bool) -> Any:
     """The demo recipe's learner; ``bnb_path``: bitsandbytes' repacking left on (the learner turns it off)."""
     import bitsandbytes as bnb
 
-    from rlvr_temp.config import load_config
-    from rlvr_temp.learner import Learner
+    from rlvr_temp.config.schema import load_config
+    from rlvr_temp.learner.policy import Learner
 
     learner = Learner(model, load_config(str(ROOT / "recipes/demo/base.yaml"), [f"model.path={model}"]))
     for module in learner.model.modules():

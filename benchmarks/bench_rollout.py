@@ -1,6 +1,6 @@
 """Decode throughput of rlvr_temp's temperature processor against plain vLLM: same engine, same prompts, same run.
 
-One :class:`rlvr_temp.rollout.RolloutWorker` (vLLM CPU or CUDA build; its engine in vLLM's multiprocess mode as
+One :class:`rlvr_temp.engine.worker.RolloutWorker` (vLLM CPU or CUDA build; its engine in vLLM's multiprocess mode as
 in training, or in this process with ``--in-process``) serves every arm, so the model, the KV cache, the thread
 count and the prompts are identical; only the sampling path differs:
 
@@ -12,7 +12,7 @@ count and the prompts are identical; only the sampling path differs:
 * ``mixture``: per-response temperatures 0.7 ... 1.4 (round robin over the prompts).
 
 ``worker.generate`` is timed as a caller sees it (engine + processor + drain of the per-token records + building
-the :class:`~rlvr_temp.rollout.Rollout` objects). Every response has exactly ``--tokens`` tokens
+the :class:`~rlvr_temp.engine.worker.Rollout` objects). Every response has exactly ``--tokens`` tokens
 (``ignore_eos``). The arms are interleaved, repetition by repetition, after a warm-up pass of each, and the
 reported figure is the median over repetitions (robust to a shared, busy machine).
 
@@ -53,7 +53,7 @@ TOKEN_RULE = {"t_low": 0.8, "t_high": 1.2, "hot_fraction": 0.2, "window": 100_00
 
 def token_strategy(scope: str) -> Any:
     """The `token` mode's strategy with :data:`TOKEN_RULE` in ``scope``."""
-    from rlvr_temp.config import TemperatureConfig, TokenRuleConfig
+    from rlvr_temp.config.schema import TemperatureConfig, TokenRuleConfig
     from rlvr_temp.temperature import make_strategy
 
     return make_strategy(TemperatureConfig(mode="token", token=TokenRuleConfig(**{**TOKEN_RULE, "scope": scope})))
@@ -66,7 +66,7 @@ TARGET_TOKEN_RATIO = 0.95  # the issue's CPU target: token mode >= 0.95x plain v
 
 def default_model() -> str:
     """The embedded tiny model (built on first use, then cached)."""
-    from rlvr_temp.tiny_model import ensure_tiny_model
+    from rlvr_temp.data.tiny_model import ensure_tiny_model
 
     return str(ensure_tiny_model())
 
@@ -135,7 +135,7 @@ def _profile_token(worker: Any, runner: Callable[[], int], top: int = 18) -> dic
 
 def _processor_share(worker: Any, runners: dict[str, Callable[[], int]]) -> dict[str, dict[str, float]]:
     """One extra, untimed-for-throughput pass of every arm with ``processor.apply`` wrapped in a timer (in the
-    engine's worker process, through rlvr_temp.vllm_worker's ``rlvr_apply_timer``)."""
+    engine's worker process, through rlvr_temp.engine.extension's ``rlvr_apply_timer``)."""
     out = {}
     for arm in ARMS:
         worker.llm.collective_rpc("rlvr_apply_timer", args=(True,))
@@ -158,8 +158,8 @@ def run(
     """Build the engine, warm up, interleave ``reps`` repetitions of every arm; medians and ratios."""
     import torch
 
-    from rlvr_temp.config import EngineConfig, ModelConfig
-    from rlvr_temp.rollout import RolloutWorker
+    from rlvr_temp.config.schema import EngineConfig, ModelConfig
+    from rlvr_temp.engine.worker import RolloutWorker
 
     t0 = time.perf_counter()
     engine = EngineConfig(multiprocess=multiprocess and not profile)  # cProfile sees only this process

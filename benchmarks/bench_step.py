@@ -1,7 +1,7 @@
 """Where one demo GRPO step's time goes: generate, verify, learn, weight sync, whole step; and start-up.
 
 For each recipe (default: ``recipes/demo/fixed.yaml`` and ``recipes/demo/token.yaml``), in a fresh Ray cluster
-started by the trainer, this script builds :class:`rlvr_temp.trainer.Trainer` (timed: the start-up a user
+started by the trainer, this script builds :class:`rlvr_temp.driver.trainer.Trainer` (timed: the start-up a user
 waits for -- config, tokenizer, verifier pool, Ray, one rollout actor with its vLLM engine, the learner actor
 with its NF4 model, the first weight sync), then calls ``train_step()`` ``--steps`` times and reports the median
 of each phase's ``time/*`` metric over steps 1..N-1 (step 0 is a warm-up). Runs go to a temporary folder, with
@@ -36,8 +36,8 @@ def bench_recipe(recipe: str, steps: int, model: str | None = None) -> dict[str,
     """Start-up time and per-phase medians of one recipe (steps 1..steps-1)."""
     import ray
 
-    from rlvr_temp.config import load_config
-    from rlvr_temp.trainer import Trainer
+    from rlvr_temp.config.schema import load_config
+    from rlvr_temp.driver.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="rlvr_bench_step_") as tmp:
         overrides = [

@@ -6,7 +6,8 @@ so every round merges the adapters into the base, as in a run. Per round:
 
 * ``object_store`` (the earlier path): the learner builds the whole merged state dict on the CPU
   (``export_weights``), Ray carries it to the worker, which packs it to its engine process (``load_weights``);
-* ``gloo`` (rlvr_temp.sync / rlvr_temp.weight_sync): the learner streams the weights module by module from its
+* ``gloo`` (rlvr_temp.weights.sync / rlvr_temp.weights.transfer): the learner streams the weights module by module from
+its
   device in packed buckets straight into every vLLM worker process (``init_weight_sync`` once, then
   ``sync_weights``); the engine loads them with vLLM's layerwise reload.
 
@@ -40,11 +41,11 @@ def run(reps: int) -> dict[str, Any]:
     import ray
     import trl_grpo
 
-    from rlvr_temp.config import load_config
-    from rlvr_temp.launch import remote_learner
-    from rlvr_temp.rollout import remote_worker
-    from rlvr_temp.sync import BUCKET_BYTES
-    from rlvr_temp.weight_sync import RayEnginesClient
+    from rlvr_temp.config.schema import load_config
+    from rlvr_temp.driver.launch import remote_learner
+    from rlvr_temp.engine.worker import remote_worker
+    from rlvr_temp.weights.sync import BUCKET_BYTES
+    from rlvr_temp.weights.transfer import RayEnginesClient
 
     tmp = tempfile.mkdtemp(prefix="rlvr_bench_sync_")
     model, n_params = trl_grpo.build_model(Path(tmp) / "model")

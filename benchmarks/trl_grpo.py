@@ -83,7 +83,7 @@ def build_model(out_dir: str | Path) -> tuple[Path, int]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlvr_temp.tiny_model import build_tokenizer
+    from rlvr_temp.data.tiny_model import build_tokenizer
 
     out = Path(out_dir)
     tok = build_tokenizer(SHAPE["vocab_size"])
@@ -100,8 +100,8 @@ def build_model(out_dir: str | Path) -> tuple[Path, int]:
 
 def rlvr_config(model_path: str | Path, run_dir: str | Path, steps: int, layout: str | None = None) -> Any:
     """The rlvr_temp ``RunConfig`` of the comparison (``layout``: a ``resources.layout`` value, None = as shipped)."""
-    from rlvr_temp.config import RunConfig
-    from rlvr_temp.synthetic import PROMPT_TEMPLATE
+    from rlvr_temp.config.schema import RunConfig
+    from rlvr_temp.data.synthetic import PROMPT_TEMPLATE
 
     tree: dict[str, Any] = {
         "model": {"path": str(model_path), "dtype": "float32", "max_model_len": 256},
@@ -160,7 +160,7 @@ def rlvr_layouts() -> list[str | None]:
     """The ``resources.layout`` values to run (colocated first), or ``[None]`` where the config has no layouts."""
     from typing import get_args
 
-    from rlvr_temp.config import RunConfig
+    from rlvr_temp.config.schema import RunConfig
 
     field = RunConfig.model_fields.get("resources")
     sub = getattr(field, "annotation", None) if field else None
@@ -203,7 +203,7 @@ def prompt_rows(model_path: str | Path) -> list[dict[str, str]]:
     """The synthetic training prompts exactly as rlvr_temp formats them: ``prompt`` and ``ground_truth``."""
     from transformers import AutoTokenizer
 
-    from rlvr_temp.launch import load_train_prompts
+    from rlvr_temp.driver.launch import load_train_prompts
 
     cfg = rlvr_config(model_path, "unused", 1)
     rows, prompts = load_train_prompts(cfg, AutoTokenizer.from_pretrained(str(model_path)))
@@ -222,8 +222,8 @@ def run_trl(model_path: str, steps: int, baton: Baton) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOTrainer
 
+    from rlvr_temp.reward.verify import Verifier
     from rlvr_temp.utils import timed
-    from rlvr_temp.verify import Verifier
 
     torch.set_num_threads(THREADS)
     from datasets import Dataset
@@ -288,7 +288,7 @@ def run_rlvr(model_path: str, steps: int, layout: str | None, baton: Baton) -> d
     """``steps`` calls of rlvr_temp's ``Trainer.train_step()``, each when ``baton`` says; per-step ``time/*``."""
     import ray
 
-    from rlvr_temp.trainer import Trainer
+    from rlvr_temp.driver.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="rlvr_bench_trl_") as tmp:
         cfg = rlvr_config(model_path, Path(tmp) / "run", steps, layout)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from rlvr_temp import losses
-from rlvr_temp.answers import last_boxed, shape_reward
+from rlvr_temp.reward.answers import last_boxed, shape_reward
 from rlvr_temp.utils import atomic_write
 
 

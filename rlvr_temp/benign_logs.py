@@ -17,7 +17,7 @@ BENIGN_WARNINGS = {
     # Face hub (the `kernels` package, "kernels-community/quantization-bitsandbytes"), which can never succeed
     # offline, and warns when it fails at every start of every process. The fallback is bitsandbytes' own kernel,
     # and that kernel only runs on weights repacked for inference, which the learner turns off for correct LoRA
-    # gradients (rlvr_temp.learner.disable_cpu_4bit_repacking; docs/stack.md, which also measures both paths).
+    # gradients (rlvr_temp.learner.policy.disable_cpu_4bit_repacking; docs/stack.md, which also measures both paths).
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
     # vLLM, at every in-place weight reload: the rotary cos/sin cache is computed, not loaded, and is kept as it
     # was (greedy outputs after a sync equal a fresh engine's, tests/test_rollout_e2e.py).

@@ -46,7 +46,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from rlvr_temp.config import RunConfig
+from rlvr_temp.config.schema import RunConfig
 from rlvr_temp.utils import atomic_dir, atomic_write_text, flatten, fsync_dir
 
 log = logging.getLogger("rlvr_temp.checkpoint")

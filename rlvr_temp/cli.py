@@ -12,9 +12,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from rlvr_temp import __version__
-from rlvr_temp.config import ConfigError, EvalConfig, TokenRuleConfig, format_validation, load_config
-from rlvr_temp.config_docs import config_reference
-from rlvr_temp.yaml_recipe import read_yaml
+from rlvr_temp.config.recipe import read_yaml
+from rlvr_temp.config.reference import config_reference
+from rlvr_temp.config.schema import ConfigError, EvalConfig, TokenRuleConfig, format_validation, load_config
 
 EXIT_USAGE = 2  # bad recipe, override or argument
 
@@ -32,7 +32,7 @@ def recipe_kind(recipe: str) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a recipe of either kind against its own schema and print the resolved config."""
     if recipe_kind(args.recipe) == "sft":
-        from rlvr_temp.tgr import load_tgr_config
+        from rlvr_temp.learner.tgr import load_tgr_config
 
         tgr = load_tgr_config(args.recipe, args.overrides)
         print(f"# {args.recipe}: valid TGR supervised recipe (rlvr-temp sft)")
@@ -57,7 +57,7 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_model(args: argparse.Namespace) -> int:
-    from rlvr_temp.tiny_model import ensure_tiny_model
+    from rlvr_temp.data.tiny_model import ensure_tiny_model
 
     path = ensure_tiny_model(out_dir=args.out, seed=args.seed, force=args.force)
     print(f"tiny model ready: {path}")
@@ -65,7 +65,7 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rlvr_temp.trainer import train
+    from rlvr_temp.driver.trainer import train
 
     cfg = load_config(args.recipe, args.overrides)
     if args.ray_address:
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from rlvr_temp.sweep import SweepError, run_sweep
+    from rlvr_temp.driver.sweep import SweepError, run_sweep
 
     words = [*args.recipes, *args.overrides]  # argparse leaves KEY=VALUE words among the recipes
     recipes, overrides = [w for w in words if "=" not in w], [w for w in words if "=" in w]
@@ -86,14 +86,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rlvr_temp.demo import run_demo
+    from rlvr_temp.driver.demo import run_demo
 
     run_demo(out_dir=args.out, steps=args.steps)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rlvr_temp.compare import compare_runs
+    from rlvr_temp.evaluation.compare import compare_runs
 
     try:
         paths = compare_runs(
@@ -114,7 +114,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rlvr_temp.export import export_run
+    from rlvr_temp.learner.export import export_run
 
     out = export_run(args.run, args.out, step=args.step)
     print(f"exported {args.run} -> {out}")
@@ -122,7 +122,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rlvr_temp.evaluate import evaluate_model, format_table, write_results
+    from rlvr_temp.evaluation.evaluate import evaluate_model, format_table, write_results
 
     rule = None
     if args.t_low is not None or args.t_high is not None:
@@ -152,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_show_rollout(args: argparse.Namespace) -> int:
-    from rlvr_temp.show import render
+    from rlvr_temp.evaluation.show import render
 
     paths = render(args.run, args.step, args.index, args.out)
     print(f"html: {paths['html']}\npng:  {paths['png']}")
@@ -160,7 +160,7 @@ def cmd_show_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from rlvr_temp.tgr import main_sft
+    from rlvr_temp.learner.tgr import main_sft
 
     return main_sft(args.recipe, args.overrides)
 
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except Exception as exc:
         from rlvr_temp.checkpoint import ResumeError  # these import torch and Ray: only once something failed
-        from rlvr_temp.recovery import RunError
+        from rlvr_temp.driver.recovery import RunError
 
         if isinstance(exc, RunError):  # one line: step, actor, cause, where the traceback is
             return _fail(str(exc), 1)

@@ -101,8 +101,8 @@ def _save_model(ctx: Any) -> Path:
 
 
 def _build_and_load(ctx: Any) -> Any:
-    """Save the random-weight model, then load it with rlvr_temp.learner.load_policy (QLoRA)."""
-    from rlvr_temp.config import LearnerConfig, ModelConfig
+    """Save the random-weight model, then load it with rlvr_temp.learner.policy.load_policy (QLoRA)."""
+    from rlvr_temp.config.schema import LearnerConfig, ModelConfig
 
     _save_model(ctx)
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def _build_and_load(ctx: Any) -> Any:
 
 def _policy(ctx: Any) -> Any:
     if ctx.learner is None:
-        raise Outcome("SKIPPED", "rlvr_temp.learner did not import (see the import check)")
+        raise Outcome("SKIPPED", "rlvr_temp.learner.policy did not import (see the import check)")
     if ctx.policy is None and ctx.policy_error is None:
         try:
             ctx.policy = _build_and_load(ctx)
@@ -132,7 +132,12 @@ def _policy(ctx: Any) -> Any:
 def check_import(ctx: Any) -> dict[str, Any]:
     """The modules the checks use import, and neither vLLM nor Ray is imported with them."""
     metrics: dict[str, Any] = {"vllm_or_ray_loaded": "no"}
-    for name in ("rlvr_temp.temperature", "rlvr_temp.config", "rlvr_temp.checkpoint", "rlvr_temp.learner"):
+    for name in (
+        "rlvr_temp.temperature",
+        "rlvr_temp.config.schema",
+        "rlvr_temp.checkpoint",
+        "rlvr_temp.learner.policy",
+    ):
         t0 = time.perf_counter()
         try:
             module = importlib.import_module(name)
@@ -142,7 +147,7 @@ def check_import(ctx: Any) -> dict[str, Any]:
         loaded = [m for m in ("vllm", "ray") if m in sys.modules]
         if loaded and metrics["vllm_or_ray_loaded"] == "no":
             metrics["vllm_or_ray_loaded"] = f"{'/'.join(loaded)}, by importing {name}"
-        if name == "rlvr_temp.learner":
+        if name == "rlvr_temp.learner.policy":
             ctx.learner = module
     if metrics["vllm_or_ray_loaded"] != "no":
         raise Outcome("FAIL", f"{metrics['vllm_or_ray_loaded']} (must import without vLLM and Ray)", **metrics)
@@ -340,7 +345,7 @@ def check_processor_math(ctx: Any) -> dict[str, Any]:
 def check_checkpoint_cpu(ctx: Any) -> dict[str, Any]:
     """Learner.get_state's tensors after one AdamW step, and after save_checkpoint / load_checkpoint: all on CPU."""
     from rlvr_temp.checkpoint import load_checkpoint, save_checkpoint
-    from rlvr_temp.config import RunConfig
+    from rlvr_temp.config.schema import RunConfig
 
     q = _policy(ctx)
     opt = torch.optim.AdamW([p for p in q.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1)

@@ -1,11 +1,11 @@
 """Group 2 of scripts/gpu_smoke.py: the vLLM checks, through rlvr_temp's own engine code.
 
-One :class:`rlvr_temp.rollout.RolloutWorker` (vLLM's multiprocess mode, V1 model runner) on the smoke model (random
-weights in Qwen2.5-1.5B's shapes; ``--small``: 2 layers, vocabulary 1,024; the tiny model's character tokenizer, so
-nothing is downloaded) serves checks 1-5; check 2 (V2 runner, CUDA only) starts a second engine for a moment, and
-``trainer_step`` closes the first one and runs :class:`rlvr_temp.trainer.Trainer` (Ray, its own engine and NF4
-learner, colocated on one device) for one step. Importing this module imports neither vLLM nor Ray (group 1 runs
-on machines without them); every check is SKIPPED("vLLM not installed") when vLLM cannot be imported.
+One :class:`rlvr_temp.engine.worker.RolloutWorker` (vLLM's multiprocess mode, V1 model runner) on the smoke model
+(random weights in Qwen2.5-1.5B's shapes; ``--small``: 2 layers, vocabulary 1,024; the tiny model's character
+tokenizer, so nothing is downloaded) serves checks 1-5; check 2 (V2 runner, CUDA only) starts a second engine for a
+moment, and ``trainer_step`` closes the first one and runs :class:`rlvr_temp.driver.trainer.Trainer` (Ray, its own
+engine and NF4 learner, colocated on one device) for one step. Importing this module imports neither vLLM nor Ray
+(group 1 runs on machines without them); every check is SKIPPED("vLLM not installed") when vLLM cannot be imported.
 
 Left out: tensor parallelism (tests/test_engine_tp.py), learned mode's TTM head, and several engines.
 """
@@ -31,7 +31,7 @@ GROUP2 = {
     "records_aligned": "per-token temperatures / entropies / log-probs align with the tokens; hot share = configured",
     "rollout_vs_transformers_logprobs": "vLLM's processed log-probs equal transformers' at the recorded temperatures",
     "rollout_throughput": "token mode tokens/s against plain vLLM on the same engine (interleaved, medians)",
-    "weight_transfer": "rlvr_temp.sync.trainer_engine moves the weights; greedy output then equals transformers'",
+    "weight_transfer": "weights.sync.trainer_engine moves the weights; greedy output then equals transformers'",
     "trainer_step": "one Trainer.train_step, learner and engine colocated on one device",
 }
 # prompts x responses x tokens of records_aligned; prompts x tokens x repetitions of rollout_throughput
@@ -84,7 +84,7 @@ def _close(ctx: Any) -> None:
 
 def _model_dir(ctx: Any) -> str:
     """The smoke model's folder (group 1's random Qwen2, built here if group 1 did not), with a tokenizer."""
-    from rlvr_temp.tiny_model import build_tokenizer
+    from rlvr_temp.data.tiny_model import build_tokenizer
 
     path = ctx.save_model()
     if not (path / "tokenizer.json").exists():
@@ -99,8 +99,8 @@ def _need(ctx: Any, attr: str, what: str) -> Any:
 
 
 def _worker(ctx: Any, runner: str) -> Any:
-    from rlvr_temp.config import EngineConfig, ModelConfig
-    from rlvr_temp.rollout import RolloutWorker
+    from rlvr_temp.config.schema import EngineConfig, ModelConfig
+    from rlvr_temp.engine.worker import RolloutWorker
 
     path, s = _model_dir(ctx), ctx.settings
     ctx.sync_backend = "gloo" if ctx.kind != "cuda" else "nccl" if torch.cuda.device_count() > 1 else "ipc"
@@ -134,7 +134,7 @@ def _engine(ctx: Any, runner: str) -> tuple[Any, dict[str, Any]]:
 
 
 def _token_strategy() -> Any:
-    from rlvr_temp.config import TemperatureConfig, TokenRuleConfig
+    from rlvr_temp.config.schema import TemperatureConfig, TokenRuleConfig
     from rlvr_temp.temperature import make_strategy
 
     return make_strategy(TemperatureConfig(mode="token", token=TokenRuleConfig(**RULE)))
@@ -299,8 +299,8 @@ def _greedy(worker: Any, prompts: list[str], m: int) -> list[Any]:
 def check_weight_transfer(ctx: Any) -> dict[str, Any]:
     """Perturbed weights (rounded to the engine's dtype) on the device, sent with the run's backend; the engine's
     greedy tokens after the update against transformers' greedy choice on the same weights (teacher-forced)."""
-    from rlvr_temp.sync import send, trainer_engine
-    from rlvr_temp.weight_source import PolicySource
+    from rlvr_temp.weights.source import PolicySource
+    from rlvr_temp.weights.sync import send, trainer_engine
 
     worker, model = _need(ctx, "worker", "the V1 engine"), _reference(ctx)
     prompts, m = _prompts(8), ctx.settings["greedy"]
@@ -342,8 +342,8 @@ def check_trainer_step(ctx: Any) -> dict[str, Any]:
     all 0, and the step must still learn and sync); its own Ray cluster, engine and learner."""
     import ray
 
-    from rlvr_temp.config import load_config
-    from rlvr_temp.trainer import Trainer
+    from rlvr_temp.config.schema import load_config
+    from rlvr_temp.driver.trainer import Trainer
 
     _close(ctx)  # the checks' engine and reference model make room for the run's
     run_dir = ctx.tmp / "trainer_step"  # group 1 wrote its checkpoint to run/

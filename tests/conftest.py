@@ -19,7 +19,7 @@ def tiny_model_path() -> str:
 
     ``RLVR_TEMP_TEST_MODEL`` points the tests at another model directory instead.
     """
-    from rlvr_temp.tiny_model import ensure_tiny_model
+    from rlvr_temp.data.tiny_model import ensure_tiny_model
 
     if os.environ.get("RLVR_TEMP_TEST_MODEL"):
         return os.environ["RLVR_TEMP_TEST_MODEL"]

@@ -21,7 +21,7 @@ from rlvr_temp.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from rlvr_temp.config import load_config
+from rlvr_temp.config.schema import load_config
 
 
 def _states(step: int):

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from rlvr_temp.checkpoint import find_resume, load_checkpoint, save_checkpoint, verify_checkpoint
-from rlvr_temp.config import load_config
+from rlvr_temp.config.schema import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ import functools, os, signal, sys, time
 import torch
 torch.set_num_threads(1)  # the savers are forked: no thread pools to lose
 from rlvr_temp.checkpoint import rng_state, save_checkpoint
-from rlvr_temp.config import load_config
+from rlvr_temp.config.schema import load_config
 from rlvr_temp.utils import lr_factor
 
 def say(*parts):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from rlvr_temp.cli import main
-from rlvr_temp.compare import compare_runs
+from rlvr_temp.evaluation.compare import compare_runs
 
 
 def _fake_run(path: Path, name: str, mode: str, steps: int, slope: float) -> Path:
@@ -43,7 +43,7 @@ def test_compare_two_runs_of_different_lengths(tmp_path):
     assert "No held-out evaluation" in table  # no eval/step_*.json: training curves only
     assert "| a | 1 | ? | 12 |" in table  # arms: directory names (no trainer.name, no trainer.seed)
     assert 'src="data:image/png;base64,' in paths["report"].read_text()
-    from rlvr_temp.compare import load_run
+    from rlvr_temp.evaluation.compare import load_run
 
     assert any("eval/synthetic/avg@4" in r for r in load_run(a)["rows"])
 
@@ -60,7 +60,7 @@ def test_compare_cli_errors(tmp_path, capsys):
 
 @pytest.fixture
 def run_with_dump(tmp_path):
-    from rlvr_temp.tiny_model import build_tokenizer
+    from rlvr_temp.data.tiny_model import build_tokenizer
 
     tok_dir = tmp_path / "tok"
     build_tokenizer().save_pretrained(tok_dir)

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from rlvr_temp.cli import main
-from rlvr_temp.compare import arm_name, compare_runs, group_runs, heldout_scores, load_run, strip_seed
-from rlvr_temp.evaluate import pass_at_k
-from rlvr_temp.stats import (
+from rlvr_temp.evaluation.compare import arm_name, compare_runs, group_runs, heldout_scores, load_run, strip_seed
+from rlvr_temp.evaluation.evaluate import pass_at_k
+from rlvr_temp.evaluation.stats import (
     Interval,
     bootstrap_diff,
     bootstrap_mean,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rlvr_temp.cli import main
-from rlvr_temp.config import ConfigError, RunConfig, load_config, save_config
-from rlvr_temp.config_docs import config_reference
+from rlvr_temp.config.reference import config_reference
+from rlvr_temp.config.schema import ConfigError, RunConfig, load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_every_shipped_recipe_validates():
     assert recipes, "no recipes shipped"
     for path in recipes:
         if path.parent.name == "tgr":  # supervised TGR recipes have their own schema
-            from rlvr_temp.tgr import TGRConfig
+            from rlvr_temp.learner.tgr import TGRConfig
 
             load_config(path, schema=TGRConfig)
         else:

@@ -1,4 +1,4 @@
-"""Tests of rlvr_temp.data: bundled sets, jsonl/json/verl-parquet loading, prompt template, PromptStream."""
+"""Tests of rlvr_temp.data.sources: bundled sets, jsonl/json/verl-parquet loading, prompt template, PromptStream."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_temp import data
-from rlvr_temp.data import BUNDLED, DataError, PromptStream, format_prompt, load_prompts
+from rlvr_temp.data import sources as data
+from rlvr_temp.data.sources import BUNDLED, DataError, PromptStream, format_prompt, load_prompts
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
 """Rollout engines as vLLM runs them on GPUs, proven on vLLM's CPU backend: the engine core and one worker process
-per tensor-parallel rank, the temperature processor reached through the worker extension (rlvr_temp.vllm_worker).
+per tensor-parallel rank, the temperature processor reached through the worker extension (rlvr_temp.engine.extension).
 
 TP=2 records (token ids, per-token temperatures, entropies, log-probs) match a TP=1 engine's for the same seed in
 ``token`` and ``token+mixture`` modes (per-response windows: the global window's first decode steps depend on how
@@ -20,7 +20,7 @@ MODES = ["token", "token+mixture"]
 
 
 def _strategy(mode: str, scope: str):
-    from rlvr_temp.config import MixtureConfig, TemperatureConfig, TokenRuleConfig
+    from rlvr_temp.config.schema import MixtureConfig, TemperatureConfig, TokenRuleConfig
     from rlvr_temp.temperature import make_strategy
 
     token = TokenRuleConfig(t_low=0.9, t_high=1.4, hot_fraction=0.3, window=4096, scope=scope)
@@ -29,8 +29,8 @@ def _strategy(mode: str, scope: str):
 
 def _records(tp: int, tiny_model_path: str) -> dict[str, list]:
     """Every mode's rollouts from one engine with this tensor-parallel size (then the engine is shut down)."""
-    from rlvr_temp.config import EngineConfig, ModelConfig
-    from rlvr_temp.rollout import RolloutWorker
+    from rlvr_temp.config.schema import EngineConfig, ModelConfig
+    from rlvr_temp.engine.worker import RolloutWorker
 
     worker = RolloutWorker(
         tiny_model_path, ModelConfig(path=tiny_model_path, max_model_len=256), EngineConfig(tensor_parallel_size=tp)
@@ -100,8 +100,8 @@ def test_tp2_global_window_records_are_aligned(tp2):
 def test_tp2_trains_end_to_end(ray_cluster, tmp_path, tiny_model_path):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("tensor parallelism on CPU needs 2 cores")
-    from rlvr_temp.config import load_config
-    from rlvr_temp.trainer import train
+    from rlvr_temp.config.schema import load_config
+    from rlvr_temp.driver.trainer import train
 
     overrides = [
         "rollout.engine.tensor_parallel_size=2",
@@ -128,7 +128,7 @@ def test_tp2_trains_end_to_end(ray_cluster, tmp_path, tiny_model_path):
 
 
 def test_cpu_thread_binding_pins_each_worker_to_its_own_cores(monkeypatch):
-    from rlvr_temp.rollout import cpu_thread_binding
+    from rlvr_temp.engine.worker import cpu_thread_binding
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
     assert cpu_thread_binding(1) == "nobind"  # no thread count: threads float

@@ -6,7 +6,7 @@ from math import comb
 
 import pytest
 
-from rlvr_temp.evaluate import k_values, maj_at_k, pass_at_k, summarize
+from rlvr_temp.evaluation.evaluate import k_values, maj_at_k, pass_at_k, summarize
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import json
 import pytest
 import ray
 
-from rlvr_temp.config import load_config
-from rlvr_temp.trainer import Trainer
+from rlvr_temp.config.schema import load_config
+from rlvr_temp.driver.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +86,7 @@ def test_killed_worker_and_learner_are_recovered_and_the_metrics_are_unchanged(r
 
 
 def test_an_error_inside_an_actor_ends_the_run_in_one_line(ray_cluster, tmp_path):
-    from rlvr_temp.recovery import RunError
+    from rlvr_temp.driver.recovery import RunError
 
     cfg = load_config("recipes/demo/base.yaml", [*BASE, f"trainer.run_dir={tmp_path / 'bad'}", "trainer.total_steps=1"])
     trainer = Trainer(cfg)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_temp.config import load_config, save_config
-from rlvr_temp.data import DataError, load_prompts
-from rlvr_temp.launch import _job_env_vars, load_train_rows, resolve_model
+from rlvr_temp.config.schema import load_config, save_config
+from rlvr_temp.data.sources import DataError, load_prompts
+from rlvr_temp.driver.launch import _job_env_vars, load_train_rows, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -93,7 +93,7 @@ def test_missing_hub_model_offline_is_one_line_naming_id_and_cache(hub_cache):
 
 def test_local_directory_and_tiny_still_work(tmp_path, tiny_model_path):
     assert resolve_model(tiny_model_path) == tiny_model_path
-    from rlvr_temp.tiny_model import ensure_tiny_model
+    from rlvr_temp.data.tiny_model import ensure_tiny_model
 
     assert resolve_model("tiny") == str(ensure_tiny_model()) and (Path(resolve_model("tiny")) / "config.json").is_file()
     with pytest.raises(FileNotFoundError, match="no such directory, and not a Hugging Face hub id"):
@@ -159,7 +159,7 @@ def test_relative_run_dir_is_absolute_from_the_launch_directory(tmp_path, monkey
 
 
 def test_relative_run_dir_in_a_ray_job_needs_the_run_root(tmp_path, monkeypatch):
-    from rlvr_temp.config import ConfigError
+    from rlvr_temp.config.schema import ConfigError
 
     monkeypatch.delenv("RLVR_TEMP_RUN_ROOT", raising=False)
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": {"working_dir": "gcs://x.zip"}}))

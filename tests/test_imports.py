@@ -176,21 +176,21 @@ def test_module_level_import_resolution() -> None:
         "from rlvr_temp import losses, __version__\n"
         "from . import config\n"
         "from .temperature import window\n"
-        "try:\n    from rlvr_temp.data import format_prompt\nexcept ImportError:\n    pass\n"
-        "if TYPE_CHECKING:\n    from rlvr_temp.learner import Learner\nelse:\n    from rlvr_temp import verify\n"
-        "def f():\n    from rlvr_temp.trainer import Trainer\n"
+        "try:\n    from rlvr_temp.data.sources import format_prompt\nexcept ImportError:\n    pass\n"
+        "if TYPE_CHECKING:\n    from rlvr_temp.learner.policy import Learner\nelse:\n    from rlvr_temp import verify\n"
+        "def f():\n    from rlvr_temp.driver.trainer import Trainer\n"
         "class C:\n    from rlvr_temp import metrics\n"
         "import numpy\n"
     )
-    assert _edges("rlvr_temp.evaluate", src) == {
+    assert _edges("rlvr_temp.evaluation.evaluate", src) == {
         "rlvr_temp.temperature.ttm",
         "rlvr_temp.temperature",
         "rlvr_temp.losses",
         "rlvr_temp",
-        "rlvr_temp.config",
+        "rlvr_temp.config.schema",
         "rlvr_temp.temperature.window",
-        "rlvr_temp.data",
-        "rlvr_temp.verify",
+        "rlvr_temp.data.sources",
+        "rlvr_temp.reward.verify",
         "rlvr_temp.metrics",
     }
     # inside a subpackage: relative imports resolve against it, and its own __init__ is not an edge
@@ -211,7 +211,7 @@ def test_no_module_level_import_cycle() -> None:
 def test_the_learner_and_the_temperature_package_import_without_ray_or_vllm():
     """The GPU smoke test's first group runs where neither is installed (scripts/gpu_smoke.py)."""
     code = (
-        "import sys, rlvr_temp.learner, rlvr_temp.temperature, rlvr_temp.checkpoint; "
+        "import sys, rlvr_temp.learner.policy, rlvr_temp.temperature, rlvr_temp.checkpoint; "
         "print(sorted(m for m in ('ray', 'vllm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_temp.config import load_config
-from rlvr_temp.placement import PlacementError, Slot, plan
+from rlvr_temp.config.schema import load_config
+from rlvr_temp.driver.placement import PlacementError, Slot, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes/demo/base.yaml"
@@ -51,7 +51,7 @@ def test_split_plan_is_one_bundle_per_actor():
 def test_a_recipe_the_cluster_cannot_hold_fails_in_one_line(ray_cluster):
     from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
-    from rlvr_temp.placement import reserve
+    from rlvr_temp.driver.placement import reserve
 
     def pending() -> list[str]:
         return [g["name"] for g in placement_group_table().values() if g["state"] == "PENDING"]
@@ -89,7 +89,7 @@ def test_the_cli_says_what_is_missing(tmp_path, tiny_model_path, error_line):
 
 @pytest.mark.slow
 def test_colocated_run_trains_and_records_each_actor_in_its_bundle(ray_cluster, tmp_path, tiny_model_path):
-    from rlvr_temp.trainer import Trainer
+    from rlvr_temp.driver.trainer import Trainer
 
     overrides = [
         f"trainer.run_dir={tmp_path / 'run'}",

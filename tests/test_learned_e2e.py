@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from rlvr_temp.config import load_config
+from rlvr_temp.config.schema import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_learned_mode_records_trains_and_matches(tmp_path, tiny_model_path):
     import ray
 
-    from rlvr_temp.trainer import Trainer
+    from rlvr_temp.driver.trainer import Trainer
 
     cfg = load_config(
         "recipes/demo/learned.yaml",

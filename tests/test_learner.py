@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rlvr_temp.batch import TrainBatch, collate
-from rlvr_temp.config import RunConfig
-from rlvr_temp.learner import Learner
+from rlvr_temp.config.schema import RunConfig
+from rlvr_temp.learner.policy import Learner
 
 AGGS = (None, "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 

@@ -10,8 +10,8 @@ import torch
 
 from rlvr_temp.batch import TrainBatch
 from rlvr_temp.checkpoint import ResumeError, check_compatible, load_checkpoint, save_checkpoint
-from rlvr_temp.config import RunConfig
-from rlvr_temp.data_parallel import split_by_tokens
+from rlvr_temp.config.schema import RunConfig
+from rlvr_temp.learner.parallel import split_by_tokens
 
 
 def _batch(n: int = 8, seed: int = 0) -> TrainBatch:
@@ -76,9 +76,9 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path, tiny_model_path, mode):
-    from rlvr_temp.launch import start_learner
-    from rlvr_temp.learner import Learner
-    from rlvr_temp.placement import release
+    from rlvr_temp.driver.launch import start_learner
+    from rlvr_temp.driver.placement import release
+    from rlvr_temp.learner.policy import Learner
 
     batch = _batch()
     single = Learner(tiny_model_path, _cfg(tiny_model_path, mode, 1), num_threads=1)

@@ -2,7 +2,7 @@
 
 The learner trains LoRA adapters on a bitsandbytes NF4 base (``learner.mode=qlora``). On CPUs with AVX512-BF16,
 bitsandbytes repacks a Linear4bit's weight on its first no-grad eval-mode forward, and from then on runs the
-layer through a kernel without autograd, so LoRA gradients are silently wrong; rlvr_temp.learner
+layer through a kernel without autograd, so LoRA gradients are silently wrong; rlvr_temp.learner.policy
 ``disable_cpu_4bit_repacking`` turns that off. This test does what a training step does (one no-grad eval forward,
 then forward + backward in train mode) and checks the adapters' gradients against a plain fp32 model built from
 the dequantised weights.
@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers
 
-from rlvr_temp.learner import disable_cpu_4bit_repacking
+from rlvr_temp.learner.policy import disable_cpu_4bit_repacking
 
 # Every Linear4bit output width a multiple of 32 (q/o 128, k/v 64, gate/up 256, down 128, lm_head 96).
 CONFIG = dict(

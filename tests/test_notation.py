@@ -1,4 +1,4 @@
-"""Tests for rlvr_temp.notation (programmatic notation -> LaTeX) and the bundled sets' self-agreement.
+"""Tests for rlvr_temp.reward.notation (programmatic notation -> LaTeX) and the bundled sets' self-agreement.
 
 ``python tests/test_notation.py [set ...]`` prints the agreement table of docs/verifier.md: for each bundled
 eval set, the share of rows whose raw ground truth (and, where the raw form is Python notation, an
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from rlvr_temp.answers import normalize_ground_truth
-from rlvr_temp.notation import to_latex
-from rlvr_temp.verify import Verifier
+from rlvr_temp.reward.answers import normalize_ground_truth
+from rlvr_temp.reward.notation import to_latex
+from rlvr_temp.reward.verify import Verifier
 
 EVAL_SETS = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench", "gsm8k")
 
@@ -120,7 +120,7 @@ def test_normalize_ground_truth_notation_switch():
 def test_comparison_helpers():
     from math_verify import parse
 
-    from rlvr_temp.notation import comparison_precision, number_value, numerically_close
+    from rlvr_temp.reward.notation import comparison_precision, number_value, numerically_close
 
     assert comparison_precision(None) == comparison_precision(0.5) == comparison_precision(1e30) == (6, 15)
     assert comparison_precision(0.05) == (6, 16)
@@ -183,7 +183,7 @@ _FUNCS |= {f: f for f in ("sin", "cos", "tan")}
 
 def latex_rendering(raw: str) -> str | None:
     """LaTeX for a ground truth in Python notation (``3.83e35``, ``-1./3``, ``np.arcsin(10/13)``), built
-    independently of rlvr_temp.notation: parsed with ``ast`` (never evaluated) into sympy, printed by
+    independently of rlvr_temp.reward.notation: parsed with ``ast`` (never evaluated) into sympy, printed by
     ``sympy.latex``. None when ``raw`` is not such an expression."""
     import sympy
 
@@ -236,7 +236,7 @@ def rendering(plain: str, normalised: str) -> str | None:
 
 def bundled_golds(name: str) -> list[Any]:
     """The raw answer values of a bundled set, as load_prompts extracts them (before any normalisation)."""
-    from rlvr_temp import data
+    from rlvr_temp.data import sources as data
 
     ds = data.load_prompts(name)
     return list(ds["ground_truth_raw"])

@@ -8,9 +8,9 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from rlvr_temp.config import TemperatureConfig
+from rlvr_temp.config.schema import TemperatureConfig
+from rlvr_temp.engine.processor_v1 import EXTRA_KEY, TemperatureProcessor
 from rlvr_temp.temperature import make_strategy
-from rlvr_temp.vllm_processor import EXTRA_KEY, TemperatureProcessor
 
 
 def _proc() -> TemperatureProcessor:
@@ -109,8 +109,8 @@ def test_a_one_way_move_onto_an_occupied_row_releases_its_window():
 def test_real_engine_keeps_one_window_and_leaks_none(tiny_model_path):
     """A real engine: a linear schedule over 3 generate calls keeps one global window that grows, and no
     per-sequence window outlives its generate call."""
-    from rlvr_temp.config import EngineConfig, ModelConfig
-    from rlvr_temp.rollout import RolloutWorker
+    from rlvr_temp.config.schema import EngineConfig, ModelConfig
+    from rlvr_temp.engine.worker import RolloutWorker
 
     worker = RolloutWorker(
         tiny_model_path, ModelConfig(path=tiny_model_path, max_model_len=128), EngineConfig(), seed=0
@@ -122,7 +122,7 @@ def test_real_engine_keeps_one_window_and_leaks_none(tiny_model_path):
         base_t = scheduled.base_temperature(step)
         temps = [scheduled.group_temperatures(base_t, 4)] * len(prompts)
         groups = worker.generate(prompts, temps, max_tokens=12, strategy=scheduled, seed=step)
-        rules = worker.temperature_state()["rules"]  # from the engine's worker process (rlvr_temp.vllm_worker)
+        rules = worker.temperature_state()["rules"]  # from the engine's worker process (rlvr_temp.engine.extension)
         assert len(rules) == 1
         _config, rule_state = next(iter(rules.values()))
         lengths.append(len(rule_state["window"]["values"]))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from rlvr_temp.batch import TrainBatch
-from rlvr_temp.config import RunConfig
-from rlvr_temp.learner import Learner
-from rlvr_temp.prompt_share import prompt_chunks
+from rlvr_temp.config.schema import RunConfig
+from rlvr_temp.learner.policy import Learner
+from rlvr_temp.learner.prompt_share import prompt_chunks
 
 
 def _config(tiny_model_path: str, mode: str, **learner: object) -> RunConfig:

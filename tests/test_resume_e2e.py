@@ -123,9 +123,9 @@ def test_export_loads_and_decodes_like_the_policy(reference, tmp_path, tiny_mode
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlvr_temp.checkpoint import load_checkpoint
-    from rlvr_temp.config import RunConfig
-    from rlvr_temp.export import export_run
-    from rlvr_temp.learner import Learner
+    from rlvr_temp.config.schema import RunConfig
+    from rlvr_temp.learner.export import export_run
+    from rlvr_temp.learner.policy import Learner
 
     out = export_run(reference, tmp_path / "exported")
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

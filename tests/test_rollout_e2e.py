@@ -24,14 +24,14 @@ def ray_cluster():
 
 
 def _engine(cls, path: str):
-    from rlvr_temp.config import EngineConfig, ModelConfig
+    from rlvr_temp.config.schema import EngineConfig, ModelConfig
 
     return cls.remote(path, ModelConfig(path=path, max_model_len=256), EngineConfig(), seed=0)
 
 
 def _token(**rule):
     """The `token` strategy with this rule (base temperature 1.0); unvalidated, so bad values reach the engine."""
-    from rlvr_temp.config import TemperatureConfig, TokenRuleConfig
+    from rlvr_temp.config.schema import TemperatureConfig, TokenRuleConfig
     from rlvr_temp.temperature import make_strategy
 
     token = TokenRuleConfig.model_construct(**{**TokenRuleConfig().model_dump(), **rule})
@@ -42,7 +42,7 @@ def _token(**rule):
 
 @pytest.fixture(scope="module")
 def worker(ray_cluster, tiny_model_path):
-    from rlvr_temp.rollout import remote_worker
+    from rlvr_temp.engine.worker import remote_worker
 
     w = _engine(remote_worker(num_cpus=1), tiny_model_path)
     assert ray_cluster.get(w.ping.remote()) == "ok"
@@ -151,7 +151,7 @@ def test_rollout_dump_has_every_field(ray_cluster, worker, tmp_path):
 def test_greedy_after_update_weights_equals_fresh_engine(ray_cluster, tiny_model_path, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlvr_temp.rollout import remote_worker
+    from rlvr_temp.engine.worker import remote_worker
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     gen = torch.Generator().manual_seed(0)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr_temp import sweep
 from rlvr_temp.cli import parse_args
+from rlvr_temp.driver import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo"
@@ -49,7 +49,7 @@ def test_plan_sets_seed_run_dir_name_and_resume(tmp_path):
 
 
 def test_placement_bundles_follow_the_recipe():
-    from rlvr_temp.config import load_config
+    from rlvr_temp.config.schema import load_config
 
     gpu = load_config(GPU / "qwen_math_token.yaml")
     assert sweep.placement_bundles(gpu) == [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
@@ -155,7 +155,7 @@ def test_sweep_killed_after_its_first_run_resumes_only_what_is_missing(tmp_path,
 def test_cluster_path_runs_each_run_in_its_own_placement_group(tmp_path):
     import ray
 
-    def fake_train(cfg):  # stands in for rlvr_temp.trainer.train inside the run's task (pickled by value)
+    def fake_train(cfg):  # stands in for rlvr_temp.driver.trainer.train inside the run's task (pickled by value)
         import ray as r
         import torch
         from ray.util import get_current_placement_group, placement_group_table

@@ -1,4 +1,4 @@
-"""The driver's side of the weight sync (rlvr_temp.sync.EngineSync): which backend and sleep mode a recipe gets,
+"""The driver's side of the weight sync (rlvr_temp.weights.sync.EngineSync): which backend and sleep mode a recipe gets,
 the order of sleep / wake / transfer calls, and re-forming the transfer group after an actor restart. Recording
 Ray actors stand in for the learner and the engines (the real transfer is tests/test_weight_sync.py's and the
 end-to-end tests')."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import ray
 
-from rlvr_temp.config import load_config
-from rlvr_temp.sync import EngineSync
+from rlvr_temp.config.schema import load_config
+from rlvr_temp.weights.sync import EngineSync
 
 
 def _cfg(*overrides: str):

@@ -1,6 +1,6 @@
 """Tests of Temperature-Guided Reasoning: the TTM head, its regulariser, GSoT, the sampling-range map, the bundled
 WikiQA loader, the SFT batches (labels never on padding) and the CPU SFT recipe (rlvr_temp.temperature.ttm,
-rlvr_temp.tgr)."""
+rlvr_temp.learner.tgr)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,8 @@ import pytest
 import torch
 
 from rlvr_temp.cli import main as cli_main
-from rlvr_temp.config import ConfigError, TrainerBase, TrainerConfig, load_config
-from rlvr_temp.temperature import (
-    TokenTemperatureHead,
-    gsot_mask,
-    gsot_weights,
-    load_head,
-    save_head,
-    temperature_regularization,
-    to_sampling_range,
-)
-from rlvr_temp.tgr import (
+from rlvr_temp.config.schema import ConfigError, TrainerBase, TrainerConfig, load_config
+from rlvr_temp.learner.tgr import (
     RENAMED_KEYS,
     WIKIQA_POSITIVES,
     TGRConfig,
@@ -35,6 +26,15 @@ from rlvr_temp.tgr import (
     load_wikiqa,
     sft_loss,
     train_sft,
+)
+from rlvr_temp.temperature import (
+    TokenTemperatureHead,
+    gsot_mask,
+    gsot_weights,
+    load_head,
+    save_head,
+    temperature_regularization,
+    to_sampling_range,
 )
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "tgr"
@@ -145,7 +145,7 @@ def test_wikiqa_label1_counts() -> None:
 
 @pytest.mark.parametrize("pad_is_eos", [False, True])
 def test_labels_never_contain_padding(pad_is_eos: bool) -> None:
-    from rlvr_temp.tiny_model import build_tokenizer
+    from rlvr_temp.data.tiny_model import build_tokenizer
 
     tok = build_tokenizer()
     rows = load_wikiqa("dev", limit=6)
@@ -166,7 +166,7 @@ def test_labels_never_contain_padding(pad_is_eos: bool) -> None:
 
 
 def _tiny(t0: float) -> tuple[torch.nn.Module, TokenTemperatureHead, dict, object]:
-    from rlvr_temp.tiny_model import TinyModelSettings, build_tokenizer, make_model
+    from rlvr_temp.data.tiny_model import TinyModelSettings, build_tokenizer, make_model
 
     tok = build_tokenizer()
     model = make_model(TinyModelSettings(num_layers=1), tok)
@@ -218,7 +218,7 @@ def test_malformed_recipe_names_the_key(tmp_path: Path) -> None:
 SHARED = {
     "trainer.total_steps": 3,
     "trainer.seed": 7,
-    "trainer.run_dir": "/runs/x",  # relative ones are made absolute (rlvr_temp.run_root)
+    "trainer.run_dir": "/runs/x",  # relative ones are made absolute (rlvr_temp.config.run_root)
     "model.path": "/m",
     "model.dtype": "bfloat16",
 }

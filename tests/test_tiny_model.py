@@ -12,8 +12,8 @@ import pytest
 import torch
 import transformers
 
-from rlvr_temp import synthetic
-from rlvr_temp import tiny_model as tm
+from rlvr_temp.data import synthetic
+from rlvr_temp.data import tiny_model as tm
 
 # Small settings for the cache/determinism tests (seconds, not minutes).
 SMALL = tm.TinyModelSettings(

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from rlvr_temp.config import load_config
+from rlvr_temp.config.schema import load_config
 from rlvr_temp.temperature import make_strategy
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ BASE = [
 
 
 def _trainer(tmp_path, name: str, overrides: list[str]):
-    from rlvr_temp.trainer import Trainer
+    from rlvr_temp.driver.trainer import Trainer
 
     cfg = load_config("recipes/demo/base.yaml", [*BASE, f"trainer.run_dir={tmp_path / name}", *overrides])
     return Trainer(cfg)
@@ -116,7 +116,7 @@ def test_dead_rollout_worker_stops_the_run_and_keeps_what_was_written(ray_cluste
     """A rollout worker that dies for good (Ray does not restart it): the run stops with one line naming the step,
     finished steps stay in metrics.jsonl, and the newest checkpoint is complete and picked by auto-resume."""
     from rlvr_temp.checkpoint import find_resume
-    from rlvr_temp.recovery import RunError
+    from rlvr_temp.driver.recovery import RunError
 
     trainer = _trainer(
         tmp_path,
@@ -176,7 +176,7 @@ def test_demo_fixed_arm_learns_and_writes_the_comparison(tmp_path, tiny_model_pa
     """`make demo`'s driver on its fixed arm (20 steps): reward of the last 5 steps above the first 5."""
     import ray
 
-    from rlvr_temp.demo import run_demo
+    from rlvr_temp.driver.demo import run_demo
     from rlvr_temp.metrics import read_metrics
 
     if ray.is_initialized():

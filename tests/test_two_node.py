@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from test_hub import fake_hub_model
 
-from rlvr_temp.config import RunConfig
+from rlvr_temp.config.schema import RunConfig
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests for rlvr_temp.verify (CPU only; one shared 2-worker Verifier, plus one small one for timeouts)."""
+"""Tests for rlvr_temp.reward.verify (CPU only; one shared 2-worker Verifier, plus one small one for timeouts)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from fractions import Fraction
 
 import pytest
 
-from rlvr_temp import verify as V
-from rlvr_temp.verify import Verifier, extract_answer, last_boxed, normalize_ground_truth, shape_reward
+from rlvr_temp.reward import verify as V
+from rlvr_temp.reward.verify import Verifier, extract_answer, last_boxed, normalize_ground_truth, shape_reward
 
 
 @pytest.fixture(scope="module")

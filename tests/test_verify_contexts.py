@@ -1,4 +1,4 @@
-"""rlvr_temp.verify from every calling context, each in a real subprocess.
+"""rlvr_temp.reward.verify from every calling context, each in a real subprocess.
 
 Workers are launched with ``__main__``'s ``__file__`` / ``__spec__`` hidden, so they never re-run the caller's
 main module: a script without ``if __name__ == "__main__":``, ``python -`` (stdin), ``python -c``,
@@ -25,7 +25,7 @@ SNIPPET = textwrap.dedent(
     t0 = time.monotonic()
     import __main__
     before = (getattr(__main__, "__file__", None), getattr(__main__, "__spec__", None))
-    from rlvr_temp.verify import Verifier, score
+    from rlvr_temp.reward.verify import Verifier, score
     print("SCORE", score(r"The answer is \\boxed{1/2}.", "0.5"), flush=True)
     with Verifier(num_workers=1, start_method=START) as v:
         print("SCORE", v.score(r"\\boxed{3.83 \\times 10^{35}}", "3.83e35"), flush=True)
@@ -110,7 +110,7 @@ def test_ray_actor(tmp_path):
             @ray.remote
             class Scorer:
                 def run(self):
-                    from rlvr_temp.verify import score
+                    from rlvr_temp.reward.verify import score
                     return score(r"\\boxed{1/2}", "0.5")
 
             print("SCORE", ray.get(Scorer.remote().run.remote(), timeout=50), flush=True)
@@ -129,7 +129,7 @@ def test_start_failure_is_one_line_and_quick(tmp_path):
         f"""
         import sys
         sys.path.insert(0, {str(broken.parent)!r})
-        from rlvr_temp.verify import Verifier
+        from rlvr_temp.reward.verify import Verifier
         try:
             Verifier(num_workers=1)
         except RuntimeError as e:

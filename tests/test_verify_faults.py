@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from rlvr_temp.verify import MAX_IDLE_RESTARTS, Verifier
+from rlvr_temp.reward.verify import MAX_IDLE_RESTARTS, Verifier
 
 # distinct pairs (identical ones would be judged once), a third of them wrong
 ANSWERS = [

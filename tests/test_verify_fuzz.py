@@ -15,9 +15,9 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
-from rlvr_temp.answers import normalize_ground_truth
-from rlvr_temp.notation import to_latex
-from rlvr_temp.verify import Verifier
+from rlvr_temp.reward.answers import normalize_ground_truth
+from rlvr_temp.reward.notation import to_latex
+from rlvr_temp.reward.verify import Verifier
 
 SEED = 20240601
 TIMEOUT_S = 2.0

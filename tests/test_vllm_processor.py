@@ -12,7 +12,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from rlvr_temp.vllm_processor import TemperatureProcessor, parse_request
+from rlvr_temp.engine.processor_v1 import TemperatureProcessor, parse_request
 
 RULE = {"t_low": 0.7, "t_high": 1.3, "hot_fraction": 0.25, "window": 64, "scope": "sequence"}
 
@@ -141,7 +141,7 @@ def test_state_round_trip_restores_window():
 
 
 def test_quiet_vllm_logs_sets_vllms_level_in_the_env_and_the_logger(monkeypatch):
-    from rlvr_temp.rollout import quiet_vllm_logs
+    from rlvr_temp.engine.worker import quiet_vllm_logs
 
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")
     vllm_log = logging.getLogger("vllm")
@@ -155,7 +155,7 @@ def test_idle_spin_is_shortened_for_queues_made_afterwards(monkeypatch, tmp_path
     import zmq
     from vllm.distributed.device_communicators import shm_broadcast
 
-    from rlvr_temp.vllm_worker import IDLE_SPIN_ENV, shorten_idle_spin
+    from rlvr_temp.engine.extension import IDLE_SPIN_ENV, shorten_idle_spin
 
     vllms = shm_broadcast.SpinCondition
     monkeypatch.setattr(shm_broadcast, "SpinCondition", vllms)  # restored afterwards
@@ -177,7 +177,7 @@ def test_idle_spin_is_shortened_for_queues_made_afterwards(monkeypatch, tmp_path
 
 
 def test_sampled_logprobs_wait_for_vllms_tokens_then_gather_the_tempered_log_softmax():
-    from rlvr_temp.sampled_logprobs import SampledLogprobs
+    from rlvr_temp.engine.sampled_logprobs import SampledLogprobs
 
     rec = SampledLogprobs()
     out_a, out_b = [], [7]  # vLLM's live output lists: b already has one token

@@ -1,4 +1,4 @@
-"""The Model Runner V2 processor (rlvr_temp.vllm_processor_v2) driven by synthetic V2 request states and logits
+"""The Model Runner V2 processor (rlvr_temp.engine.processor_v2) driven by synthetic V2 request states and logits
 contexts (no engine: V2 does not run on the CPU build), checked against the V1 processor on the same logits."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState, interface, loader
 
 from rlvr_temp import temperature as tt
-from rlvr_temp import ttm_vllm, vllm_processor_v2
-from rlvr_temp.vllm_processor import TemperatureProcessor
-from rlvr_temp.vllm_processor_v2 import SUPPORTED_VLLM, TemperatureProcessorV2, check_v2_interface, installed_vllm
+from rlvr_temp.engine import processor_v2 as vllm_processor_v2
+from rlvr_temp.engine import ttm as ttm_vllm
+from rlvr_temp.engine.processor_v1 import TemperatureProcessor
+from rlvr_temp.engine.processor_v2 import SUPPORTED_VLLM, TemperatureProcessorV2, check_v2_interface, installed_vllm
 
 VOCAB = 23
 MAX_REQS = 12
@@ -342,8 +343,8 @@ def test_v2_loader_accepts_the_v2_class_and_rejects_v1():
 
 
 def test_the_v2_runner_is_refused_on_cpu_before_an_engine_starts(tiny_model_path):
-    from rlvr_temp.config import EngineConfig, ModelConfig
-    from rlvr_temp.rollout import RolloutWorker
+    from rlvr_temp.config.schema import EngineConfig, ModelConfig
+    from rlvr_temp.engine.worker import RolloutWorker
 
     with pytest.raises(ValueError, match="model_runner=v2 needs a CUDA build"):
         RolloutWorker(tiny_model_path, ModelConfig(path=tiny_model_path), EngineConfig(model_runner="v2"))

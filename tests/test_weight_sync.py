@@ -1,4 +1,4 @@
-"""The gloo weight-transfer backend (rlvr_temp.weight_sync): bucketed bytes-exact transfers and clean aborts with
+"""The gloo weight-transfer backend (rlvr_temp.weights.transfer): bucketed bytes-exact transfers and clean aborts with
 in-process fake engines, the learner's PolicySource against export_weights, fan-out over Ray actors, and real vLLM
 CPU engines (in-process and tensor-parallel) whose greedy output after two sends equals transformers'."""
 
@@ -20,7 +20,7 @@ from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 from vllm.utils.network_utils import get_open_port
 
-from rlvr_temp import weight_sync as ws
+from rlvr_temp.weights import transfer as ws
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Q: 12+7\nA:", "Q: 47+38\nA:", "Q: 3*4\nA:", "Q: 83-47\nA:"]
@@ -233,8 +233,8 @@ def test_engines_that_fail_outright_fail_the_trainer_at_once():
 
 
 def _learner(tiny_model_path: str, mode: str):
-    from rlvr_temp.config import RunConfig
-    from rlvr_temp.learner import Learner
+    from rlvr_temp.config.schema import RunConfig
+    from rlvr_temp.learner.policy import Learner
 
     cfg = RunConfig.model_validate(
         {"model": {"path": tiny_model_path}, "learner": {"mode": mode, "mini_batch_size": 2, "micro_batch_size": 2}}
@@ -332,12 +332,12 @@ def test_tensor_parallel_engine_receives_on_both_ranks(tiny_model_path: str, tmp
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from vllm import LLM, SamplingParams
         from vllm.config import WeightTransferConfig
-        from rlvr_temp import weight_sync as ws
+        from rlvr_temp.weights import transfer as ws
         from tests.test_weight_sync import PROMPTS, _hf_greedy, _perturbed, _trainer
         if __name__ == "__main__":
             path = {tiny_model_path!r}
             llm = LLM(model=path, dtype="float32", max_model_len=128, enforce_eager=True, tensor_parallel_size=2,
-                      worker_extension_cls="rlvr_temp.weight_sync.GlooWorkerExtension",
+                      worker_extension_cls="rlvr_temp.weights.transfer.GlooWorkerExtension",
                       weight_transfer_config=WeightTransferConfig(backend="gloo"))
             greedy = lambda: [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS,
                 SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)]
@@ -433,11 +433,11 @@ def test_engine_greedy_equals_transformers_after_each_of_two_sends(engine, tiny_
 @pytest.mark.slow
 def test_ttm_head_travels_last_and_survives_small_buckets(tiny_model_path: str):
     """Learned mode: the engine's model runs a TTM head whose load_weights fills in initial head values for any
-    call without them (rlvr_temp.ttm_vllm). The source yields the head last, so with one bucket per layer the head
+    call without them (rlvr_temp.engine.ttm). The source yields the head last, so with one bucket per layer the head
     still ends up bitwise equal to the learner's, send after send."""
     from transformers import AutoModelForCausalLM
 
-    from rlvr_temp import ttm_vllm
+    from rlvr_temp.engine import ttm as ttm_vllm
     from rlvr_temp.temperature import TokenTemperatureHead
 
     settings = {"heads": 4, "t_min": 0.01, "t_max": 0.99, "init_temperature": 0.5}

@@ -18,7 +18,7 @@ A new mode is a subclass registered with :func:`register_mode` (the config accep
 one touches ``temperature/`` and, for new settings, the config schema -- nothing else.
 
 This module reads the config's ``temperature`` section duck-typed (``mode``, ``base``, ``logprobs``, ``token``,
-``mixture``, ``schedule``, ``learned``) and does not import :mod:`rlvr_temp.config`, which imports it.
+``mixture``, ``schedule``, ``learned``) and does not import :mod:`rlvr_temp.config.schema`, which imports it.
 """
 
 from __future__ import annotations

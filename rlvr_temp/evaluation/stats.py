@@ -1,0 +1,202 @@
+"""Bootstrap confidence intervals for held-out scores over problems and seeds (numpy only).
+
+The data of one arm is an array ``(seeds, problems)`` — or ``(seeds, problems, metrics)`` for several scores at
+once (avg@n, pass@1, pass@2, ...) — of per-problem scores, one row per training seed, columns aligned by problem
+id. A bootstrap replicate resamples the seeds with replacement and the problems with replacement, and takes the
+mean over the resampled seeds and problems. The interval is the percentile interval of those replicate means.
+
+Differences between two arms share the problem resample (pairing by problem id). Seeds are paired too when both
+arms ran the same seeds (:func:`bootstrap_diff` with ``paired_seeds=True``: the per-seed, per-problem differences
+are resampled as one array); otherwise each arm's seeds are resampled on their own and averaged within the arm
+before the difference is taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BOOT = 2000  # default number of bootstrap replicates
+SEED = 0  # default RNG seed: a comparison gives the same intervals every time it is run
+_CHUNK_CELLS = 4_000_000  # replicates are drawn in chunks of at most this many (replicate x problem x metric) cells
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate (the mean on the data itself, not over replicates) and its percentile interval."""
+
+    mean: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def includes(self, value: float = 0.0) -> bool:
+        return self.low <= value <= self.high
+
+    def sign(self) -> int:
+        """+1 if the interval lies above zero, -1 if below, 0 if it includes zero."""
+        return 1 if self.low > 0 else -1 if self.high < 0 else 0
+
+    def format(self, digits: int = 3, signed: bool = False) -> str:
+        f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+        a, b, c = (f.format(round(v, digits) + 0.0) for v in (self.mean, self.low, self.high))  # no "-0.000"
+        return f"{a} [{b}, {c}]"
+
+
+def _as_3d(values: np.ndarray | list) -> tuple[np.ndarray, bool]:
+    x = np.asarray(values, dtype=float)
+    if x.ndim == 1:  # one seed
+        x = x[None, :]
+    if x.ndim == 2:
+        return x[:, :, None], True
+    if x.ndim == 3:
+        return x, False
+    raise ValueError(f"expected (problems,), (seeds, problems) or (seeds, problems, metrics), got shape {x.shape}")
+
+
+def resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """``(n_boot, n)`` counts: how often each of ``n`` items is drawn in each of ``n_boot`` draws of ``n`` items
+    with replacement."""
+    idx = rng.integers(0, n, size=(n_boot, n))
+    flat = idx + (np.arange(n_boot) * n)[:, None]
+    return np.bincount(flat.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
+def bootstrap_terms(
+    terms: list[tuple[np.ndarray, float]],
+    *,
+    n_boot: int = N_BOOT,
+    rng_seed: int = SEED,
+    level: float = 0.95,
+) -> list[Interval]:
+    """Intervals of ``sum(sign * mean(x))`` over the terms ``(x, sign)``, each ``x`` of shape
+    ``(seeds, problems, metrics)`` with the same problems (aligned) and metrics. Every replicate draws one problem
+    resample shared by all terms and one seed resample per term. One interval per metric."""
+    if not terms:
+        raise ValueError("nothing to bootstrap")
+    xs = [np.asarray(x, dtype=float) for x, _ in terms]
+    signs = [float(s) for _, s in terms]
+    n_prob, n_met = xs[0].shape[1], xs[0].shape[2]
+    for x in xs:
+        if x.ndim != 3 or x.shape[1:] != (n_prob, n_met) or x.shape[0] < 1:
+            raise ValueError(f"terms must share (problems, metrics) = {(n_prob, n_met)}; got {x.shape}")
+    if n_prob < 1:
+        raise ValueError("no problems to bootstrap over")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    point = sum(s * x.mean(axis=(0, 1)) for x, s in zip(xs, signs))
+    rng = np.random.default_rng(rng_seed)
+    chunk = max(1, _CHUNK_CELLS // (n_prob * n_met))
+    reps = []
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        w_prob = resample_counts(rng, n_prob, b) / n_prob  # (b, problems)
+        total = np.zeros((b, n_met))
+        for x, s in zip(xs, signs):
+            n_seed = x.shape[0]
+            w_seed = resample_counts(rng, n_seed, b) / n_seed if n_seed > 1 else np.ones((b, 1))
+            per_problem = np.einsum("bs,spm->bpm", w_seed, x)  # mean over resampled seeds, per problem
+            total += s * np.einsum("bpm,bp->bm", per_problem, w_prob)
+        reps.append(total)
+    rep = np.concatenate(reps)
+    alpha = (1.0 - level) / 2
+    low, high = np.quantile(rep, [alpha, 1.0 - alpha], axis=0)
+    return [Interval(float(p), float(lo), float(hi), level) for p, lo, hi in zip(point, low, high)]
+
+
+def bootstrap_mean(
+    values: np.ndarray | list, *, n_boot: int = N_BOOT, rng_seed: int = SEED, level: float = 0.95
+) -> Interval | list[Interval]:
+    """Interval of the mean of ``values`` — ``(problems,)``, ``(seeds, problems)`` (one :class:`Interval`) or
+    ``(seeds, problems, metrics)`` (one per metric) — resampling problems and seeds with replacement."""
+    x, single = _as_3d(values)
+    out = bootstrap_terms([(x, 1.0)], n_boot=n_boot, rng_seed=rng_seed, level=level)
+    return out[0] if single else out
+
+
+def bootstrap_diff(
+    a: np.ndarray | list,
+    b: np.ndarray | list,
+    *,
+    paired_seeds: bool,
+    n_boot: int = N_BOOT,
+    rng_seed: int = SEED,
+    level: float = 0.95,
+) -> Interval | list[Interval]:
+    """Interval of ``mean(a) - mean(b)``, with ``a`` and ``b`` aligned by problem (the same columns, in the same
+    order). ``paired_seeds``: row ``i`` of ``a`` and of ``b`` come from the same seed (the arms have the same
+    seeds, sorted), so the differences are resampled as one array; otherwise each arm's seeds are resampled
+    independently (the problem resample is shared either way)."""
+    xa, single = _as_3d(a)
+    xb, _ = _as_3d(b)
+    if xa.shape[1:] != xb.shape[1:]:
+        raise ValueError(f"arms must be aligned by problem: shapes {xa.shape} and {xb.shape}")
+    if paired_seeds:
+        if xa.shape[0] != xb.shape[0]:
+            raise ValueError(f"paired seeds need as many seeds in each arm: {xa.shape[0]} and {xb.shape[0]}")
+        terms = [(xa - xb, 1.0)]
+    else:
+        terms = [(xa, 1.0), (xb, -1.0)]
+    out = bootstrap_terms(terms, n_boot=n_boot, rng_seed=rng_seed, level=level)
+    return out[0] if single else out
+
+
+# ------------------------------------------------------------------------------------------------- per-problem scores
+def aligned(scores: list[dict[str, np.ndarray]], problems: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Per-run ``{problem id: score vector}`` stacked into ``(runs, problems, metrics)`` over ``problems``
+    (default: the problem ids every run has, sorted)."""
+    if problems is None:
+        problems = sorted(set.intersection(*(set(s) for s in scores))) if scores else []
+    if not problems:
+        return np.zeros((len(scores), 0, 0)), []
+    return np.stack([np.stack([np.asarray(s[p], dtype=float) for p in problems]) for s in scores]), problems
+
+
+def mean_intervals(
+    scores: list[dict[str, np.ndarray]], *, n_boot: int = N_BOOT, rng_seed: int = SEED, level: float = 0.95
+) -> tuple[list[Interval], int]:
+    """One arm (one score dict per seed): intervals of its mean scores over the problems every seed evaluated, and
+    the number of those problems (``[], 0`` when there are none)."""
+    x, problems = aligned(scores)
+    if not problems:
+        return [], 0
+    return bootstrap_mean(x, n_boot=n_boot, rng_seed=rng_seed, level=level), len(problems)
+
+
+def diff_intervals(
+    scores: list[dict[str, np.ndarray]],
+    base: list[dict[str, np.ndarray]],
+    *,
+    paired_seeds: bool,
+    n_boot: int = N_BOOT,
+    rng_seed: int = SEED,
+    level: float = 0.95,
+) -> tuple[list[Interval], int]:
+    """Intervals of ``arm - base`` over the problems both arms' seeds all evaluated, paired by problem id (and by
+    seed, the lists in the same seed order, when ``paired_seeds``); and the number of those problems."""
+    _, mine = aligned(scores)
+    _, theirs = aligned(base)
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        return [], 0
+    xa, _ = aligned(scores, common)
+    xb, _ = aligned(base, common)
+    ivs = bootstrap_diff(xa, xb, paired_seeds=paired_seeds, n_boot=n_boot, rng_seed=rng_seed, level=level)
+    return ivs, len(common)
+
+
+def problem_scores(outcomes: dict[str, dict[str, list]], ks: list[int]) -> dict[str, np.ndarray]:
+    """``{problem id: [avg, pass@k for k in ks]}`` from ``{problem id: {"correct": [score per sample], ...}}`` (an
+    ``eval/step_<N>.json`` dataset entry): ``avg`` the mean score, pass@k the unbiased estimator
+    (:func:`rlvr_temp.evaluation.evaluate.pass_at_k`) from the count of samples scoring at least 0.5."""
+    from rlvr_temp.evaluation.evaluate import pass_at_k  # imports Ray and transformers: only when needed
+
+    out = {}
+    for pid, entry in outcomes.items():
+        correct = [float(c) for c in entry["correct"]]
+        c = sum(x >= 0.5 for x in correct)
+        out[pid] = np.array([sum(correct) / len(correct)] + [pass_at_k(len(correct), c, k) for k in ks])
+    return out

@@ -1,0 +1,81 @@
+"""The policy's weights as the engines load them: Hugging Face ``(name, tensor)`` pairs in the engine's dtype,
+computed one module at a time on the policy's device.
+
+* ``full``: the state dict as it is (cast);
+* a peft model (``lora`` / ``qlora``): each module's base weight -- dequantised if it is bitsandbytes NF4, never
+  the packed 4-bit tensor (trl#4973) -- plus its LoRA delta ``scaling * B @ A``, merged in fp32 and cast back;
+* then the TTM head (``learned`` mode) as ``ttm_head.*``, last (``ttm_vllm`` reads it after the model's weights).
+
+Used by the weight-transfer source (rlvr_temp.weights.source, streamed per bucket) and by
+``Learner.export_weights`` (the object-store path, checkpoint export). Imports neither vLLM nor Ray. A sharded
+(FSDP2) policy's entries are DTensors: the weight-transfer source gathers them as it yields them, and
+:func:`export_state` gathers each in turn (a collective: every learner rank calls it). Left out: adapters other
+than peft's ``default`` LoRA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+#: one entry: (HF name, shape, a thunk computing the tensor -- so listing names and shapes materialises nothing)
+Entry = tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]
+
+
+@torch.no_grad()
+def merged(w: torch.Tensor, dtype: torch.dtype, lora: Any = None) -> torch.Tensor:
+    """``w`` in ``dtype``, plus ``lora``'s delta (``scaling * B @ A``, added in fp32) when given."""
+    w = w.detach().to(dtype)
+    if lora is None:
+        return w
+    a, b = lora.lora_A["default"].weight.float(), lora.lora_B["default"].weight.float()
+    return (w.float() + (b @ a) * lora.scaling["default"]).to(dtype)
+
+
+def _nf4(base: Any, dtype: torch.dtype, lora: Any) -> torch.Tensor:
+    from bitsandbytes.functional import dequantize_4bit
+
+    with torch.no_grad():
+        return merged(dequantize_4bit(base.weight.data, base.weight.quant_state), dtype, lora)
+
+
+def policy_entries(
+    model: torch.nn.Module, dtype: torch.dtype, ttm_head: torch.nn.Module | None = None
+) -> Iterator[Entry]:
+    """Every weight the engines load, in a fixed order, as :data:`Entry` thunks."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        for name, t in model.state_dict().items():
+            yield name, tuple(t.shape), lambda t=t: merged(t, dtype)
+    else:
+        import bitsandbytes as bnb
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in model.get_base_model().named_modules():
+            if name.endswith(".base_layer") or ".lora_" in name:  # peft's internals: their weights come below
+                continue
+            base = getattr(module, "base_layer", module)
+            lora = module if isinstance(module, LoraLayer) and "default" in module.lora_A else None
+            if isinstance(base, bnb.nn.Linear4bit):
+                yield f"{name}.weight", tuple(base.weight.quant_state.shape), lambda b=base, m=lora: _nf4(b, dtype, m)
+                if base.bias is not None:
+                    yield f"{name}.bias", tuple(base.bias.shape), lambda p=base.bias: merged(p, dtype)
+                continue
+            for pname, p in base.named_parameters(recurse=False):
+                merge = lora if pname == "weight" else None
+                yield f"{name}.{pname}" if name else pname, tuple(p.shape), lambda p=p, m=merge: merged(p, dtype, m)
+    for name, p in ttm_head.named_parameters() if ttm_head is not None else ():
+        yield f"ttm_head.{name}", tuple(p.shape), lambda p=p: merged(p, dtype)
+
+
+def export_state(model: torch.nn.Module, dtype: torch.dtype, ttm_head: torch.nn.Module | None = None) -> dict:
+    """The whole :func:`policy_entries` as a CPU state dict (copies, never views of live parameters); a sharded
+    weight gathered (``full_tensor()``) in ``dtype``."""
+    out = {}
+    for name, _, make in policy_entries(model, dtype, ttm_head):
+        t = make()
+        out[name] = (t.full_tensor() if hasattr(t, "full_tensor") else t).to("cpu", copy=True)
+    return out
