@@ -59,7 +59,7 @@ TRL_SPEC    ?= trl==1.16.0
 bench: install
 	$(BIN)/python -m pip install -q --no-deps "$(TRL_SPEC)" || \
 	  echo "bench: could not install $(TRL_SPEC); the TRL comparison will be skipped"
-	$(BIN)/python benchmarks/run_all.py --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.run_all --out docs/benchmarks.md
 
 lint: install
 	$(BIN)/ruff check .

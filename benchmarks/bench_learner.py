@@ -13,8 +13,8 @@ Two parts, each timed with the two variants interleaved and reported as medians 
 
 Target from the issue: per-token <= 1.05x scalar.
 
-    python benchmarks/bench_learner.py             # about a minute on a 2-core CPU
-    python benchmarks/bench_learner.py --quick
+    python -m benchmarks.bench_learner             # about a minute on a 2-core CPU
+    python -m benchmarks.bench_learner --quick
 """
 
 from __future__ import annotations
@@ -22,16 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import write_json
-
+from benchmarks.common import write_json
 from rlvr_temp.batch import TrainBatch
 from rlvr_temp.temperature import make_strategy
 
@@ -97,7 +93,7 @@ def bench_learner(model: str, n: int, tokens: int, reps: int) -> dict[str, Any]:
     import torch
 
     from rlvr_temp.config.schema import RunConfig
-    from rlvr_temp.learner.policy import Learner
+    from rlvr_temp.learner.learner import Learner
 
     def config(logprobs: str) -> RunConfig:
         return RunConfig.model_validate(

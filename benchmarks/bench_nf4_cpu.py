@@ -17,8 +17,8 @@ prompts), timed interleaved:
 
 On a CPU without AVX512-BF16, bitsandbytes has no such path: the script says so and measures nothing.
 
-    python benchmarks/bench_nf4_cpu.py            # about 2 minutes on a 2-core CPU
-    python benchmarks/bench_nf4_cpu.py --quick
+    python -m benchmarks.bench_nf4_cpu            # about 2 minutes on a 2-core CPU
+    python -m benchmarks.bench_nf4_cpu --quick
 """
 
 from __future__ import annotations
@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_learner import default_model, interleaved, make_batch
-from common import write_json
+from benchmarks.bench_learner import default_model, interleaved, make_batch
+from benchmarks.common import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +40,7 @@ def demo_learner(model: str, bnb_path: bool) -> Any:
     import bitsandbytes as bnb
 
     from rlvr_temp.config.schema import load_config
-    from rlvr_temp.learner.policy import Learner
+    from rlvr_temp.learner.learner import Learner
 
     learner = Learner(model, load_config(str(ROOT / "recipes/demo/base.yaml"), [f"model.path={model}"]))
     for module in learner.model.modules():

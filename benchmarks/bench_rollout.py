@@ -25,9 +25,9 @@ process (its cost per decode step and its share of the generate call's wall time
 ``--profile`` (engine in-process) additionally runs the token-global arm once under cProfile and reports where
 the processor's time goes (cumulative seconds of ``TemperatureProcessor.apply`` and of its parts).
 
-    python benchmarks/bench_rollout.py                      # 64 prompts x 64 tokens, 9 repetitions
-    python benchmarks/bench_rollout.py --quick              # 32 x 32, 3 repetitions
-    python benchmarks/bench_rollout.py --model /path/to/hf_model --json out.json
+    python -m benchmarks.bench_rollout                      # 64 prompts x 64 tokens, 9 repetitions
+    python -m benchmarks.bench_rollout --quick              # 32 x 32, 3 repetitions
+    python -m benchmarks.bench_rollout --model /path/to/hf_model --json out.json
 """
 
 from __future__ import annotations
@@ -38,15 +38,12 @@ import io
 import os
 import pstats
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import write_json
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import write_json
 
 TOKEN_RULE = {"t_low": 0.8, "t_high": 1.2, "hot_fraction": 0.2, "window": 100_000, "scope": "global"}
 
@@ -117,10 +114,10 @@ def _profile_token(worker: Any, runner: Callable[[], int], top: int = 18) -> dic
     stats = pstats.Stats(prof)
     apply_s, calls = 0.0, 0
     for (filename, _line, func), (_cc, nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if func == "apply" and filename.endswith("vllm_processor.py"):
+        if func == "apply" and filename.endswith("processor_v1.py"):  # the V1 adapter; its work is in processor.py
             apply_s, calls = ct, nc
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_callees("vllm_processor.py:.*\\(apply\\)")
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_callees("processor_v1.py:.*\\(apply\\)")
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
     return {

@@ -7,9 +7,9 @@ with its NF4 model, the first weight sync), then calls ``train_step()`` ``--step
 of each phase's ``time/*`` metric over steps 1..N-1 (step 0 is a warm-up). Runs go to a temporary folder, with
 ``logging.progress=false logging.tensorboard=false``; the cluster is shut down after each recipe.
 
-    python benchmarks/bench_step.py                  # about 2-3 minutes on a 2-core CPU
-    python benchmarks/bench_step.py --quick          # 3 steps per recipe
-    python benchmarks/bench_step.py --recipes recipes/demo/mixture.yaml --steps 6
+    python -m benchmarks.bench_step                  # about 2-3 minutes on a 2-core CPU
+    python -m benchmarks.bench_step --quick          # 3 steps per recipe
+    python -m benchmarks.bench_step --recipes recipes/demo/mixture.yaml --steps 6
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import write_json
+from benchmarks.common import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PHASES = ("generate", "verify", "learn", "sync", "step")
 DEFAULT_RECIPES = ("recipes/demo/fixed.yaml", "recipes/demo/token.yaml")

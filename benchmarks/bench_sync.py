@@ -6,7 +6,7 @@ so every round merges the adapters into the base, as in a run. Per round:
 
 * ``object_store`` (the earlier path): the learner builds the whole merged state dict on the CPU
   (``export_weights``), Ray carries it to the worker, which packs it to its engine process (``load_weights``);
-* ``gloo`` (rlvr_temp.weights.sync / rlvr_temp.weights.transfer): the learner streams the weights module by module from
+* ``gloo`` (rlvr_temp.weights.sync / rlvr_temp.weights.gloo): the learner streams the weights module by module from
 its
   device in packed buckets straight into every vLLM worker process (``init_weight_sync`` once, then
   ``sync_weights``); the engine loads them with vLLM's layerwise reload.
@@ -16,25 +16,20 @@ payload; the object-store path moves them three times: the learner's put, the wo
 engine process). After the last round the engine's greedy output is compared between the two paths (the same
 weights must give the same tokens).
 
-    python benchmarks/bench_sync.py                 # 5 repetitions
-    python benchmarks/bench_sync.py --reps 3 --json out.json
+    python -m benchmarks.bench_sync                 # 5 repetitions
+    python -m benchmarks.bench_sync --reps 3 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import write_json
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from benchmarks.common import write_json
 
 
 def run(reps: int) -> dict[str, Any]:
@@ -44,8 +39,8 @@ def run(reps: int) -> dict[str, Any]:
     from rlvr_temp.config.schema import load_config
     from rlvr_temp.driver.launch import remote_learner
     from rlvr_temp.engine.worker import remote_worker
-    from rlvr_temp.weights.sync import BUCKET_BYTES
-    from rlvr_temp.weights.transfer import RayEnginesClient
+    from rlvr_temp.weights.base import BUCKET_BYTES
+    from rlvr_temp.weights.clients import RayEnginesClient
 
     tmp = tempfile.mkdtemp(prefix="rlvr_bench_sync_")
     model, n_params = trl_grpo.build_model(Path(tmp) / "model")

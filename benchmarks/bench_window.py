@@ -15,23 +15,20 @@ the quantile and makes the band rebuild), and the per-sequence scope (256 sequen
 is checked to equal rlvr_temp's exactly. Times are medians (over blocks of 100 steps for rlvr_temp's global
 window, over single steps otherwise), single-threaded torch (as in a vLLM CPU worker bound to one core).
 
-    python benchmarks/bench_window.py            # about 10 s on a 2-core CPU
-    python benchmarks/bench_window.py --quick    # a few seconds
+    python -m benchmarks.bench_window            # about 10 s on a 2-core CPU
+    python -m benchmarks.bench_window --quick    # a few seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlvr_temp.temperature import GlobalEntropyWindow, SequenceEntropyWindows, quantile_index
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]  # the children run ``python -m benchmarks.<name>`` from here
+
 
 def _wait_for(path: Path, alive: Callable[[], bool]) -> None:
     while not path.exists():
@@ -60,7 +62,7 @@ def run_interleaved(commands: dict[str, list[str]], folder: Path, steps: int) ->
     """Start one process per command (each passes ``folder`` to its :class:`Baton`, and writes its result as JSON to
     ``folder/<name>.json``), interleave ``steps`` steps of each, and return the results by name."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    procs = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
+    procs = {name: subprocess.Popen(cmd, env=env, cwd=ROOT) for name, cmd in commands.items()}
     try:
         conduct(folder, procs, steps)
     except BaseException:

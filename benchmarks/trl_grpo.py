@@ -21,9 +21,9 @@ Medians over the measured steps after one warm-up; the ratio is TRL s/step / rlv
 is timed but not compared (the start-ups overlap); the idle processes' threads and Ray daemons still run beside.
 Without TRL 1.16 it prints one SKIP line and exits 0.
 
-    python benchmarks/trl_grpo.py                 # 1 warm-up + 5 measured steps per system
-    python benchmarks/trl_grpo.py --quick         # 1 measured step
-    python benchmarks/trl_grpo.py --systems trl   # one system only
+    python -m benchmarks.trl_grpo                 # 1 warm-up + 5 measured steps per system
+    python -m benchmarks.trl_grpo --quick         # 1 measured step
+    python -m benchmarks.trl_grpo --systems trl   # one system only
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common import write_json
-from interleave import Baton, run_interleaved
+from benchmarks.common import write_json
+from benchmarks.interleave import Baton, run_interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TRL_VERSION = "1.16.0"
 PROMPTS, GROUP, MAX_TOKENS = 8, 8, 128
@@ -203,7 +202,7 @@ def prompt_rows(model_path: str | Path) -> list[dict[str, str]]:
     """The synthetic training prompts exactly as rlvr_temp formats them: ``prompt`` and ``ground_truth``."""
     from transformers import AutoTokenizer
 
-    from rlvr_temp.driver.launch import load_train_prompts
+    from rlvr_temp.data.prompts import load_train_prompts
 
     cfg = rlvr_config(model_path, "unused", 1)
     rows, prompts = load_train_prompts(cfg, AutoTokenizer.from_pretrained(str(model_path)))
@@ -445,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs |= {"trl": ["--system", "trl"]} if "trl" in args.systems else {}
         gate = Path(tmp) / "gate"
         gate.mkdir()
-        base = [sys.executable, __file__, "--model", str(model), "--steps", str(steps), "--gate", str(gate)]
+        base = [sys.executable, "-m", "benchmarks.trl_grpo", "--model", str(model), "--steps", str(steps)]
+        base += ["--gate", str(gate)]
         out = run_interleaved(
             {name: [*base, "--json", str(gate / f"{name}.json"), *extra] for name, extra in jobs.items()},
             gate,

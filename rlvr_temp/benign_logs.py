@@ -24,6 +24,11 @@ BENIGN_WARNINGS = {
     "vllm.model_executor.model_loader.reload.layerwise": "RotaryEmbedding: Failed to load weights",
     # vLLM's CPU worker refuses torch.set_num_threads: it pins its own OpenMP threads (docs/stack.md).
     "vllm.v1.worker.cpu_worker": "CPU backend doesn't allow to use `torch.set_num_threads`",
+    # vLLM's CPU build at import, in every process that imports it (the engine's and, through vLLM's weight-transfer
+    # API, the learner's): PyPI's `triton` has no CPU backend and `triton-cpu` is not published, so vLLM runs its
+    # own CPU kernels, as it does on every CPU install (the engine's throughput in docs/benchmarks.md is with them).
+    "vllm.triton_utils.importing": "Triton is installed, but doesn't include CPU backend",
+    "vllm.platforms.cpu": "Triton is not installed. triton-cpu is expected on x86 CPUs",
 }
 
 

@@ -32,7 +32,7 @@ def recipe_kind(recipe: str) -> str:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a recipe of either kind against its own schema and print the resolved config."""
     if recipe_kind(args.recipe) == "sft":
-        from rlvr_temp.learner.tgr import load_tgr_config
+        from rlvr_temp.learner.tgr_recipe import load_tgr_config
 
         tgr = load_tgr_config(args.recipe, args.overrides)
         print(f"# {args.recipe}: valid TGR supervised recipe (rlvr-temp sft)")

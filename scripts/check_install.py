@@ -6,6 +6,7 @@ import importlib
 import sys
 
 MODULES = [
+    "rlvr_temp",  # first: importing it drops the libraries' benign warnings (rlvr_temp.benign_logs) before they load
     "torch",
     "transformers",
     "tokenizers",
@@ -22,7 +23,6 @@ MODULES = [
     "safetensors",
     "pyarrow",
     "vllm",
-    "rlvr_temp",
 ]
 
 

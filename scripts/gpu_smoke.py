@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """GPU smoke test: one offline command that checks rlvr_temp's learner-side pieces on this machine's device.
 
-    python scripts/gpu_smoke.py --out gpu_smoke.json          # Qwen2.5-1.5B shapes (a GPU machine)
-    python scripts/gpu_smoke.py --small --out /tmp/r.json     # CPU-sized shapes (tests/test_gpu_smoke.py)
+    python -m scripts.gpu_smoke --out gpu_smoke.json          # Qwen2.5-1.5B shapes (a GPU machine)
+    python -m scripts.gpu_smoke --small --out /tmp/r.json     # CPU-sized shapes (tests/test_gpu_smoke.py)
+
+(from the repository root, where ``rlvr_temp`` and ``scripts`` are packages whether or not rlvr_temp is installed)
 
 Group 1 needs only torch, transformers, peft, bitsandbytes (and pydantic / omegaconf); group 2 (vLLM, Ray:
 scripts/gpu_smoke_vllm.py) is SKIPPED("vLLM not installed") without vLLM. Random weights in Qwen2.5-1.5B's shapes
@@ -33,14 +35,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 for _key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
     os.environ.setdefault(_key, "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
-from gpu_smoke_vllm import GROUP2, run_group  # noqa: E402  (imports neither vLLM nor Ray)
+
+from scripts.gpu_smoke_vllm import GROUP2, run_group  # noqa: E402  (imports neither vLLM nor Ray)
 
 # Qwen2.5-1.5B's config.json; --small keeps the architecture: q/o 256, k/v 128, gate/up 512, down 256 wide (the tied
 # lm_head stays unquantised), all multiples of 32 as bitsandbytes' CPU 4-bit path needs
@@ -103,20 +105,21 @@ def _save_model(ctx: Any) -> Path:
 def _build_and_load(ctx: Any) -> Any:
     """Save the random-weight model, then load it with rlvr_temp.learner.policy.load_policy (QLoRA)."""
     from rlvr_temp.config.schema import LearnerConfig, ModelConfig
+    from rlvr_temp.learner.policy import load_policy
 
     _save_model(ctx)
     t0 = time.perf_counter()
     r, alpha = ctx.shapes["lora"]
     ctx.model_cfg = ModelConfig(path=str(ctx.tmp / "model"), dtype=str(ctx.dtype).removeprefix("torch."))
     ctx.policy_cfg = LearnerConfig(mode="qlora", lora_r=r, lora_alpha=alpha, gradient_checkpointing=True)
-    policy = ctx.learner.load_policy(ctx.model_cfg.path, ctx.model_cfg, ctx.policy_cfg, ctx.device)
+    policy = load_policy(ctx.model_cfg.path, ctx.model_cfg, ctx.policy_cfg, ctx.device)
     ctx.model_info["load_seconds"] = round(time.perf_counter() - t0, 2)
     return policy
 
 
 def _policy(ctx: Any) -> Any:
     if ctx.learner is None:
-        raise Outcome("SKIPPED", "rlvr_temp.learner.policy did not import (see the import check)")
+        raise Outcome("SKIPPED", "rlvr_temp.learner.learner did not import (see the import check)")
     if ctx.policy is None and ctx.policy_error is None:
         try:
             ctx.policy = _build_and_load(ctx)
@@ -137,6 +140,7 @@ def check_import(ctx: Any) -> dict[str, Any]:
         "rlvr_temp.config.schema",
         "rlvr_temp.checkpoint",
         "rlvr_temp.learner.policy",
+        "rlvr_temp.learner.learner",
     ):
         t0 = time.perf_counter()
         try:
@@ -147,7 +151,7 @@ def check_import(ctx: Any) -> dict[str, Any]:
         loaded = [m for m in ("vllm", "ray") if m in sys.modules]
         if loaded and metrics["vllm_or_ray_loaded"] == "no":
             metrics["vllm_or_ray_loaded"] = f"{'/'.join(loaded)}, by importing {name}"
-        if name == "rlvr_temp.learner.policy":
+        if name == "rlvr_temp.learner.learner":
             ctx.learner = module
     if metrics["vllm_or_ray_loaded"] != "no":
         raise Outcome("FAIL", f"{metrics['vllm_or_ray_loaded']} (must import without vLLM and Ray)", **metrics)
@@ -222,7 +226,7 @@ def check_nf4_lora_grads(ctx: Any) -> dict[str, Any]:
 
 
 def check_learner_step_memory(ctx: Any) -> dict[str, Any]:
-    """One forward + backward as Learner._forward does it (logits of the response only, token_logprobs)."""
+    """One forward + backward as the learner's policy_logprobs does it (logits of the response only, token_logprobs)."""
     from rlvr_temp.temperature import token_logprobs
 
     q, (b, t, p), dev = _policy(ctx), ctx.shapes["step"], ctx.device
@@ -359,7 +363,7 @@ def check_checkpoint_cpu(ctx: Any) -> dict[str, Any]:
     q.zero_grad(set_to_none=True)
     # the learner's own get_state (and what it calls), on a Learner holding only what they read (rank 0, unsharded)
     learner = object.__new__(ctx.learner.Learner)
-    learner.__dict__.update(model=q, ttm_head=None, optimizer=opt, scheduler=sched, step=1)
+    learner.__dict__.update(model=q, ttm_head=None, optimizer=opt, scheduler=sched, step=1, rank=0, sharded=False)
     state = learner.get_state()
     found = _tensors(state)
     off = [f"{k} ({v.device})" for k, v in found if v.device.type != "cpu"]

@@ -31,7 +31,7 @@ GROUP2 = {
     "records_aligned": "per-token temperatures / entropies / log-probs align with the tokens; hot share = configured",
     "rollout_vs_transformers_logprobs": "vLLM's processed log-probs equal transformers' at the recorded temperatures",
     "rollout_throughput": "token mode tokens/s against plain vLLM on the same engine (interleaved, medians)",
-    "weight_transfer": "weights.sync.trainer_engine moves the weights; greedy output then equals transformers'",
+    "weight_transfer": "weights.sender.trainer_engine moves the weights; greedy output then equals transformers'",
     "trainer_step": "one Trainer.train_step, learner and engine colocated on one device",
 }
 # prompts x responses x tokens of records_aligned; prompts x tokens x repetitions of rollout_throughput
@@ -299,8 +299,8 @@ def _greedy(worker: Any, prompts: list[str], m: int) -> list[Any]:
 def check_weight_transfer(ctx: Any) -> dict[str, Any]:
     """Perturbed weights (rounded to the engine's dtype) on the device, sent with the run's backend; the engine's
     greedy tokens after the update against transformers' greedy choice on the same weights (teacher-forced)."""
+    from rlvr_temp.weights.sender import send, trainer_engine
     from rlvr_temp.weights.source import PolicySource
-    from rlvr_temp.weights.sync import send, trainer_engine
 
     worker, model = _need(ctx, "worker", "the V1 engine"), _reference(ctx)
     prompts, m = _prompts(8), ctx.settings["greedy"]

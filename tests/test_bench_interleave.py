@@ -8,28 +8,25 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+from benchmarks.interleave import run_interleaved
 
-from interleave import run_interleaved  # noqa: E402
-
+# run from the repository root (run_interleaved's working directory), where `benchmarks` is a package
 CHILD = """
 import json, sys, time
-sys.path.insert(0, {bench!r})
 from pathlib import Path
-from interleave import Baton
+from benchmarks.interleave import Baton
 folder, name, steps = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 baton, spans = Baton(folder, name), []
 for _ in range(steps):
     baton.wait_turn()
     t0 = time.monotonic(); time.sleep(0.05); spans.append((t0, time.monotonic()))
     baton.done()
-(folder / f"{{name}}.json").write_text(json.dumps(spans))
+(folder / f"{name}.json").write_text(json.dumps(spans))
 """
 
 
 def test_steps_take_turns(tmp_path: Path) -> None:
-    code = CHILD.format(bench=str(BENCH))
+    code = CHILD
     cmds = {n: [sys.executable, "-c", code, str(tmp_path), n, "3"] for n in ("a", "b")}
     out = run_interleaved(cmds, tmp_path, 3)
     spans = sorted((t0, t1, name) for name, s in out.items() for t0, t1 in s)
@@ -38,7 +35,7 @@ def test_steps_take_turns(tmp_path: Path) -> None:
 
 
 def test_a_failing_process_stops_the_conductor(tmp_path: Path) -> None:
-    cmds = {"ok": [sys.executable, "-c", CHILD.format(bench=str(BENCH)), str(tmp_path), "ok", "2"]}
+    cmds = {"ok": [sys.executable, "-c", CHILD, str(tmp_path), "ok", "2"]}
     cmds["bad"] = [sys.executable, "-c", "raise SystemExit(3)"]
     with pytest.raises(RuntimeError, match="gave up waiting"):
         run_interleaved(cmds, tmp_path, 2)

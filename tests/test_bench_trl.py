@@ -6,16 +6,13 @@ Skipped without TRL 1.16 (``pip install -e .[bench]``). Slow: it saves a 25.3M-p
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("trl")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import run_all
-import trl_grpo
+from benchmarks import run_all, trl_grpo
 
 pytestmark = pytest.mark.slow
 LOADS = ("load_1min_start", "load_1min_end")

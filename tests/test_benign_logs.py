@@ -81,12 +81,13 @@ def test_the_forced_avx512_bf16_import_warns_unless_the_package_came_first(what,
 
 
 def test_a_cli_error_is_the_only_line_on_the_avx512_bf16_path(tmp_path, error_line):
-    """`rlvr-temp train` with a hub model that is not cached imports the learner (and bitsandbytes) before it
-    fails: stderr is the one error line, nothing else."""
-    args = ["train", "recipes/demo/base.yaml", "model.path=rlvr-test/absent", f"trainer.run_dir={tmp_path / 'run'}"]
-    run = f"from rlvr_temp.cli import main\ncode = main({[*args, 'logging.progress=false']!r})\n"
+    """`rlvr-temp export` of a run that does not exist imports the learner (and bitsandbytes) in the CLI's process
+    before it fails: stderr is the one error line, nothing else. (The driver's commands never import bitsandbytes:
+    tests/test_imports.py.)"""
+    args = ["export", str(tmp_path / "no_such_run"), str(tmp_path / "out")]
+    run = f"from rlvr_temp.cli import main\ncode = main({args!r})\n"
     proc = _python(run + "print('bitsandbytes' in sys.modules)\nsys.exit(code)", tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stdout.strip() == "True"  # the path went through bitsandbytes' import
     assert proc.stderr.strip().splitlines() == [error_line(proc.stderr)]
-    assert "'rlvr-test/absent'" in proc.stderr
+    assert "no such run directory" in proc.stderr

@@ -43,7 +43,7 @@ def test_compare_two_runs_of_different_lengths(tmp_path):
     assert "No held-out evaluation" in table  # no eval/step_*.json: training curves only
     assert "| a | 1 | ? | 12 |" in table  # arms: directory names (no trainer.name, no trainer.seed)
     assert 'src="data:image/png;base64,' in paths["report"].read_text()
-    from rlvr_temp.evaluation.compare import load_run
+    from rlvr_temp.evaluation.runs import load_run
 
     assert any("eval/synthetic/avg@4" in r for r in load_run(a)["rows"])
 

@@ -11,14 +11,16 @@ import pytest
 import yaml
 
 from rlvr_temp.cli import main
-from rlvr_temp.evaluation.compare import arm_name, compare_runs, group_runs, heldout_scores, load_run, strip_seed
-from rlvr_temp.evaluation.evaluate import pass_at_k
+from rlvr_temp.evaluation.compare import compare_runs, curve_panels, heldout_scores
+from rlvr_temp.evaluation.report import draw_panels
+from rlvr_temp.evaluation.runs import arm_name, config_differences, group_runs, load_run, strip_seed
 from rlvr_temp.evaluation.stats import (
     Interval,
     bootstrap_diff,
     bootstrap_mean,
     diff_intervals,
     mean_intervals,
+    pass_at_k,
     resample_counts,
 )
 
@@ -34,17 +36,24 @@ def make_run(
     mode: str = "fixed",
     reward: float = 0.5,
     dirname: str | None = None,
+    temperature: dict | None = None,
+    log_eval: bool = False,
 ) -> Path:
     """A run directory: config.yaml, metrics.jsonl (10 steps) and, per step in ``steps``, ``eval/step_<N>.json``
-    with ``outcomes`` ({set: {problem: [0/1 per sample]}})."""
+    with ``outcomes`` ({set: {problem: [0/1 per sample]}}). ``temperature``: more of the config's section;
+    ``log_eval``: the evaluations' avg@n in metrics.jsonl too (``eval/<set>/avg@<n>`` at each step in ``steps``)."""
     path = root / (dirname or f"{arm}_seed{seed}")
     path.mkdir(parents=True)
     cfg = {
         "trainer": {"name": arm if name == "" else name, "seed": seed, "run_dir": str(path)},
-        "temperature": {"mode": mode},
+        "temperature": {"mode": mode, **(temperature or {})},
     }
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = [{"step": s, "reward/mean": reward + 0.01 * s + 0.02 * seed, "time/step": 1.0} for s in range(10)]
+    for d, probs in (outcomes or {}).items() if log_eval else ():
+        n = len(next(iter(probs.values())))
+        for step in steps:
+            rows[min(step, 9)][f"eval/{d}/avg@{n}"] = float(np.mean([np.mean(c) for c in probs.values()]))
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if outcomes is not None:
         (path / "eval").mkdir()
@@ -275,3 +284,77 @@ def test_report_html_is_self_contained(tmp_path):
     md = paths["table"].read_text()
     assert "![" in md and "(compare.png)" in md and "(pass_at_k.png)" in md
     assert "### `other`: arm − fixed" in md and "### `synthetic`: arm − fixed" in md
+
+
+# ------------------------------------------------------------------------------------------------- what a new user sees
+def test_one_evaluation_step_is_drawn_as_points(tmp_path):
+    """One held-out evaluation per run: each arm's held-out curve is one point, drawn with a marker (a line
+    through one point draws nothing), and a band over seeds becomes an error bar."""
+    runs = [make_run(tmp_path, "fixed", s, {"synthetic": exact(1, 4, 10)}, steps=(9,), log_eval=True) for s in (0, 1)]
+    runs.append(make_run(tmp_path, "token", 0, {"synthetic": exact(3, 4, 10)}, steps=(9,), log_eval=True, mode="token"))
+    paths = compare_runs(runs, tmp_path / "out")
+    assert "pass_at_k" in paths and paths["plot"].stat().st_size > 10_000
+    panels = curve_panels(group_runs([load_run(r) for r in runs]), ["eval/synthetic/avg@4"], [], 1)
+    fig = draw_panels(panels)
+    ax = fig.axes[0]
+    curves = [line for line in ax.lines if not line.get_label().startswith("_")]  # not the error bars' caps
+    assert ax.get_title() == "eval/synthetic/avg@4" and [c.get_label() for c in curves] == ["fixed (2 seeds)", "token"]
+    assert all(len(c.get_xdata()) == 1 and c.get_marker() == "o" for c in curves)
+    assert len(ax.collections) == 1  # fixed's two seeds: an error bar, not an invisible band
+    lone = draw_panels({"a": [{"x": [3], "y": [0.5], "label": "one point"}]})
+    assert lone.axes[0].lines[0].get_marker() == "o"  # any one-point series, marker asked for or not
+    import matplotlib.pyplot as plt  # after draw_panels chose the Agg backend
+
+    plt.close(fig)
+    plt.close(lone)
+
+
+def test_config_differences_show_only_the_keys_of_each_arms_mode(tmp_path):
+    """``temperature.token.*`` is a difference for the token arm, not for the fixed one; settings of a mode that no
+    arm uses are no difference at all."""
+    section = {"token": {"t_low": 0.9, "t_high": 1.2}, "mixture": {"step": 0.05}, "learned": {"heads": 4}}
+    token = {"token": {"t_low": 0.9, "t_high": 1.3}, "mixture": {"step": 0.1}, "learned": {"heads": 4}}
+    learned = {"token": {"t_low": 0.9, "t_high": 1.2}, "mixture": {"step": 0.05}, "learned": {"heads": 8}}
+    runs = [
+        make_run(tmp_path, arm, 0, None, mode=mode, temperature=t)
+        for arm, mode, t in (("fixed", "fixed", section), ("token", "token", token), ("learned", "learned", learned))
+    ]
+    loaded = [load_run(r) for r in runs]
+    assert config_differences(loaded) == ["temperature.learned.heads", "temperature.mode", "temperature.token.t_high"]
+    md = compare_runs(runs, tmp_path / "out")["table"].read_text()
+    assert "- `temperature.token.t_high`: token=1.3\n" in md
+    assert "- `temperature.learned.heads`: learned=8\n" in md
+    assert "- `temperature.mode`: fixed='fixed'; token='token'; learned='learned'\n" in md
+    assert "mixture.step" not in md and "fixed=1.2" not in md
+
+
+def test_compare_a_sweep_directory(tmp_path, capsys):
+    """``compare <sweep --out>``: the runs of its sweep.json (found under <out>/<recipe>/seed<k> wherever the sweep
+    ran), those without a finished step left out with a note; a directory of run directories works too."""
+    study = tmp_path / "study"
+    planned = []
+    for arm in ("fixed", "token"):
+        for seed in (0, 1, 2):
+            status = "pending" if (arm, seed) == ("token", 2) else "done"
+            if status == "done":
+                make_run(study / arm, arm, seed, None, dirname=f"seed{seed}", mode=arm)
+            run_dir = f"elsewhere/{arm}/seed{seed}"  # relative to where the sweep ran
+            planned.append({"recipe": f"recipes/demo/{arm}.yaml", "arm": arm, "seed": seed, "run_dir": run_dir})
+            planned[-1] |= {"config_hash": "x", "status": status, "error": None}
+    (study / "sweep.json").write_text(json.dumps({"command": "rlvr-temp sweep ...", "runs": planned}))
+    assert main(["compare", str(study), "--out", str(study / "compare")]) == 0
+    md = (study / "compare" / "summary.md").read_text()
+    assert "| fixed | 3 | 0, 1, 2 | 10 |" in md and "| token | 2 | 0, 1 | 10 |" in md
+    assert "- `token/seed2` (pending): no step finished, left out" in md
+    # a directory of runs (rlvr-temp demo's out): every run below it
+    demo = tmp_path / "demo"
+    for arm in ("fixed", "token"):
+        make_run(demo, arm, 0, None, dirname=arm, mode=arm)
+    md = compare_runs([demo], demo / "compare")["table"].read_text()
+    assert "| fixed | 1 | 0 | 10 |" in md and "| token | 1 | 0 | 10 |" in md
+    # nothing finished yet: one line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "sweep.json").write_text(json.dumps({"runs": [planned[0] | {"status": "pending"}]}))
+    assert main(["compare", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert "a sweep of 1 runs, none of which has finished a step yet" in capsys.readouterr().err

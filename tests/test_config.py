@@ -108,7 +108,7 @@ def test_every_shipped_recipe_validates():
     assert recipes, "no recipes shipped"
     for path in recipes:
         if path.parent.name == "tgr":  # supervised TGR recipes have their own schema
-            from rlvr_temp.learner.tgr import TGRConfig
+            from rlvr_temp.learner.tgr_recipe import TGRConfig
 
             load_config(path, schema=TGRConfig)
         else:

@@ -1,4 +1,5 @@
-"""Tests of rlvr_temp.data.sources: bundled sets, jsonl/json/verl-parquet loading, prompt template, PromptStream."""
+"""Tests of rlvr_temp.data.sources (bundled sets, jsonl/json/verl-parquet loading) and rlvr_temp.data.prompts (prompt
+template, PromptStream)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from rlvr_temp.data import sources as data
-from rlvr_temp.data.sources import BUNDLED, DataError, PromptStream, format_prompt, load_prompts
+from rlvr_temp.data.prompts import PromptStream, format_prompt
+from rlvr_temp.data.sources import BUNDLED, DataError, load_prompts
+from rlvr_temp.reward.answers import last_boxed
+from rlvr_temp.reward.answers import normalize_ground_truth as normalize
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +51,6 @@ def test_bundled_licences_present() -> None:
 
 
 def test_known_answers() -> None:
-    normalize, _ = data._verify_helpers()
     assert load_prompts("aime24")[0]["ground_truth"] == normalize("204")
     assert load_prompts("aime25")[0]["ground_truth"] == normalize(70)
     assert load_prompts("amc23")[0]["ground_truth"] == normalize(27.0)
@@ -55,7 +58,6 @@ def test_known_answers() -> None:
 
 
 def test_minerva_answer_is_last_boxed_of_solution() -> None:
-    normalize, last_boxed = data._verify_helpers()
     raw = [json.loads(line) for line in BUNDLED["minerva"].file.read_text(encoding="utf-8").splitlines()]
     assert all("answer" not in r for r in raw)  # the original file: answers are derived at load time
     ds = load_prompts("minerva")
@@ -123,7 +125,6 @@ def test_jsonl_field_detection_and_keys(tmp_path: Path) -> None:
         ],
     )
     ds = load_prompts(path)
-    normalize, _ = data._verify_helpers()
     assert ds["question"] == ["p1", "p2", "p3"]
     assert ds["ground_truth"] == [normalize("3"), normalize(["4"]), normalize(5)]
     assert ds["data_source"] == ["mix"] * 3
@@ -151,9 +152,8 @@ def test_missing_answer_names_file_and_row(tmp_path: Path) -> None:
     assert isinstance(e.value, ValueError)
     assert len(load_prompts(path, on_missing="skip")) == 2
     unusable = _write_jsonl(tmp_path / "z.jsonl", [{"question": "q", "answer": "$ $"}])
-    if data._verify_helpers()[0] is not data._normalize_fallback:  # verify rejects "$ $"
-        with pytest.raises(DataError, match=r"z\.jsonl: row 1: missing answer .*'answer' unusable"):
-            load_prompts(unusable)
+    with pytest.raises(DataError, match=r"z\.jsonl: row 1: missing answer .*'answer' unusable"):  # "$ $"
+        load_prompts(unusable)
     bad_q = _write_jsonl(tmp_path / "y.jsonl", [{"problem": None, "answer": "1"}])
     with pytest.raises(DataError, match=r"y\.jsonl: row 1: missing question"):
         load_prompts(bad_q)

@@ -6,7 +6,8 @@ from math import comb
 
 import pytest
 
-from rlvr_temp.evaluation.evaluate import k_values, maj_at_k, pass_at_k, summarize
+from rlvr_temp.evaluation.evaluate import summarize
+from rlvr_temp.evaluation.stats import k_values, maj_at_k, pass_at_k
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ GROUP2 = [
 def _smoke(tmp_path: Path, groups: str, timeout: int) -> tuple[Any, dict[str, Any], dict[str, dict[str, Any]]]:
     out = tmp_path / "r.json"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, str(ROOT / "scripts" / "gpu_smoke.py"), "--small", "--groups", groups, "--out", str(out)]
+    cmd = [sys.executable, "-m", "scripts.gpu_smoke", "--small", "--groups", groups, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.exists(), proc.stdout + proc.stderr
     report = json.loads(out.read_text())

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from rlvr_temp.config.schema import load_config, save_config
+from rlvr_temp.data.models import resolve_model
+from rlvr_temp.data.prompts import load_train_rows
 from rlvr_temp.data.sources import DataError, load_prompts
-from rlvr_temp.driver.launch import _job_env_vars, load_train_rows, resolve_model
+from rlvr_temp.driver.launch import _job_env_vars
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"

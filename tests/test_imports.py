@@ -1,10 +1,14 @@
-"""Every module of the package imports on its own, and the module-level imports between them form no circle.
+"""Every module of the package imports on its own, no import statement closes a circle, and the rooms of the
+package import one way.
 
 (a) imports each module alone in a fresh interpreter, so a module that only works because another one happened to
 be imported first (or that a refactor left with a dangling name) fails here, not in a user's first run.
-(b) reads the sources with ``ast`` (nothing is imported) and builds the graph of module-level imports of one
-rlvr_temp module by another; a circle there is an import order waiting to break. Imports inside functions and
-under ``if TYPE_CHECKING:`` are not part of the graph: they do not run at import time.
+(b) reads the sources with ``ast`` (nothing is imported) and builds the graph of imports of one rlvr_temp module
+by another: once with the module-level imports only (a circle there is an import order waiting to break), once
+with every import statement, those inside functions included (a circle there is a design that depends on itself,
+hidden by a lazy import). Only imports under ``if TYPE_CHECKING:`` are left out of the second: they never run.
+(c) maps every module to its room (a subpackage, or a module directly in ``rlvr_temp/``) and checks that every
+import goes down :data:`LAYERS`: the driver over the roles, the roles over the domain, the domain over the core.
 """
 
 from __future__ import annotations
@@ -73,13 +77,14 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _module_level_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+def _module_level_imports(tree: ast.AST, functions: bool = False) -> list[ast.Import | ast.ImportFrom]:
     """Import statements that run when the module is imported: not inside a function (or lambda), not under
-    ``if TYPE_CHECKING:`` (its ``else:`` does run). Class bodies, ``try:`` and other ``if`` blocks count."""
+    ``if TYPE_CHECKING:`` (its ``else:`` does run). Class bodies, ``try:`` and other ``if`` blocks count.
+    ``functions``: those inside functions too (every import statement that can run)."""
     found: list[ast.Import | ast.ImportFrom] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+        if not functions and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             return
         if isinstance(node, ast.Import | ast.ImportFrom):
             found.append(node)
@@ -130,12 +135,14 @@ def _targets(importer: str, node: ast.Import | ast.ImportFrom) -> set[str]:
     return out
 
 
-def _edges(importer: str, source: str) -> set[str]:
-    return set().union(*(_targets(importer, node) for node in _module_level_imports(ast.parse(source))))
+def _edges(importer: str, source: str, functions: bool = False) -> set[str]:
+    nodes = _module_level_imports(ast.parse(source), functions)
+    return set().union(*(_targets(importer, node) for node in nodes))
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {name: _edges(name, _source_file(name).read_text(encoding="utf-8")) for name in MODULES}
+def import_graph(functions: bool = False) -> dict[str, set[str]]:
+    """Module -> the modules it imports (``functions``: inside functions too)."""
+    return {name: _edges(name, _source_file(name).read_text(encoding="utf-8"), functions) for name in MODULES}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -176,23 +183,30 @@ def test_module_level_import_resolution() -> None:
         "from rlvr_temp import losses, __version__\n"
         "from . import config\n"
         "from .temperature import window\n"
-        "try:\n    from rlvr_temp.data.sources import format_prompt\nexcept ImportError:\n    pass\n"
-        "if TYPE_CHECKING:\n    from rlvr_temp.learner.policy import Learner\nelse:\n    from rlvr_temp import verify\n"
+        "try:\n    from rlvr_temp.data.sources import load_prompts\nexcept ImportError:\n    pass\n"
+        "if TYPE_CHECKING:\n    from rlvr_temp.learner.learner import Learner\n"
+        "else:\n    from rlvr_temp.reward import verify\n"
         "def f():\n    from rlvr_temp.driver.trainer import Trainer\n"
         "class C:\n    from rlvr_temp import metrics\n"
         "import numpy\n"
     )
-    assert _edges("rlvr_temp.evaluation.evaluate", src) == {
+    module_level = {
         "rlvr_temp.temperature.ttm",
         "rlvr_temp.temperature",
         "rlvr_temp.losses",
         "rlvr_temp",
-        "rlvr_temp.config.schema",
+        "rlvr_temp.config",
         "rlvr_temp.temperature.window",
         "rlvr_temp.data.sources",
+        "rlvr_temp.data",  # importing a subpackage's module runs its __init__ first
         "rlvr_temp.reward.verify",
+        "rlvr_temp.reward",
         "rlvr_temp.metrics",
     }
+    assert _edges("rlvr_temp.cli", src) == module_level
+    # every import that can run: the function's too, never the TYPE_CHECKING one
+    everything = module_level | {"rlvr_temp.driver.trainer", "rlvr_temp.driver"}
+    assert _edges("rlvr_temp.cli", src, functions=True) == everything
     # inside a subpackage: relative imports resolve against it, and its own __init__ is not an edge
     inner = _edges("rlvr_temp.temperature.token_rule", "from .window import X\nfrom .. import utils\n")
     assert inner == {"rlvr_temp.temperature.window", "rlvr_temp.utils"}
@@ -208,10 +222,64 @@ def test_no_module_level_import_cycle() -> None:
     assert cycle is None, "module-level import circle: " + " -> ".join(cycle)
 
 
+def test_no_import_cycle_counting_imports_inside_functions() -> None:
+    cycle = find_cycle(import_graph(functions=True))
+    assert cycle is None, "import circle (imports inside functions included): " + " -> ".join(cycle)
+
+
+# ------------------------------------------------------------------------------- (c) rooms import one way
+#: the package's rooms from the top down: a room imports only rooms of later layers, never one of its own layer
+#: or an earlier one. A room is a subpackage (rlvr_temp/driver/ ...) or a module directly in rlvr_temp/.
+LAYERS: list[set[str]] = [
+    {"cli"},  # the entry point: every command
+    {"driver"},  # the driver process: the loop, actors' placement and recovery, sweeps
+    {"evaluation"},  # offline: evaluate (starts an engine), compare, report
+    {"engine", "learner"},  # the rollout actor and vLLM's worker processes; the learner's ranks
+    {"weights"},  # weight sync: the driver's handle, the learner's sender, the engine's receiver
+    {"data", "metrics", "checkpoint"},  # prompts and models; rollout metrics; checkpoints
+    {"batch", "config"},  # the typed batch; the recipe schema
+    {"temperature", "reward", "losses"},  # temperature strategies and the wire format; verifier; loss registries
+    {"utils", "benign_logs"},
+]
+RANK = {room: i for i, layer in enumerate(LAYERS) for room in layer}
+
+
+def room(module: str) -> str:
+    """``rlvr_temp.engine.worker`` -> ``engine``; ``rlvr_temp.utils`` -> ``utils``; the package itself -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_every_room_has_a_layer() -> None:
+    assert {room(m) for m in MODULES} - {""} == set(RANK)
+
+
+def test_rooms_import_one_way() -> None:
+    """Every import statement, those inside functions included, goes from a room to one in a later layer."""
+    wrong = []
+    for importer, targets in import_graph(functions=True).items():
+        for target in targets:
+            a, b = room(importer), room(target)
+            if a and b and a != b and RANK[a] >= RANK[b]:
+                wrong.append(f"{importer} -> {target} ({a}: layer {RANK[a]}, {b}: layer {RANK[b]})")
+    assert not wrong, "imports against the layers:\n" + "\n".join(sorted(wrong))
+
+
+def test_the_driver_imports_neither_vllm_nor_bitsandbytes():
+    """The driver process starts actors; vLLM and bitsandbytes load in the actors that use them (and only there
+    print what they print at import)."""
+    code = (
+        "import sys, rlvr_temp.cli, rlvr_temp.driver.trainer, rlvr_temp.driver.sweep, rlvr_temp.driver.demo; "
+        "print(sorted(m for m in ('vllm', 'bitsandbytes') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_the_learner_and_the_temperature_package_import_without_ray_or_vllm():
     """The GPU smoke test's first group runs where neither is installed (scripts/gpu_smoke.py)."""
     code = (
-        "import sys, rlvr_temp.learner.policy, rlvr_temp.temperature, rlvr_temp.checkpoint; "
+        "import sys, rlvr_temp.learner.learner, rlvr_temp.temperature, rlvr_temp.checkpoint; "
         "print(sorted(m for m in ('ray', 'vllm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

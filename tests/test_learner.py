@@ -8,7 +8,7 @@ import torch
 
 from rlvr_temp.batch import TrainBatch, collate
 from rlvr_temp.config.schema import RunConfig
-from rlvr_temp.learner.policy import Learner
+from rlvr_temp.learner.learner import Learner
 
 AGGS = (None, "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 

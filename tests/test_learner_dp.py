@@ -78,7 +78,7 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path, tiny_model_path, mode):
     from rlvr_temp.driver.launch import start_learner
     from rlvr_temp.driver.placement import release
-    from rlvr_temp.learner.policy import Learner
+    from rlvr_temp.learner.learner import Learner
 
     batch = _batch()
     single = Learner(tiny_model_path, _cfg(tiny_model_path, mode, 1), num_threads=1)

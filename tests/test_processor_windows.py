@@ -9,8 +9,9 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from rlvr_temp.config.schema import TemperatureConfig
-from rlvr_temp.engine.processor_v1 import EXTRA_KEY, TemperatureProcessor
+from rlvr_temp.engine.processor_v1 import TemperatureProcessor
 from rlvr_temp.temperature import make_strategy
+from rlvr_temp.temperature.request import EXTRA_KEY
 
 
 def _proc() -> TemperatureProcessor:

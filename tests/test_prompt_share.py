@@ -9,7 +9,7 @@ import torch
 
 from rlvr_temp.batch import TrainBatch
 from rlvr_temp.config.schema import RunConfig
-from rlvr_temp.learner.policy import Learner
+from rlvr_temp.learner.learner import Learner
 from rlvr_temp.learner.prompt_share import prompt_chunks
 
 

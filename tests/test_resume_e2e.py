@@ -125,7 +125,7 @@ def test_export_loads_and_decodes_like_the_policy(reference, tmp_path, tiny_mode
     from rlvr_temp.checkpoint import load_checkpoint
     from rlvr_temp.config.schema import RunConfig
     from rlvr_temp.learner.export import export_run
-    from rlvr_temp.learner.policy import Learner
+    from rlvr_temp.learner.learner import Learner
 
     out = export_run(reference, tmp_path / "exported")
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rlvr_temp.cli import parse_args
-from rlvr_temp.driver import sweep
+from rlvr_temp.driver import local_runs, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "recipes" / "demo"
@@ -63,10 +63,10 @@ def test_placement_bundles_follow_the_recipe():
 def test_engines_are_shared_when_model_and_engine_settings_match(tmp_path):
     arms = [str(DEMO / f"{a}.yaml") for a in ("fixed", "learned", "mixture")]
     runs = sweep.plan(arms, 2, tmp_path, SMALL)
-    [(cfg, group)] = sweep.engine_groups(runs)
+    [(cfg, group)] = local_runs.engine_groups(runs)
     assert group == runs and cfg.temperature.mode == "learned"  # the TTM head's engine serves every arm
     runs += sweep.plan([str(DEMO / "token.yaml")], 1, tmp_path, [*SMALL, "model.max_model_len=200"])
-    groups = sweep.engine_groups(runs)
+    groups = local_runs.engine_groups(runs)
     assert [len(g) for _, g in groups] == [6, 1]
 
 

@@ -1,15 +1,24 @@
 """The driver's side of the weight sync (rlvr_temp.weights.sync.EngineSync): which backend and sleep mode a recipe gets,
 the order of sleep / wake / transfer calls, and re-forming the transfer group after an actor restart. Recording
 Ray actors stand in for the learner and the engines (the real transfer is tests/test_weight_sync.py's and the
-end-to-end tests')."""
+end-to-end tests'). And the package's shape: one module per backend behind rlvr_temp.weights.base, and which ends
+import without vLLM."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray
 
 from rlvr_temp.config.schema import load_config
+from rlvr_temp.weights import sender
+from rlvr_temp.weights.base import Transport
 from rlvr_temp.weights.sync import EngineSync
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(*overrides: str):
@@ -120,3 +129,31 @@ def test_sleep_wake_and_reconnect_order(local_ray):
         "wake:kv_cache",
         "wake:kv_cache",
     ]
+
+
+def test_driver_and_learner_ends_import_without_vllm():
+    """The driver's handle, the learner's sender, the clients and the policy's tensors import without vLLM (a
+    learner that never sends needs none); ``PolicySource`` is vLLM's ``WeightSource`` once asked for."""
+    code = (
+        "import sys, pickle\n"
+        "from rlvr_temp.weights import base, clients, sender, source, sync\n"
+        "print('vllm' in sys.modules)\n"
+        "from rlvr_temp.weights.source import PolicySource\n"
+        "from vllm.distributed.weight_transfer.base import WeightSource\n"
+        "print(issubclass(PolicySource, WeightSource), pickle.loads(pickle.dumps(PolicySource)) is PolicySource)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["False", "True", "True"], out.stdout
+
+
+def test_backends_by_name():
+    """One module per backend behind one interface; each one's init info names it in vLLM's factories."""
+    assert sender.BACKENDS == ("gloo", "nccl", "ipc")
+    for name in sender.BACKENDS:
+        transport = sender.transport(name)
+        assert isinstance(transport, Transport) and transport.name == name
+        info = transport.init_info(3, 0, 1 << 20)
+        assert type(info).backend == name and info.rank == 0
+    assert sender.transport("gloo").init_info(3, 0, 1 << 20).world_size == 3
+    with pytest.raises(ValueError, match="'object_store': expected gloo, nccl or ipc"):
+        sender.transport("object_store")

@@ -1,6 +1,6 @@
 """Tests of Temperature-Guided Reasoning: the TTM head, its regulariser, GSoT, the sampling-range map, the bundled
 WikiQA loader, the SFT batches (labels never on padding) and the CPU SFT recipe (rlvr_temp.temperature.ttm,
-rlvr_temp.learner.tgr)."""
+rlvr_temp.learner.tgr, rlvr_temp.learner.tgr_recipe)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,16 @@ import torch
 
 from rlvr_temp.cli import main as cli_main
 from rlvr_temp.config.schema import ConfigError, TrainerBase, TrainerConfig, load_config
-from rlvr_temp.learner.tgr import (
+from rlvr_temp.data.sft import collate_sft
+from rlvr_temp.learner.tgr import sft_loss, train_sft
+from rlvr_temp.learner.tgr_recipe import (
     RENAMED_KEYS,
     WIKIQA_POSITIVES,
     TGRConfig,
     TGRTrainerConfig,
-    collate_sft,
     encode_examples,
     load_tgr_config,
     load_wikiqa,
-    sft_loss,
-    train_sft,
 )
 from rlvr_temp.temperature import (
     TokenTemperatureHead,
@@ -218,7 +217,7 @@ def test_malformed_recipe_names_the_key(tmp_path: Path) -> None:
 SHARED = {
     "trainer.total_steps": 3,
     "trainer.seed": 7,
-    "trainer.run_dir": "/runs/x",  # relative ones are made absolute (rlvr_temp.config.run_root)
+    "trainer.run_dir": "/runs/x",  # relative ones are made absolute (rlvr_temp.config.recipe)
     "model.path": "/m",
     "model.dtype": "bfloat16",
 }

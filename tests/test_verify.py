@@ -228,7 +228,7 @@ def test_timeouts_are_bounded_and_counted():
         assert v.score(slow, 1) == 0.0
         assert v.stats["timeouts"] == 2 and v.stats["restarts"] == 1
         assert v.score(r"\boxed{2.0}", 2) == 1.0  # the rebuilt pool works
-        assert v._run(pow, [(2, 10)]) == [("ok", 1024)]
+        assert v.pool.run(pow, [(2, 10)], v.timeout_s) == [("ok", 1024)]
     with pytest.raises(RuntimeError):
         v.score(r"\boxed{1}", 1)
 

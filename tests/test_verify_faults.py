@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from rlvr_temp.reward.verify import MAX_IDLE_RESTARTS, Verifier
+from rlvr_temp.reward.pool import MAX_IDLE_RESTARTS, WorkerPool
+from rlvr_temp.reward.verify import Verifier
 
 # distinct pairs (identical ones would be judged once), a third of them wrong
 ANSWERS = [
@@ -26,7 +27,7 @@ def test_a_worker_killed_mid_batch_changes_no_score():
         worker = threading.Thread(target=lambda: out.append(v.score_batch(list(responses), list(truths))))
         worker.start()
         time.sleep(0.3)
-        pids = list(v._pool._processes)  # the live pool's workers
+        pids = v.pool.pids()  # the live pool's workers
         os.kill(pids[0], signal.SIGKILL)
         worker.join(timeout=120)
         assert v.stats["restarts"] >= 1, "the kill landed after the batch: make the batch longer"
@@ -38,7 +39,26 @@ def test_a_pool_that_keeps_dying_is_an_error_not_a_loop():
     with Verifier(num_workers=1, timeout_s=5.0) as v:
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match=r"died \d+ times in a row"):
-            v._run(os._exit, [(1,)] * 20)  # every job kills its worker
+            v.pool.run(os._exit, [(1,)] * 20, v.timeout_s)  # every job kills its worker
         assert v.stats["restarts"] > MAX_IDLE_RESTARTS
         assert time.monotonic() - t0 < 120  # bounded: it gave up rather than retrying forever
         assert v.score("\\boxed{2}", "2") == 1.0  # and the verifier still works afterwards
+
+
+def test_the_pool_on_its_own_bounds_each_job():
+    """rlvr_temp.reward.pool without the verifier: a job past its deadline is a timeout (the pool is rebuilt and the
+    innocent job runs again), the others' results come back in order; a closed pool refuses work."""
+    pool = WorkerPool(2, start_method="spawn", name="test")
+    try:
+        before = pool.pids()
+        assert len(before) == 2
+        assert pool.run(time.sleep, [(30,), (0,)], 1.0) == [("timeout", None), ("ok", None)]
+        assert pool.restarts == 1
+        assert pool.run(pow, [(2, 3), (3, 2)], 5.0) == [("ok", 8), ("ok", 9)]
+        after = pool.pids()
+        assert len(after) == 2 and not set(after) & set(before)  # the rebuilt pool's workers
+    finally:
+        pool.close()
+    assert pool.pids() == []
+    with pytest.raises(RuntimeError, match="the test pool is closed"):
+        pool.run(pow, [(2, 3)], 5.0)

@@ -12,7 +12,8 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from rlvr_temp.engine.processor_v1 import TemperatureProcessor, parse_request
+from rlvr_temp.engine.processor_v1 import TemperatureProcessor
+from rlvr_temp.temperature.request import parse_request
 
 RULE = {"t_low": 0.7, "t_high": 1.3, "hot_fraction": 0.25, "window": 64, "scope": "sequence"}
 

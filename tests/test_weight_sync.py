@@ -1,6 +1,7 @@
-"""The gloo weight-transfer backend (rlvr_temp.weights.transfer): bucketed bytes-exact transfers and clean aborts with
-in-process fake engines, the learner's PolicySource against export_weights, fan-out over Ray actors, and real vLLM
-CPU engines (in-process and tensor-parallel) whose greedy output after two sends equals transformers'."""
+"""The gloo weight-sync backend (rlvr_temp.weights.gloo): bucketed bytes-exact transfers and clean aborts with
+in-process fake engines, the learner's PolicySource against export_weights, fan-out over Ray actors
+(rlvr_temp.weights.clients), and real vLLM CPU engines (in-process and tensor-parallel) whose greedy output after
+two sends equals transformers'."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 from vllm.utils.network_utils import get_open_port
 
-from rlvr_temp.weights import transfer as ws
+from rlvr_temp.weights import gloo as ws
+from rlvr_temp.weights.clients import LocalLLMClient, RayEnginesClient
+from rlvr_temp.weights.source import PolicySource
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Q: 12+7\nA:", "Q: 47+38\nA:", "Q: 3*4\nA:", "Q: 83-47\nA:"]
@@ -101,6 +104,11 @@ class FakeClient:
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         pass
+
+
+class GlooWorkerExtension:
+    """A ``worker_extension_cls`` whose import (this module imports rlvr_temp.weights.gloo) registers ``gloo`` in
+    spawned vLLM worker processes before their model loads. Adds no methods."""
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -234,7 +242,7 @@ def test_engines_that_fail_outright_fail_the_trainer_at_once():
 
 def _learner(tiny_model_path: str, mode: str):
     from rlvr_temp.config.schema import RunConfig
-    from rlvr_temp.learner.policy import Learner
+    from rlvr_temp.learner.learner import Learner
 
     cfg = RunConfig.model_validate(
         {"model": {"path": tiny_model_path}, "learner": {"mode": mode, "mini_batch_size": 2, "micro_batch_size": 2}}
@@ -252,7 +260,7 @@ def _learner(tiny_model_path: str, mode: str):
 def test_policy_source_equals_export_weights(tiny_model_path: str, mode: str):
     """Same names, shapes and dtypes in metadata() as in iteration, and bitwise the values of export_weights()."""
     learner = _learner(tiny_model_path, mode)
-    source = ws.PolicySource.from_learner(learner)
+    source = PolicySource.from_learner(learner)
     pairs = list(source)
     exported = learner.export_weights()
     assert [m.name for m in source.metadata()] == [n for n, _ in pairs]
@@ -293,7 +301,7 @@ def test_ray_engines_client_fans_out_with_rank_offsets(ray_cluster):
     # the actors unpickle this module's fakes by reference: put the tests folder on their path
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}}
     holders = [Holder.options(runtime_env=env).remote() for _ in range(2)]
-    client = ws.RayEnginesClient(holders, [1, 1])
+    client = RayEnginesClient(holders, [1, 1])
     assert client.world_size == 3
     sent = _tensors()
     _trainer(client, DictSource(sent), bucket_bytes=3000, world_size=client.world_size).send_weights()
@@ -302,7 +310,7 @@ def test_ray_engines_client_fans_out_with_rank_offsets(ray_cluster):
     for _, got in reports:
         assert all(torch.equal(got[n], t) for n, t in sent.items())
     with pytest.raises(ValueError, match="TP sizes"):
-        ws.RayEnginesClient(holders, [1])
+        RayEnginesClient(holders, [1])
 
 
 # ---------------------------------------------------------------------------------------------- real engines
@@ -332,19 +340,20 @@ def test_tensor_parallel_engine_receives_on_both_ranks(tiny_model_path: str, tmp
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from vllm import LLM, SamplingParams
         from vllm.config import WeightTransferConfig
-        from rlvr_temp.weights import transfer as ws
-        from tests.test_weight_sync import PROMPTS, _hf_greedy, _perturbed, _trainer
+        from rlvr_temp.weights.clients import LocalLLMClient
+        from rlvr_temp.weights.source import PolicySource
+        from tests.test_weight_sync import PROMPTS, GlooWorkerExtension, _hf_greedy, _perturbed, _trainer
         if __name__ == "__main__":
             path = {tiny_model_path!r}
             llm = LLM(model=path, dtype="float32", max_model_len=128, enforce_eager=True, tensor_parallel_size=2,
-                      worker_extension_cls="rlvr_temp.weights.transfer.GlooWorkerExtension",
+                      worker_extension_cls=f"{{GlooWorkerExtension.__module__}}.GlooWorkerExtension",
                       weight_transfer_config=WeightTransferConfig(backend="gloo"))
             greedy = lambda: [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS,
                 SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)]
             before = greedy()
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             _perturbed(model, 0)
-            engine = _trainer(ws.LocalLLMClient(llm), ws.PolicySource(model, torch.float32), 1 << 16, world_size=3)
+            engine = _trainer(LocalLLMClient(llm), PolicySource(model, torch.float32), 1 << 16, world_size=3)
             stats = engine.send()
             after = greedy()
             ref = _hf_greedy(model, AutoTokenizer.from_pretrained(path))
@@ -405,8 +414,8 @@ def test_engine_greedy_equals_transformers_after_each_of_two_sends(engine, tiny_
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
-    source = ws.PolicySource(model, torch.float32)
-    trainer = _trainer(ws.LocalLLMClient(engine), source, bucket_bytes=1 << 16)
+    source = PolicySource(model, torch.float32)
+    trainer = _trainer(LocalLLMClient(engine), source, bucket_bytes=1 << 16)
     previous = _greedy(engine)
     for seed, bucket_bytes in ((0, 1 << 16), (1, ws.DEFAULT_BUCKET_BYTES)):
         _perturbed(model, seed)
@@ -444,9 +453,9 @@ def test_ttm_head_travels_last_and_survives_small_buckets(tiny_model_path: str):
     llm = _inprocess_llm(tiny_model_path, hf_overrides=ttm_vllm.hf_overrides(tiny_model_path, settings))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     head = TokenTemperatureHead(model.config.hidden_size, **settings, init_std=0.3)
-    source = ws.PolicySource(model, torch.float32, ttm_head=head)
+    source = PolicySource(model, torch.float32, ttm_head=head)
     assert [m.name for m in source.metadata()][-2:] == ["ttm_head.proj.weight", "ttm_head.proj.bias"]
-    trainer = _trainer(ws.LocalLLMClient(llm), source, bucket_bytes=1 << 16)
+    trainer = _trainer(LocalLLMClient(llm), source, bucket_bytes=1 << 16)
     for _ in range(2):
         with torch.no_grad():
             head.proj.bias.add_(0.1)

@@ -8,6 +8,12 @@ parents are merged first, children override. Dotted overrides from the command l
 types, ranges and unknown keys are checked by pydantic, and every failure becomes one :class:`ConfigError`
 whose message names the file and the key path.
 
+Loaded in the driver (the command line, the trainer, the sweep); the learner actors get the typed ``RunConfig`` as
+it is, the engines their typed sections. The sections live by area: ``model`` / ``data`` / ``logging`` / ``eval``
+here, ``rollout`` / ``temperature`` in :mod:`rlvr_temp.config.sampling`, ``algorithm`` / ``reward`` / ``learner`` /
+``trainer`` / ``checkpoint`` in :mod:`rlvr_temp.config.training`, ``ray`` / ``resources`` / ``rollout.engine`` in
+:mod:`rlvr_temp.config.cluster`; all of them are importable from here.
+
 Defaults follow the multi-temperature paper (Wu et al., arXiv 2510.08892) where it gives a value, DAPO
 (Yu et al., arXiv 2503.14476) for clip-higher / dynamic sampling / overlong shaping, and otherwise what fits the
 embedded tiny model on a 2-core CPU.
@@ -23,15 +29,66 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from rlvr_temp.config.cluster import EngineConfig, RayConfig, ResourcesConfig
 from rlvr_temp.config.recipe import ConfigError, Section, apply_overrides, format_validation, read_yaml
-from rlvr_temp.config.run_root import RUN_ROOT_ENV, resolve_run_dir
+from rlvr_temp.config.sampling import (
+    LearnedConfig,
+    MixtureConfig,
+    RolloutConfig,
+    ScheduleConfig,
+    TemperatureConfig,
+    TokenRuleConfig,
+)
+from rlvr_temp.config.training import (
+    FULL_FT_LR_MAX,
+    AlgorithmConfig,
+    CheckpointConfig,
+    LearnerConfig,
+    OverlongConfig,
+    PolicyConfig,
+    RewardConfig,
+    TrainerBase,
+    TrainerConfig,
+)
 from rlvr_temp.temperature.strategy import MODES
 from rlvr_temp.utils import atomic_write_text
 
-__all__ = ["ConfigError", "RunConfig", "format_validation", "load_config", "save_config"]
+# the recipe's face: RunConfig and its loaders, and every section class (defined by area in config/cluster.py,
+# config/sampling.py and config/training.py), so that callers import them all from here
+__all__ = [
+    "DEFAULT_SUFFIX",
+    "FULL_FT_LR_MAX",
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "EngineConfig",
+    "EvalConfig",
+    "LearnedConfig",
+    "LearnerConfig",
+    "LoggingConfig",
+    "MixtureConfig",
+    "ModelConfig",
+    "OverlongConfig",
+    "PolicyConfig",
+    "RayConfig",
+    "ResourcesConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "ScheduleConfig",
+    "Section",
+    "SyntheticDataConfig",
+    "TemperatureConfig",
+    "TokenRuleConfig",
+    "TrainerBase",
+    "TrainerConfig",
+    "format_validation",
+    "load_config",
+    "save_config",
+]
 
 DEFAULT_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
 
@@ -83,224 +140,6 @@ class DataConfig(Section):
         None, description="Apply the tokenizer's chat template: None = when the tokenizer has one."
     )
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
-
-
-class RolloutConfig(Section):
-    num_workers: int = Field(1, ge=1, description="Number of vLLM rollout workers (Ray actors).")
-    prompts_per_step: int = Field(8, ge=1, description="Prompts per training step (paper: 512).")
-    group_size: int = Field(8, ge=1, description="Responses per prompt, G (paper: 8).")
-    max_response_len: int = Field(64, ge=1, description="Maximum generated tokens per response.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1.0 = off; on-policy needs 1.0).")
-    top_k: int = Field(-1, description="Top-k sampling (-1 = off).")
-    dump: bool = Field(False, description="Write one jsonl of rollouts per step into `<run>/rollouts/`.")
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-
-
-class TokenRuleConfig(Section):
-    t_low: float = Field(1.2, gt=0, description="Temperature of low-entropy (knowledge) tokens (paper: 1.2).")
-    t_high: float = Field(1.6, gt=0, description="Temperature of high-entropy (reasoning) tokens (paper: 1.6).")
-    hot_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of tokens above the entropy threshold (paper: top 20%)."
-    )
-    window: int = Field(100_000, ge=1, description="Entropy window length (paper: 100,000, global scope).")
-    scope: Literal["global", "sequence"] = Field(
-        "global", description="`global`: one window per engine (paper); `sequence`: one window per response."
-    )
-    warmup_tokens: int = Field(
-        0,
-        ge=0,
-        description="While the window holds fewer entropies than this, every token is cold (t_low); 0 = authors'.",
-    )
-
-    @model_validator(mode="after")
-    def _order(self) -> TokenRuleConfig:
-        if self.t_high < self.t_low:
-            raise ValueError(f"t_high ({self.t_high}) must be >= t_low ({self.t_low})")
-        return self
-
-
-class MixtureConfig(Section):
-    kind: Literal["offsets", "explicit"] = Field(
-        "offsets", description="`offsets`: the authors' [0, 0, -d, +d, -2d, +2d, ...]; `explicit`: `counts`."
-    )
-    step: float = Field(0.1, gt=0, description="Offset increment d for `offsets` (paper: 0.1).")
-    counts: dict[float, int] | None = Field(
-        None, description="Explicit {temperature: count} list, counts summing to `rollout.group_size`."
-    )
-
-
-class ScheduleConfig(Section):
-    kind: Literal["constant", "linear", "spike", "cosine"] = Field(
-        "constant", description="How the base temperature moves over steps (paper §4: linear 1.2->1.4 / 300)."
-    )
-    end: float | None = Field(None, gt=0, description="Final base temperature for `linear` / `cosine`.")
-    steps: int = Field(300, ge=1, description="Steps over which `linear` / `cosine` move (paper: 300).")
-    every: int = Field(50, ge=1, description="`spike`: raise the temperature every N steps (paper: 50).")
-    increment: float = Field(0.1, description="`spike`: amount added every `every` steps (paper: 0.1).")
-
-
-class LearnedConfig(Section):
-    t_low: float = Field(0.8, gt=0, description="Sampling temperature at the TTM head's minimum output.")
-    t_high: float = Field(1.4, gt=0, description="Sampling temperature at the TTM head's maximum output.")
-    heads: int = Field(4, ge=1, description="TTM heads (Quasar-1, arXiv 2412.06822; averaged per token).")
-    t_min: float = Field(0.01, ge=0, lt=1, description="Lower clamp of the head's sigmoid (Quasar-1: 0.01).")
-    t_max: float = Field(0.99, gt=0, le=1, description="Upper clamp of the head's sigmoid (Quasar-1: 0.99).")
-    init_temperature: float = Field(0.5, gt=0, lt=1, description="Head output at initialisation, t0.")
-    reg_weight: float = Field(0.0, ge=0, description="Regulariser weight * mean((t - t0)^2) (Quasar-1).")
-
-    @model_validator(mode="after")
-    def _ranges(self) -> LearnedConfig:
-        if self.t_high < self.t_low:
-            raise ValueError(f"t_high ({self.t_high}) must be >= t_low ({self.t_low})")
-        if not self.t_min < self.init_temperature < self.t_max:
-            raise ValueError("init_temperature must lie strictly between t_min and t_max")
-        return self
-
-
-class TemperatureConfig(Section):
-    mode: str = Field(
-        "fixed",
-        description="Sampling temperature strategy, a mode registered in `rlvr_temp.temperature.strategy` (paper "
-        "arms: `fixed`, `token`, `mixture`, `token+mixture`; `learned`: the TTM head's per-token temperature, "
-        "trained by the policy gradient).",
-    )
-    base: float = Field(1.0, gt=0, description="Base (rollout-level) temperature.")
-    logprobs: Literal["on_policy", "off_policy"] = Field(
-        "on_policy",
-        description="Learner log-probs at the per-token temperatures the rollout used (on_policy, paper's best) "
-        "or at the base temperature (off_policy ablation).",
-    )
-    token: TokenRuleConfig = Field(default_factory=TokenRuleConfig)
-    mixture: MixtureConfig = Field(default_factory=MixtureConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    learned: LearnedConfig = Field(default_factory=LearnedConfig)
-
-    @field_validator("mode")
-    @classmethod
-    def _registered(cls, mode: str) -> str:
-        if mode not in MODES:
-            raise ValueError(f"unknown temperature mode {mode!r}; registered: {', '.join(sorted(MODES))}")
-        return mode
-
-
-class OverlongConfig(Section):
-    enabled: bool = Field(False, description="DAPO soft overlong punishment.")
-    buffer: int = Field(16, ge=1, description="Penalty ramps linearly over the last N tokens (DAPO: 4096).")
-    penalty: float = Field(1.0, ge=0, description="Penalty at the maximum length.")
-
-
-class AlgorithmConfig(Section):
-    advantage: Literal["grpo", "drgrpo"] = Field(
-        "grpo", description="`grpo`: (r - mean) / (std + eps); `drgrpo`: r - mean (Liu et al. 2025)."
-    )
-    loss: Literal["grpo", "dapo", "drgrpo"] = Field("dapo", description="Policy loss from the loss registry.")
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] | None = Field(
-        None,
-        description="Loss aggregation; None = the loss's own (dapo: token-mean, grpo: seq-mean-token-mean).",
-    )
-    clip_eps_low: float = Field(0.2, ge=0, description="PPO clip lower epsilon (DAPO: 0.2).")
-    clip_eps_high: float = Field(0.28, ge=0, description="PPO clip upper epsilon, clip-higher (DAPO: 0.28).")
-    dual_clip_c: float | None = Field(None, gt=1, description="Dual-clip constant for negative advantages.")
-    kl_coef: float = Field(0.0, ge=0, description="`low_var_kl` coefficient against the frozen base (paper: 0).")
-    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient (paper: 0).")
-    archer: bool = Field(False, description="Archer dual-token constraint (arXiv 2507.15778).")
-    dynamic_sampling: bool = Field(True, description="DAPO: drop groups whose rewards are all equal, refill.")
-    max_refill_rounds: int = Field(2, ge=0, description="Bound on extra generation rounds per step.")
-    ppo_epochs: int = Field(1, ge=1, description="Passes over each step's batch.")
-    overlong: OverlongConfig = Field(default_factory=OverlongConfig)
-
-
-class RewardConfig(Section):
-    mode: Literal["binary", "signed"] = Field("binary", description="1/0 (GRPO) or +1/-1 (DAPO).")
-    format_penalty: float = Field(0.0, ge=0, description="Subtracted when a response has no \\boxed{}.")
-    timeout_s: float = Field(5.0, gt=0, description="Hard time bound per verification.")
-    num_workers: int = Field(2, ge=1, description="Verifier worker processes.")
-
-
-class PolicyConfig(Section):
-    """How the trained policy is built (shared by the RL learner and the TGR supervised recipe)."""
-
-    mode: Literal["full", "lora", "qlora"] = Field(
-        "qlora",
-        description="`full`: all weights; `lora`: LoRA on a plain base; `qlora`: LoRA on an NF4, double-quantised "
-        "base (bitsandbytes), computed in `model.dtype`.",
-    )
-    lora_r: int = Field(16, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0 keeps log-probs deterministic).")
-    lora_targets: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Modules that get LoRA adapters.",
-    )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
-
-
-#: A LoRA learner needs roughly 10x the full fine-tuning learning rate for the same update size (Schulman et al.,
-#: "LoRA Without Regret", Thinking Machines Lab 2025, also for RL); rates at or under this look copied from a
-#: full fine-tuning recipe (the paper's 1e-6), and `validate` warns.
-FULL_FT_LR_MAX = 5e-6
-
-
-class LearnerConfig(PolicyConfig):
-    lr: float = Field(
-        1e-6,
-        gt=0,
-        description="AdamW peak learning rate (paper, full fine-tuning: 1e-6; LoRA / QLoRA need about 10x: "
-        "docs/recipes.md).",
-    )
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps (paper: 10).")
-    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="After warm-up.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (paper: 0.1).")
-    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping (paper: 1.0).")
-    mini_batch_size: int = Field(64, ge=1, description="Responses per optimizer step (paper: 64-128 prompts).")
-    micro_batch_size: int = Field(
-        16, ge=1, description="Responses per forward/backward; gradients accumulate exactly over a mini-batch."
-    )
-    micro_batch_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Form micro-batches by a padded-token budget instead of `micro_batch_size` (verl's dynamic "
-        "batch size): responses sorted by length and packed; the gradient is the same (exact accumulation).",
-    )
-    share_prompts: bool = Field(
-        True,
-        description="Run each distinct prompt of a mini-batch once and let its responses attend to its cached "
-        "keys / values (the gradient is the same, summed over the group; docs/loop.md). Off: every response "
-        "recomputes its prompt. Not used with a learned-temperature head, FSDP2 or gradient checkpointing.",
-    )
-
-
-class TrainerBase(Section):
-    """The `trainer` keys every recipe kind shares (RL: :class:`TrainerConfig`; TGR: ``tgr.TGRTrainerConfig``)."""
-
-    model_config = ConfigDict(validate_default=True)  # the default run_dir is made absolute too
-
-    total_steps: int = Field(20, ge=1, description="Training steps (paper: 400).")
-    seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
-    run_dir: str = Field(
-        "runs/default",
-        description=f"Where metrics, checkpoints and the resolved config go. A relative path is taken from "
-        f"`${RUN_ROOT_ENV}` if set, else from the directory the command runs in, and saved absolute; inside a Ray "
-        f"job it needs `${RUN_ROOT_ENV}` (the job's working dir is a temporary copy; docs/cluster.md).",
-    )
-
-    @field_validator("run_dir")
-    @classmethod
-    def _absolute(cls, run_dir: str) -> str:
-        return resolve_run_dir(run_dir)
-
-
-class TrainerConfig(TrainerBase):
-    name: str | None = Field(None, description="Arm name in comparisons (default: the run directory's name).")
-    resume: str = Field("auto", description="`auto` (newest complete checkpoint), `never`, or a path.")
-    max_retries: int = Field(
-        2, ge=0, description="Retries of a step after a rollout worker or the learner died (docs/loop.md, faults)."
-    )
-
-
-class CheckpointConfig(Section):
-    every: int = Field(0, ge=0, description="Save every N steps (0 = only at the end / on signal).")
-    keep: int = Field(2, ge=1, description="Keep the last N checkpoints.")
 
 
 class LoggingConfig(Section):

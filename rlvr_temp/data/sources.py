@@ -1,12 +1,17 @@
-"""Prompt data: bundled benchmark / training sets, file loaders, the prompt template and a resumable stream.
+"""Prompt data: the bundled benchmark / training sets, file loaders and hub datasets, read into one table.
 
-``load_prompts`` returns a Hugging Face ``datasets.Dataset`` with string columns ``id``, ``question``,
-``ground_truth`` (normalised), ``data_source`` and ``ground_truth_raw`` (as in the file), from a bundled set
-(``BUNDLED``), a ``.jsonl`` / ``.json`` / ``.parquet`` file (field names auto-detected or given), or a parquet
-file in verl's schema (``prompt`` chat list, ``reward_model.ground_truth``, ``data_source``), or a hub dataset
-(``org/name[:config]``, rlvr_temp.data.hub). JSON is parsed here (exact row numbers in errors; a column's type may
-change from row to row); parquet and hub datasets go through ``datasets``, offline unless the user set
-``HF_DATASETS_OFFLINE`` (parquet's cache: ``$RLVR_TEMP_CACHE``, default ``~/.cache/rlvr_temp``).
+Runs in the driver (a run's training rows, ``rlvr-temp eval``'s problems). ``load_prompts`` returns a Hugging Face
+``datasets.Dataset`` with string columns ``id``, ``question``, ``ground_truth`` (normalised by
+:func:`rlvr_temp.reward.answers.normalize_ground_truth`), ``data_source`` and ``ground_truth_raw`` (as in the file),
+from a bundled set (``BUNDLED``), a ``.jsonl`` / ``.json`` / ``.parquet`` file (field names auto-detected or given),
+or a parquet file in verl's schema (``prompt`` chat list, ``reward_model.ground_truth``, ``data_source``), or a hub
+dataset (``org/name[:config]``, :class:`HubDataset`: ``datasets.load_dataset`` and its cache, ``HF_DATASETS_CACHE``).
+JSON is parsed here (exact row numbers in errors; a column's type may change from row to row); parquet and hub
+datasets go through ``datasets``, offline unless the user set ``HF_DATASETS_OFFLINE`` (parquet's cache:
+``$RLVR_TEMP_CACHE``, default ``~/.cache/rlvr_temp``). A hub dataset that is not cached while offline -> one line
+naming the id and the cache directory. Prompt templates and the stream of batches are in rlvr_temp.data.prompts.
+
+Left out: hub dataset revisions other than the default branch; streaming (``datasets``' ``streaming=True``).
 """
 
 from __future__ import annotations
@@ -14,16 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import string
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
-from rlvr_temp.config.schema import DEFAULT_SUFFIX
-from rlvr_temp.data.hub import HubDataset, hub_dataset, hub_rows
+from rlvr_temp.reward.answers import last_boxed, normalize_ground_truth
 
 if TYPE_CHECKING:
     import datasets
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
-DEFAULT_TEMPLATE = "{question} {suffix}"
 QUESTION_KEYS = ("question", "problem", "prompt", "query", "input")
 ANSWER_KEYS = (
     "reward_model.ground_truth",
@@ -45,6 +46,8 @@ ANSWER_KEYS = (
 ID_KEYS = ("id", "idx", "unique_id", "uid", "extra_info.index")
 COLUMNS = ("id", "question", "ground_truth", "data_source", "ground_truth_raw")
 OnMissing = Literal["error", "skip"]
+#: a hub dataset: ``org/name`` with an optional ``:config``
+HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?::[\w.-]+)?$")
 
 
 class DataError(ValueError):
@@ -118,34 +121,13 @@ def offline_datasets() -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- answers
-def _last_boxed_fallback(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, braces matched; None if absent."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(text) and depth:
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        j += 1
-    return text[i : j - 1] if depth == 0 else None
-
-
-def _normalize_fallback(gt: Any) -> str:
-    """Ground truth to str when rlvr_temp.reward.answers is unavailable: lists joined, 27.0 -> '27'."""
+def _as_text(gt: Any) -> str:
+    """A raw answer value as text, as the file holds it: lists joined, 27.0 -> '27'."""
     if isinstance(gt, (list, tuple)):
-        return ", ".join(_normalize_fallback(x) for x in gt if x is not None)
+        return ", ".join(_as_text(x) for x in gt if x is not None)
     if isinstance(gt, float) and gt.is_integer():
         return str(int(gt))
     return str(gt).strip()
-
-
-def _verify_helpers() -> tuple[Callable[[Any], str], Callable[[str], str | None]]:
-    try:
-        from rlvr_temp.reward.answers import last_boxed, normalize_ground_truth
-    except ImportError:
-        return _normalize_fallback, _last_boxed_fallback
-    return normalize_ground_truth, last_boxed
 
 
 def gsm8k_answer(text: str) -> str:
@@ -214,6 +196,44 @@ def _read_parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     yield from enumerate(ds, start=1)
 
 
+# ----------------------------------------------------------------------------------------------- hub datasets
+@dataclass(frozen=True)
+class HubDataset:
+    """A hub dataset split: ``datasets.load_dataset(repo, config, split=split)``."""
+
+    repo: str
+    config: str | None
+    split: str
+
+    def __str__(self) -> str:
+        return f"{self.repo}{':' + self.config if self.config else ''} (split {self.split})"
+
+
+def hub_dataset(name: str, split: str | None) -> HubDataset | None:
+    """``name`` as a hub dataset (``org/name[:config]``, split ``train`` unless given), or None when it is not one:
+    another form, a data-file suffix, or an existing local path."""
+    if not HUB_DATASET.match(name) or name.endswith((".jsonl", ".json", ".parquet")) or Path(name).exists():
+        return None
+    repo, _, config = name.partition(":")
+    return HubDataset(repo, config or None, split or "train")
+
+
+def hub_rows(src: HubDataset) -> Iterator[tuple[int, Any]]:
+    """(row number from 1, row) of a hub dataset split; :class:`DataError` in one line when it cannot load."""
+    ds = offline_datasets()
+    try:
+        data = ds.load_dataset(src.repo, src.config, split=src.split)
+    except ConnectionError:  # offline (or unreachable), and not in the cache
+        raise DataError(
+            f"data {src.repo!r}: hub dataset not in the datasets cache {ds.config.HF_DATASETS_CACHE} and the hub is "
+            "not reachable (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE): load it once with HF_DATASETS_OFFLINE=0, or point "
+            "HF_DATASETS_CACHE at a cache that holds it"
+        ) from None
+    except (ValueError, FileNotFoundError) as exc:  # unknown config or split, no such dataset
+        raise DataError(f"data {src}: {'; '.join(str(exc).splitlines())}") from None
+    yield from enumerate(data, start=1)
+
+
 def _read_rows(path: Path | HubDataset) -> Iterator[tuple[int, Any]]:
     if isinstance(path, HubDataset):
         return hub_rows(path)
@@ -280,7 +300,6 @@ def load_prompts(
     q_keys = (question_key,) if question_key else (entry.question_key,) if entry else QUESTION_KEYS
     a_keys = (answer_key,) if answer_key else (entry.answer_key,) if entry else ANSWER_KEYS
     how = entry.answer_from if entry and not answer_key else "auto"
-    normalize, last_boxed = _verify_helpers()
     out: dict[str, list[str]] = {c: [] for c in COLUMNS}
     skipped = 0
     for n, row in _read_rows(path):
@@ -295,16 +314,16 @@ def load_prompts(
             if _empty(value):
                 continue
             if how == "last_boxed" or (how == "auto" and k.rsplit(".", 1)[-1] == "solution"):
-                value = last_boxed(_normalize_fallback(value))
+                value = last_boxed(_as_text(value))
             elif how == "gsm8k" or (how == "auto" and isinstance(value, str) and "####" in value):
                 value = gsm8k_answer(value)
             try:
-                gt = None if _empty(value) else normalize(value)
+                gt = None if _empty(value) else normalize_ground_truth(value)
             except ValueError as e:  # e.g. "$ $", a bool: not usable as a ground truth
                 bad = bad or f"; {k!r} unusable: {e}"
                 continue
             if gt is not None and gt.strip():  # normalised (notation -> LaTeX); the raw form is kept too
-                answer, raw = gt, _normalize_fallback(value)
+                answer, raw = gt, _as_text(value)
                 break
         if question is None or answer is None:
             what, keys = ("question", q_keys) if question is None else ("answer", a_keys)
@@ -328,123 +347,3 @@ def load_prompts(
         )
     ds = offline_datasets()
     return ds.Dataset.from_dict(out, features=ds.Features({c: ds.Value("string") for c in COLUMNS}))
-
-
-# ----------------------------------------------------------------------------------------------- prompt
-def check_template(template: str) -> None:
-    """Raise ValueError unless ``template`` is a format string using only ``{question}`` and ``{suffix}``."""
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as e:
-        raise ValueError(f"bad prompt template {template!r}: {e} (literal braces: {{{{ and }}}})") from e
-    unknown = sorted({f for f in fields if f not in ("question", "suffix")})
-    if unknown:
-        raise ValueError(
-            f"bad prompt template {template!r}: unknown field(s) {unknown}; only {{question}} "
-            "and {suffix} are allowed (write literal braces as {{ and }})"
-        )
-    if "question" not in fields:
-        raise ValueError(f"bad prompt template {template!r}: it must contain {{question}}")
-
-
-def format_prompt(
-    question: str,
-    tokenizer: Any = None,
-    *,
-    template: str = DEFAULT_TEMPLATE,
-    suffix: str = DEFAULT_SUFFIX,
-    use_chat_template: bool | None = None,
-) -> str:
-    """The prompt text for one question.
-
-    ``template.format(question=..., suffix=...)`` is the user message. With a tokenizer that has a chat
-    template (and ``use_chat_template`` not False) it is wrapped by
-    ``apply_chat_template(add_generation_prompt=True)``; ``use_chat_template=True`` without a chat template is
-    an error; otherwise the plain text is returned.
-    """
-    check_template(template)
-    text = template.format(question=question, suffix=suffix)
-    has_chat = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
-    if use_chat_template and not has_chat:
-        raise ValueError("use_chat_template=True but the tokenizer has no chat template")
-    if use_chat_template is False or not has_chat:
-        return text
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
-
-
-# ----------------------------------------------------------------------------------------------- stream
-class PromptStream:
-    """Endless, deterministic batches of rows over epochs, resumable through ``state_dict()``.
-
-    Epoch ``e`` visits the rows in ``numpy.random.default_rng([seed, e]).permutation(n)`` order (or file order
-    when ``shuffle`` is False); a batch that crosses the end of an epoch continues into the next one, so every
-    row is seen once per epoch and batches are always full. ``batch_size`` may exceed the dataset size.
-    """
-
-    def __init__(
-        self, dataset: datasets.Dataset | Sequence[Any], batch_size: int, seed: int = 0, shuffle: bool = True
-    ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if len(dataset) == 0:
-            raise ValueError("PromptStream needs a non-empty dataset")
-        if int(seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.dataset, self.batch_size, self.seed, self.shuffle = dataset, batch_size, int(seed), shuffle
-        self.epoch, self.cursor = 0, 0
-        self._order: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        """Number of rows in one epoch."""
-        return len(self.dataset)
-
-    def _epoch_order(self) -> np.ndarray:
-        if self._order is None:
-            n = len(self.dataset)
-            self._order = (
-                np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
-            )
-        return self._order
-
-    def next_indices(self) -> list[int]:
-        """Dataset indices of the next batch (advances the stream)."""
-        idx: list[int] = []
-        while len(idx) < self.batch_size:
-            order = self._epoch_order()
-            take = order[self.cursor : self.cursor + self.batch_size - len(idx)]
-            idx.extend(int(i) for i in take)
-            self.cursor += len(take)
-            if self.cursor >= len(order):
-                self.epoch, self.cursor, self._order = self.epoch + 1, 0, None
-        return idx
-
-    def __iter__(self) -> PromptStream:
-        return self
-
-    def __next__(self) -> list[Any]:
-        """The next batch: a list of ``batch_size`` rows (dicts for a ``datasets.Dataset``)."""
-        return [self.dataset[i] for i in self.next_indices()]
-
-    def state_dict(self) -> dict[str, Any]:
-        """Position of the stream: epoch, cursor within the epoch, seed, shuffle flag and dataset size."""
-        return {
-            "epoch": self.epoch,
-            "cursor": self.cursor,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "num_rows": len(self.dataset),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from ``state_dict()``; the dataset must have the same number of rows."""
-        if int(state["num_rows"]) != len(self.dataset):
-            raise ValueError(
-                f"PromptStream state is for {state['num_rows']} rows, this dataset has {len(self.dataset)}"
-            )
-        if not 0 <= int(state["cursor"]) < len(self.dataset):
-            raise ValueError(f"PromptStream state has cursor {state['cursor']} out of range")
-        self.epoch, self.cursor, self.seed = int(state["epoch"]), int(state["cursor"]), int(state["seed"])
-        self.shuffle = bool(state.get("shuffle", self.shuffle))
-        self._order = None

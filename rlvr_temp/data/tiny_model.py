@@ -10,8 +10,8 @@
   4-bit path of bitsandbytes needs, docs/stack.md). Llama rather than Qwen2: ``transformers`` 5 forces its own
   ``Qwen2Tokenizer`` on any ``qwen2`` checkpoint, which drops the character tokenizer's whitespace.
 * a supervised warm start on the train part of :mod:`rlvr_temp.data.synthetic` (loss on response tokens only,
-  AdamW, fixed number of steps), stopped while greedy accuracy on held-out problems is partial, so RL has room
-  to improve.
+  AdamW, fixed number of steps: :mod:`rlvr_temp.data.sft`), stopped while greedy accuracy on held-out problems is
+  partial, so RL has room to improve.
 
 Prompt format: ``PROMPT_TEMPLATE = "Q: {question}\\nA:"`` (e.g. ``"Q: 47+38\\nA:"``); the model answers
 ``" 40+30=70, 7+8=15, 70+15=85. \\boxed{85}"`` then ``<|endoftext|>``. The folder holds
@@ -19,7 +19,8 @@ Prompt format: ``PROMPT_TEMPLATE = "Q: {question}\\nA:"`` (e.g. ``"Q: 47+38\\nA:
 
 The model is cached in ``$RLVR_TEMP_CACHE/tiny-llama-<hash of the settings>`` (default cache
 ``~/.cache/rlvr_temp``); it is built in a temporary folder and renamed into place, so an interrupted build is
-never reused. :func:`ensure_tiny_model` returns the cached path, building it if needed.
+never reused. :func:`ensure_tiny_model` returns the cached path, building it if needed: in the process that first
+asks for ``model.path: tiny`` (the driver, through rlvr_temp.data.models) or in ``rlvr-temp make-tiny-model``.
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import transformers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlvr_temp.data import synthetic
-from rlvr_temp.utils import atomic_dir, lr_factor
+from rlvr_temp.data.sft import train_sft
+from rlvr_temp.utils import atomic_dir
 
 PROMPT_TEMPLATE = synthetic.PROMPT_TEMPLATE
 PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<|endoftext|>", "<unk>"
@@ -151,77 +152,6 @@ def make_model(settings: TinyModelSettings, tokenizer: Any) -> Any:
     return LlamaForCausalLM(config).float()
 
 
-def _encode_examples(rows: Sequence[dict], tokenizer) -> list[tuple[list[int], int]]:
-    """(token ids of prompt + response + EOS, prompt length) per row."""
-    prompts = tokenizer([synthetic.prompt_of(r) for r in rows], add_special_tokens=False)["input_ids"]
-    targets = tokenizer([synthetic.target_of(r) for r in rows], add_special_tokens=False)["input_ids"]
-    return [(p + t + [tokenizer.eos_token_id], len(p)) for p, t in zip(prompts, targets, strict=True)]
-
-
-def collate_sft(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, Any]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (torch tensors) of ``(ids, prompt length)``
-    examples: labels hold the response tokens only, -100 on prompt and padding positions (whatever the pad id is
-    -- it may equal EOS)."""
-
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for row, (ids, n_prompt) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def _batches(examples, settings: TinyModelSettings, pad_id: int) -> Iterator:
-    """Deterministic, reshuffled every epoch, right-padded (input_ids, attention_mask, labels) batches."""
-
-    gen = torch.Generator().manual_seed(settings.seed + 1)
-    while True:
-        order = torch.randperm(len(examples), generator=gen).tolist()
-        for start in range(0, len(order) - settings.batch_size + 1, settings.batch_size):
-            batch = collate_sft([examples[i] for i in order[start : start + settings.batch_size]], pad_id)
-            yield batch["input_ids"], batch["attention_mask"], batch["labels"]
-
-
-def _lr_factor(step: int, settings: TinyModelSettings) -> float:
-    """Linear warm-up, then a half cosine down to 0.1 of the peak at ``settings.steps``."""
-    return lr_factor(step, settings.warmup_steps, settings.steps, "cosine", floor=0.1)
-
-
-def train_sft(model: Any, tokenizer: Any, settings: TinyModelSettings, *, log_every: int = 0) -> list[float]:
-    """Supervised warm start (response tokens only); returns the loss of every step."""
-
-    train_rows = synthetic.generate(settings.n_train, levels=settings.levels, seed=settings.seed, split="train")
-    batches = _batches(_encode_examples(train_rows, tokenizer), settings, tokenizer.pad_token_id)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr,
-        betas=(0.9, 0.98),
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, settings))
-    model.train()
-    losses: list[float] = []
-    for step in range(settings.steps):
-        ids, mask, labels = next(batches)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            mean = sum(losses[-log_every:]) / log_every
-            print(f"step {step + 1}/{settings.steps} loss {mean:.4f}", flush=True)
-    model.eval()
-    return losses
-
-
 # ----------------------------------------------------------------------------------------------- evaluation
 def greedy_generate(
     model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 48, batch_size: int = 64
@@ -312,7 +242,19 @@ def _write_folder(
     with _torch_threads(num_threads):
         tokenizer = build_tokenizer(settings.vocab_size)
         model = make_model(settings, tokenizer)
-        losses = train_sft(model, tokenizer, settings, log_every=100 if verbose else 0)
+        train_rows = synthetic.generate(settings.n_train, levels=settings.levels, seed=settings.seed, split="train")
+        losses = train_sft(
+            model,
+            tokenizer,
+            train_rows,
+            steps=settings.steps,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            warmup_steps=settings.warmup_steps,
+            weight_decay=settings.weight_decay,
+            seed=settings.seed + 1,
+            log_every=100 if verbose else 0,
+        )
         t_train = time.time() - t0
         report = evaluate(model, tokenizer, eval_rows(settings), max_new_tokens=settings.max_new_tokens)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

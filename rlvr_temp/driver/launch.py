@@ -1,7 +1,7 @@
-"""Set-up of a run's processes: the model directory, the training rows, the Ray cluster, the actors.
+"""Set-up of a run's processes, in the driver: the Ray cluster, the rollout actors and the learner actors.
 
-Each helper takes the run's typed config (or the section it needs) as it is. Used by the trainer, the demo, the
-evaluation and the export commands.
+Each helper takes the run's typed config (or the section it needs) as it is. Used by the trainer, the demo and the
+sweep; the model directory and the training prompts they start from come from rlvr_temp.data (models, prompts).
 """
 
 from __future__ import annotations
@@ -14,64 +14,14 @@ from typing import Any
 
 import ray
 
-from rlvr_temp.config.schema import DataConfig, RunConfig
-from rlvr_temp.data import synthetic
-from rlvr_temp.data.hub import HUB_ID, hub_model_dir
-from rlvr_temp.data.sources import format_prompt, load_prompts
-from rlvr_temp.data.tiny_model import ensure_tiny_model
+from rlvr_temp.config.schema import RunConfig
 from rlvr_temp.driver.placement import layout_for, release, write_placement
 from rlvr_temp.learner.group import LearnerGroup
-from rlvr_temp.learner.policy import Learner
 from rlvr_temp.temperature import TemperatureStrategy
 from rlvr_temp.utils import atomic_write_text, derive_seed
 
 #: environment passed from the driver to every actor (offline hubs, the tiny model's cache)
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "RLVR_TEMP_CACHE")
-
-
-def resolve_model(path: str) -> str:
-    """The local directory of ``model.path``: ``tiny`` -> the embedded model (built if missing); an existing directory
-    as it is; otherwise a Hugging Face hub id (``Qwen/Qwen2.5-1.5B-Instruct``) -> its snapshot in the hub's cache
-    (rlvr_temp.data.hub: downloaded when online, the cached one with ``HF_HUB_OFFLINE=1``).
-
-    The actors get the returned path, so on a cluster the hub cache (``HF_HOME`` / ``HF_HUB_CACHE``) must be at the
-    same path on every node: shared storage, or the same snapshot downloaded on each (docs/cluster.md)."""
-    if path == "tiny":
-        return str(ensure_tiny_model())
-    if Path(path).expanduser().is_dir():
-        return str(Path(path).expanduser())
-    if not HUB_ID.match(path):
-        raise FileNotFoundError(f"model.path {path!r}: no such directory, and not a Hugging Face hub id (org/name)")
-    return hub_model_dir(path)
-
-
-def load_train_rows(cfg: RunConfig) -> list[dict[str, Any]]:
-    """Training prompts as rows with ``id``, ``question``, ``ground_truth``."""
-    d = cfg.data
-    if d.train == "synthetic":
-        s = d.synthetic
-        rows = synthetic.generate(s.n_train, levels=s.levels, seed=s.seed, split="train")
-        rows = [{"id": r["id"], "question": r["question"], "ground_truth": r["answer"]} for r in rows]
-    else:
-        ds = load_prompts(d.train, question_key=d.question_key, answer_key=d.answer_key, limit=d.limit)
-        rows = [dict(r) for r in ds]
-    if d.limit is not None:
-        rows = rows[: d.limit]
-    if not rows:
-        raise ValueError(f"data.train {d.train!r} gave no rows")
-    return rows
-
-
-def format_prompts(rows: list[dict[str, Any]], tokenizer: Any, data: DataConfig) -> list[str]:
-    """Each row's prompt text as the ``data`` section says (template, suffix, chat template)."""
-    kw = {"template": data.prompt_template, "suffix": data.prompt_suffix, "use_chat_template": data.use_chat_template}
-    return [format_prompt(r["question"], tokenizer, **kw) for r in rows]
-
-
-def load_train_prompts(cfg: RunConfig, tokenizer: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The training rows and each row's prompt text, by row id."""
-    rows = load_train_rows(cfg)
-    return rows, dict(zip([r["id"] for r in rows], format_prompts(rows, tokenizer, cfg.data)))
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -141,6 +91,10 @@ def remote_learner(
     env = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(num_threads or max(1, int(num_cpus or 1)))}
     env.update({k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ})
     options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
+    # here, not at the top: the learner's module imports peft and bitsandbytes, which the driver never needs (and
+    # whose import-time lines it should not print); Ray pickles the class by reference
+    from rlvr_temp.learner.learner import Learner
+
     return ray.remote(**options, runtime_env={"env_vars": env})(Learner)
 
 

@@ -14,10 +14,8 @@ changed) is refused in one line unless ``--force``.
 
 Two ways to run:
 
-* locally (no Ray address): one run after another in this process. Runs whose model and engine settings match
-  share one set of rollout workers (as ``rlvr-temp demo`` does), so the engines start once; each run gets a fresh
-  learner, and its first weight sync resets the engines' weights. Every request carries its own seed, so a run on
-  a shared engine logs the same metrics as the same run alone (timings aside).
+* locally (no Ray address): one run after another in this process, runs whose model and engine settings match
+  sharing one set of rollout workers (rlvr_temp.driver.local_runs, as ``rlvr-temp demo`` does).
 * on a Ray cluster (``--ray-address`` or ``RAY_ADDRESS``): every run is a Ray task (``num_cpus=0``) running
   :func:`rlvr_temp.driver.trainer.train`, side by side, each in its own placement group (:func:`placement_bundles`:
   a bundle per rollout worker and one for the learner) that captures the run's actors. The manifest is updated as
@@ -32,42 +30,21 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlvr_temp.config.schema import RunConfig, load_config
-from rlvr_temp.utils import GracefulStop, atomic_write_text
+from rlvr_temp.driver.local_runs import EXIT_INTERRUPTED, SweepRun, run_is_done, train_in_turn
+from rlvr_temp.utils import atomic_write_text
 
 MANIFEST = "sweep.json"
 #: keys the sweep sets for each run; an override of one of them is refused
 RESERVED = ("trainer.seed", "trainer.run_dir", "trainer.name", "trainer.resume")
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+EXIT_FAILED = 1
 
 
 class SweepError(ValueError):
     """A sweep cannot start (bad arguments, or a different sweep already lives in ``--out``); one line."""
-
-
-@dataclass
-class SweepRun:
-    """One recipe x seed of a sweep, as the manifest lists it (``cfg`` is not written)."""
-
-    recipe: str
-    arm: str
-    seed: int
-    run_dir: str
-    config_hash: str
-    status: str = "pending"
-    error: str | None = None
-    cfg: RunConfig | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def label(self) -> str:
-        return f"{self.arm}/seed{self.seed}"
-
-    def record(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "cfg"}
 
 
 # ------------------------------------------------------------------------------------------------- planning
@@ -111,23 +88,6 @@ def placement_bundles(cfg: RunConfig) -> list[dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------------------------- state on disk
-def run_is_done(cfg: RunConfig) -> bool:
-    """``metrics.jsonl`` has a row for every step below ``trainer.total_steps`` and the checkpoint a resume would
-    take is the final one (or later)."""
-    from rlvr_temp.checkpoint import find_resume
-    from rlvr_temp.metrics import read_metrics
-
-    total = cfg.trainer.total_steps
-    try:
-        steps = {row.get("step") for row in read_metrics(cfg.trainer.run_dir)}
-    except FileNotFoundError:
-        return False
-    if not set(range(total)) <= steps:
-        return False
-    ckpt = find_resume(cfg.trainer.run_dir, "auto")
-    return ckpt is not None and int(ckpt.name.removeprefix("step_")) >= total
-
-
 def prepare_run(cfg: RunConfig) -> None:
     """Before a run (re)starts: without a checkpoint to resume it starts at step 0, so the rows a killed earlier
     attempt left in ``metrics.jsonl`` go (a resume from a checkpoint drops the later rows itself)."""
@@ -185,39 +145,6 @@ def check_same_sweep(old: dict[str, Any], command: dict[str, Any], runs: list[Sw
 
 
 # ------------------------------------------------------------------------------------------------- running
-def _engine_key(cfg: RunConfig) -> str:
-    """What the rollout workers are built from: runs with equal keys can share them."""
-    d = cfg.to_dict()
-    shared = {
-        "model": d["model"],
-        "engine": d["rollout"]["engine"],
-        "workers": d["rollout"]["num_workers"],
-        "ray": {k: d["ray"][k] for k in ("rollout_cpus", "rollout_gpus", "max_restarts")},
-        "log": d["logging"]["engine_log_level"],
-    }
-    return json.dumps(shared, sort_keys=True)
-
-
-def engine_groups(runs: list[SweepRun]) -> list[tuple[RunConfig, list[SweepRun]]]:
-    """Runs that can share one set of rollout workers, and the config to build those workers from: equal engine
-    keys, and at most one kind of engine settings (the `learned` mode's TTM head; other modes need none and run on
-    an engine that has it, as in the demo). Groups keep the runs' order."""
-    from rlvr_temp.temperature import make_strategy
-
-    settings = {id(r): make_strategy(r.cfg.temperature).engine_settings() for r in runs}
-    first_tag: dict[str, str] = {}
-    for run in runs:
-        if settings[id(run)]:
-            first_tag.setdefault(_engine_key(run.cfg), json.dumps(settings[id(run)], sort_keys=True))
-    groups: dict[tuple[str, str], list[SweepRun]] = {}
-    for run in runs:
-        key, own = _engine_key(run.cfg), settings[id(run)]
-        tag = json.dumps(own, sort_keys=True) if own else first_tag.get(key, "")
-        groups.setdefault((key, tag), []).append(run)
-    # the first run that needs engine settings builds the group's engines
-    return [(next((r for r in g if settings[id(r)]), g[0]).cfg, g) for g in groups.values()]
-
-
 def _describe(exc: BaseException) -> str:
     from rlvr_temp.driver.recovery import RunError, describe
 
@@ -228,56 +155,29 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_local(runs: list[SweepRun], manifest: Manifest, say: Callable[[str], None]) -> int:
-    """One run after another in this process, sharing rollout workers within each :func:`engine_groups` group."""
-    import ray
+    """The sweep's runs in this process (:func:`train_in_turn`), their status in the manifest as they go."""
+    started: dict[str, float] = {}
 
-    from rlvr_temp.driver.launch import init_ray, resolve_model, start_workers
-    from rlvr_temp.driver.trainer import Trainer
-    from rlvr_temp.temperature import make_strategy
+    def before(run: SweepRun) -> None:
+        manifest.set(run, "running")
+        say(f"sweep: {run.label} -> {run.run_dir}")
+        started[run.run_dir] = time.perf_counter()
+        prepare_run(run.cfg)
 
-    init_ray(runs[0].cfg)
-    current: SweepRun | None = None
+    def after(run: SweepRun, exc: Exception | None) -> None:
+        if exc is not None:
+            manifest.set(run, "failed", _describe(exc))
+            say(f"sweep: {run.label} failed: {run.error}")
+        else:
+            manifest.set(run, "done")
+            say(f"sweep: {run.label} done in {time.perf_counter() - started[run.run_dir]:.0f} s")
+
     try:
-        with GracefulStop() as stop:
-            for engine_cfg, group in engine_groups(runs):
-                workers: list[Any] | None = None
-                for run in group:
-                    if stop.signum is not None:
-                        return EXIT_INTERRUPTED
-                    current = run
-                    manifest.set(run, "running")
-                    say(f"sweep: {run.label} -> {run.run_dir}")
-                    t0 = time.perf_counter()
-                    try:
-                        if workers is None:
-                            model = resolve_model(engine_cfg.model.path)
-                            workers = start_workers(engine_cfg, model, make_strategy(engine_cfg.temperature))
-                        prepare_run(run.cfg)
-                        trainer = Trainer(run.cfg, workers=workers)
-                        try:
-                            trainer.run()
-                        finally:
-                            trainer.close()
-                    except Exception as exc:
-                        manifest.set(run, "failed", _describe(exc))
-                        say(f"sweep: {run.label} failed: {run.error}")
-                        for w in workers or []:  # a failed run may leave them in any state: start fresh ones
-                            ray.kill(w)
-                        workers, current = None, None
-                        continue
-                    if not run_is_done(run.cfg):  # the trainer stopped on a signal, after a checkpoint
-                        return EXIT_INTERRUPTED
-                    manifest.set(run, "done")
-                    say(f"sweep: {run.label} done in {time.perf_counter() - t0:.0f} s")
-                    current = None
-                for w in workers or []:
-                    ray.kill(w)
+        return train_in_turn(runs, before, after)
     finally:
-        if current is not None:
-            manifest.set(current, "pending")
-        if ray.is_initialized():
-            ray.shutdown()
-    return 0
+        for run in runs:  # interrupted: the run under way is pending again (its checkpoint lets it resume)
+            if run.status == "running":
+                manifest.set(run, "pending")
 
 
 def _train_task(cfg: RunConfig) -> str:

@@ -39,16 +39,10 @@ from rlvr_temp.checkpoint import (
     set_rng_state,
 )
 from rlvr_temp.config.schema import RunConfig, save_config
-from rlvr_temp.data.sources import PromptStream
+from rlvr_temp.data.models import resolve_model
+from rlvr_temp.data.prompts import PromptStream, load_train_prompts
 from rlvr_temp.driver import recovery
-from rlvr_temp.driver.launch import (
-    init_ray,
-    load_train_prompts,
-    record_engines,
-    resolve_model,
-    start_learner,
-    start_workers,
-)
+from rlvr_temp.driver.launch import init_ray, record_engines, start_learner, start_workers
 from rlvr_temp.evaluation.evaluate import evaluate_run
 from rlvr_temp.metrics import MetricsLogger, rollout_metrics, truncate_metrics
 from rlvr_temp.reward.verify import Verifier

@@ -8,7 +8,7 @@ every rank's processor holds the same windows) and written to all ranks. The sam
 the worker's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so there is one code path.
 
 Importing this module in a worker process also registers the project's weight-transfer backends with vLLM's
-factory (``rlvr_temp.weights.transfer``), before vLLM builds the worker's transfer engine, and shortens how long the
+factory (``rlvr_temp.weights.gloo``), before vLLM builds the worker's transfer engine, and shortens how long the
 worker busy-waits for its next call once idle (:func:`shorten_idle_spin`; CPU engines).
 
 Left out: pipeline parallelism (the processor would run on the last stage only; refused by the config).
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from rlvr_temp.weights import transfer as weight_sync
+from rlvr_temp.weights import gloo as weight_sync
 
 #: environment variable with the seconds a CPU engine's worker busy-waits for its next call after the last one
 #: (set by ``rlvr_temp.engine.worker`` for CPU engines; read when vLLM imports this module in the worker process)
@@ -109,7 +109,7 @@ class TemperatureWorkerExtension:
         per-sequence windows). Rank 0 returns the records, the others None."""
         proc = self._rlvr_processor()
         records = proc.drain()
-        logprobs = proc.drain_logprobs() if hasattr(proc, "drain_logprobs") else {}
+        logprobs = proc.drain_logprobs()
         proc.release(list(uids))
         if self._rlvr_rank() != 0:
             return None
@@ -125,7 +125,7 @@ class TemperatureWorkerExtension:
 
     def rlvr_reload_weights(self, blob: bytes) -> None:
         """Load :func:`pack`ed ``[(HF name, tensor), ...]`` in place (the object-store sync path; the weight-transfer
-        engines of rlvr_temp.weights.transfer stream instead)."""
+        engines of rlvr_temp.weights stream instead)."""
         self.reload_weights(weights_iterator=iter(unpack(blob)))  # type: ignore[attr-defined]
 
     def rlvr_reset(self) -> None:

@@ -1,11 +1,10 @@
 """The rlvr_temp logits processor for vLLM's Model Runner V2 (the default runner on CUDA since vLLM 0.32).
 
-:class:`TemperatureProcessorV2` does what :class:`rlvr_temp.engine.processor_v1.TemperatureProcessor` (the V1 processor;
-its docstring describes the request spec and the per-step algorithm) does, through V2's interface
-(``vllm.v1.worker.gpu.sample.logits_processor``): the same request parsing and validation, token rule, entropy
-windows, records and ``state_dict`` format (a checkpoint written by one loads into the other). Register it as
-``LLM(logits_processors=[TemperatureProcessorV2], logprobs_mode="processed_logprobs")``; V2 refuses the V1 class.
-What V2 changes:
+:class:`TemperatureProcessorV2` is the V2 interface (``vllm.v1.worker.gpu.sample.logits_processor``) around the core
+the V1 processor shares (:mod:`rlvr_temp.engine.processor`: the per-step algorithm, records, ``state_dict`` format,
+so a checkpoint written by one loads into the other; request format: :mod:`rlvr_temp.temperature.request`).
+Register it as ``LLM(logits_processors=[TemperatureProcessorV2], logprobs_mode="processed_logprobs")`` (qualified
+name: ``rlvr_temp.engine.extension.PROCESSOR_V2``); V2 refuses the V1 class. What V2 changes:
 
 * State is kept per request *slot* (``add_request(slot, params)``). V2 never says when a request leaves: a slot's
   state is replaced when vLLM reuses the slot, and per-sequence windows are freed by :meth:`release` (called by the
@@ -24,6 +23,11 @@ What V2 changes:
   (:class:`_DeviceWindow`, the rule's exact threshold, written back into the rule by :meth:`state_dict`).
   Exception: scope ``sequence`` steps the shared rule, whose windows make small blocking host-to-device copies.
 * Speculative decoding is refused (one logits row per request is assumed).
+* An interface guard: importing the module checks that the installed vLLM offers the V2 interface it was written
+  against (:func:`check_v2_interface`), and says how to fall back to V1 where it does not.
+
+Left out: recording the sampled tokens' log-probs (:meth:`drain_logprobs` is empty; the rollout asks vLLM for
+them): the tokens are on the device, and reading them back per step would wait for the GPU.
 """
 
 from __future__ import annotations
@@ -31,25 +35,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import warnings
-import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from rlvr_temp import temperature as tt
-from rlvr_temp.engine import ttm as ttm_vllm
-from rlvr_temp.engine.processor_v1 import (
-    TemperatureProcessor,
-    load_rules,
-    parse_request,
-    rule_temperatures,
-    rules_state,
-    window_key,
-)
-from rlvr_temp.temperature import MIN_TEMPERATURE, TokenTemperatureRule
-from rlvr_temp.temperature.token_rule import entropy_of_sanitized
+from rlvr_temp.engine import processor as core
+from rlvr_temp.temperature import TokenTemperatureRule, quantile_index
+from rlvr_temp.temperature.request import parse_request
 
 #: The vLLM release (major.minor) whose Model Runner V2 logits-processor interface this module was written
 #: against. On another release the module still loads if the interface checks below pass, but it warns.
@@ -66,7 +59,6 @@ _FIELDS = {
     "LogitsContext": ("idx_mapping_np", "seq_lens_upper_bound_np"),
     "LogitsProcRequestState": ("device", "max_num_reqs", "prompt_len", "prefill_len"),
 }
-_INSTANCES: weakref.WeakSet[TemperatureProcessorV2] = weakref.WeakSet()
 
 
 def installed_vllm() -> str:
@@ -149,7 +141,7 @@ class _DeviceWindow:
         if self.size < self.warmup:
             return torch.zeros_like(h, dtype=torch.bool)
         vals = self.buf if self.size == self.capacity else self.buf[: self.size]
-        return h >= torch.kthvalue(vals, tt.quantile_index(self.size, self.hot_fraction) + 1).values
+        return h >= torch.kthvalue(vals, quantile_index(self.size, self.hot_fraction) + 1).values
 
     def values(self) -> torch.Tensor:
         """The window in arrival order (oldest first)."""
@@ -158,49 +150,10 @@ class _DeviceWindow:
         return torch.cat((self.buf[self.head :], self.buf[: self.head]))
 
 
-@dataclass
-class _Slot:
-    uid: str
-    t_req: float
-    rule: dict[str, Any] | None = None  # the token rule's kwargs
-    key: tuple | None = None  # window_key(rule)
-    top_p: float = 1.0
-    top_k: int = -1
-    learned: tuple[float, float, float, float, float] | None = None  # t_low, t_high, t_min, t_max, T_req - base
-
-
-@dataclass
-class _Group:  # the plan's rows that share one entropy window, with their cold / hot temperatures
-    key: tuple
-    uids: list[str]
-    pos: torch.Tensor | None  # positions in the plan; None: every row of the plan
-    cold: torch.Tensor
-    hot: torch.Tensor
-
-
-@dataclass
-class _Plan:  # per batch layout (slots in batch order, which of them are ours), rebuilt when it changes
-    key: tuple
-    rows: np.ndarray  # our logits rows, ascending
-    prompt_len: np.ndarray
-    span: tuple[int, int] | None  # (start, stop) when the rows are consecutive (a view of the logits)
-    index: torch.Tensor | None  # the rows on the device, otherwise
-    uids: tuple[str, ...]
-    t_req: torch.Tensor
-    groups: list[_Group] = field(default_factory=list)
-    learned: tuple | None = None  # plan positions, logits rows, max row, shifts, [(range, indices)]
-    truncate: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # plan positions, top_p, top_k
-
-
-class TemperatureProcessorV2(_v2.LogitsProcessor):
+class TemperatureProcessorV2(core.ProcessorCore, _v2.LogitsProcessor):
     """Per-token and per-request temperatures, applied and recorded under Model Runner V2 (public methods as V1's)."""
 
-    #: how rlvr_temp.engine.extension finds this processor among the engine's
-    RLVR_TEMP_PROCESSOR = True
-
-    @classmethod
-    def validate_params(cls, sampling_params: Any) -> None:
-        TemperatureProcessor.validate_params(sampling_params)  # the same checks as V1 (temperature must be 1.0)
+    HOST_TEMPERATURES = False
 
     def __init__(self, vllm_config: Any, req_states: Any) -> None:
         if getattr(vllm_config, "speculative_config", None) is not None:
@@ -208,121 +161,36 @@ class TemperatureProcessorV2(_v2.LogitsProcessor):
         version = installed_vllm()
         if version.split(".")[:2] != SUPPORTED_VLLM.split("."):
             warnings.warn(f"written for vLLM {SUPPORTED_VLLM}, found {version}", RuntimeWarning, stacklevel=2)
+        device = torch.device(req_states.device)
+        self._init_core(device, pin_memory=device.type == "cuda")
         self.req_states = req_states
-        self.device = torch.device(req_states.device)
         #: keep ``global`` windows on the device (CUDA); otherwise the rule's own CPU window is stepped
         self.device_windows = self.device.type == "cuda"
-        self.slots: dict[int, _Slot] = {}
-        self._ours = np.zeros(req_states.max_num_reqs, dtype=bool)
-        self.rules: dict[tuple, TokenTemperatureRule] = {}
+        self._ours = np.zeros(req_states.max_num_reqs, dtype=bool)  # which slots hold one of our requests
         self._dev: dict[tuple, _DeviceWindow] = {}
-        self.log: list[tuple[tuple[str, ...], list[int], torch.Tensor, torch.Tensor]] = []  # uids, positions, T, H
-        self._plan: _Plan | None = None
-        self._gen = 0  # bumped by every change of slots or rules (invalidates the plan)
-        _INSTANCES.add(self)
 
     # ------------------------------------------------------------------------------------------ requests
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
         spec = parse_request(sampling_params.extra_args) if sampling_params is not None else None
-        old = self.slots.pop(req_idx, None)
-        self._ours[req_idx] = False
+        old = self._pop(req_idx)
         self._gen += 1
         if old is not None and (spec is None or spec["uid"] != old.uid):
             self._release_window(old)  # the slot's previous occupant, finished without notice
         if spec is None:
             return False
-        for i in [i for i, s in self.slots.items() if s.uid == spec["uid"]]:
-            del self.slots[i]  # the same request, resumed after preemption in another slot: keep its window
-            self._ours[i] = False
-        self.slots[req_idx] = self._slot(spec)
+        for i in [i for i, e in self.entries.items() if e.uid == spec["uid"]]:
+            self._pop(i)  # the same request, resumed after preemption in another slot: keep its window
+        self.entries[req_idx] = self._entry(spec)
         self._ours[req_idx] = True
         return True
 
-    def _slot(self, spec: dict[str, Any]) -> _Slot:
-        t_req = float(spec.get("temperature", 1.0))
-        slot = _Slot(spec["uid"], t_req, top_p=float(spec.get("top_p", 1.0)), top_k=int(spec.get("top_k", -1)))
-        rule = spec.get("token_rule")
-        if rule:
-            slot.rule, slot.key = rule, window_key(rule)
-            if slot.key not in self.rules:
-                self.rules[slot.key] = TokenTemperatureRule(**rule)
-        lv = spec.get("learned")
-        if lv is not None:
-            slot.learned = (lv["t_low"], lv["t_high"], lv["t_min"], lv["t_max"], t_req - lv["base"])
-        return slot
-
-    def _release_window(self, slot: _Slot) -> None:
-        rule = self.rules.get(slot.key) if slot.key is not None else None
-        if rule is not None and all(s.uid != slot.uid for s in self.slots.values()):
-            rule.release(slot.uid)
-
-    def release(self, uids: list[str]) -> None:
-        """Forget finished requests, their slots and per-sequence windows (the worker calls it after ``generate``)."""
-        gone = set(uids)
-        for i in [i for i, s in self.slots.items() if s.uid in gone]:
-            del self.slots[i]
-            self._ours[i] = False
-        for rule in self.rules.values():
-            rule.release(list(uids))
-        self._gen += 1
-
-    def open_windows(self) -> int:
-        """Per-sequence windows currently held (for tests and leak checks)."""
-        return sum(len(r.window) for r in self.rules.values() if r.scope == "sequence")
-
-    # ------------------------------------------------------------------------------------------ layout
-    def _h2d(self, values: Any, dtype: torch.dtype = torch.long) -> torch.Tensor:
-        """Host values on the device: a pinned, non-blocking copy on CUDA (no wait for the GPU)."""
-        t = torch.as_tensor(values, dtype=dtype)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
-    def _build(self, key: tuple, slots: np.ndarray, ours: np.ndarray) -> _Plan:
-        rows = np.flatnonzero(ours)
-        members = [self.slots[int(s)] for s in slots[rows]]
-        n = len(members)
-        span = (int(rows[0]), int(rows[-1]) + 1) if int(rows[-1] - rows[0]) + 1 == n else None
-        prompt_len = self.req_states.prompt_len.np[slots[rows]].astype(np.int64)
-        t_req = self._h2d([m.t_req for m in members], torch.float32)
-        index = None if span else self._h2d(rows)
-        plan = _Plan(key, rows, prompt_len, span, index, tuple(m.uid for m in members), t_req)
-        by_key: dict[tuple, list[int]] = {}
-        for p, m in enumerate(members):
-            if m.key is not None:
-                by_key.setdefault(m.key, []).append(p)
-        for k, pos in by_key.items():
-            rule, group = self.rules[k], [members[p] for p in pos]
-            own = (rule.t_low, rule.t_high, rule.base_temperature)
-            if all(rule_temperatures(m.rule) == own for m in group):  # type: ignore[arg-type]
-                # the rule's fp32 arithmetic (TokenTemperatureRule.step, float and tensor paths alike)
-                shifts = [np.float32(m.t_req) - np.float32(own[2]) for m in group]
-                cold = [max(float(np.float32(own[0]) + s), MIN_TEMPERATURE) for s in shifts]
-                hot = [max(float(np.float32(own[1]) + s), MIN_TEMPERATURE) for s in shifts]
-            else:  # like V1 (vllm_processor._cold_hot): the whole group in float64, rounded once
-                temps = [(rule_temperatures(m.rule), m.t_req) for m in group]  # type: ignore[arg-type]
-                cold = [t[0] + r - t[2] for t, r in temps]
-                hot = [t[1] + r - t[2] for t, r in temps]
-            where = None if len(pos) == n else self._h2d(pos)
-            cold_t, hot_t = self._h2d(cold, torch.float32), self._h2d(hot, torch.float32)
-            plan.groups.append(_Group(k, [m.uid for m in group], where, cold_t, hot_t))
-        cut = [p for p, m in enumerate(members) if m.top_p < 1.0 or m.top_k > 0]
-        if cut:
-            top_p = self._h2d([members[p].top_p for p in cut], torch.float32)
-            plan.truncate = (self._h2d(cut), top_p, self._h2d([members[p].top_k for p in cut]))
-        lpos = [p for p, m in enumerate(members) if m.learned is not None]
-        if lpos:
-            by_range: dict[tuple, list[int]] = {}
-            for j, p in enumerate(lpos):
-                by_range.setdefault(members[p].learned[:4], []).append(j)  # type: ignore[index]
-            shift = self._h2d([members[p].learned[4] for p in lpos], torch.float32)  # type: ignore[index]
-            ranges = [(r, self._h2d(v)) for r, v in by_range.items()]
-            plan.learned = (self._h2d(lpos), self._h2d(rows[lpos]), int(rows[lpos].max()), shift, ranges)
-        return plan
+    def _pop(self, index: int) -> core.Entry | None:
+        self._ours[index] = False
+        return super()._pop(index)
 
     # ------------------------------------------------------------------------------------------ sampling
     def apply(self, logits: torch.Tensor, ctx: Any) -> torch.Tensor:
-        if not self.slots:
+        if not self.entries:
             return logits
         slots = ctx.idx_mapping_np
         if logits.shape[0] != slots.shape[0]:
@@ -333,104 +201,53 @@ class TemperatureProcessorV2(_v2.LogitsProcessor):
             return logits
         key = (self._gen, slots.tobytes(), ours.tobytes())
         if self._plan is None or self._plan.key != key:
-            self._plan = self._build(key, slots, ours)
-        plan = self._plan
-        positions = (seq[plan.rows] - plan.prompt_len).tolist()  # output index of the token sampled now (host)
-        sub = logits[plan.span[0] : plan.span[1]] if plan.span else logits.index_select(0, plan.index)
-        tt.sanitize_logits(sub, inplace=True)
-        entropies = entropy_of_sanitized(sub).float()
-        temps = self._temperatures(plan, entropies)
-        t_col = temps.unsqueeze(1)
-        scaled = sub.div_(t_col) if sub.dtype == torch.float32 else (sub / t_col).to(sub.dtype)  # V2: always fp32
-        if plan.truncate is not None:  # top-p / top-k of the tempered distribution, as in V1
-            pos, top_p, top_k = plan.truncate
-            scaled[pos] = tt.truncate_logits(scaled[pos], top_p, top_k)
-        if plan.span:
-            if scaled is not sub:
-                logits[plan.span[0] : plan.span[1]] = scaled
-        else:
-            logits.index_copy_(0, plan.index, scaled)
-        self.log.append((plan.uids, positions, temps, entropies))  # T and H stay on the device until drain
+            self._plan = self._build_plan(key, np.flatnonzero(ours), slots[ours])
+        rows = self._plan.rows
+        # the output index of the token sampled now, from host-side lengths (vLLM's output lists lag behind)
+        positions = (seq[rows] - self.req_states.prompt_len.np[slots[rows]].astype(np.int64)).tolist()
+        self._apply_plan(logits, self._plan, positions)
         return logits
 
-    def _temperatures(self, plan: _Plan, entropies: torch.Tensor) -> torch.Tensor:
-        """Every row's ``T_req``, token-rule ``T_t`` or mapped TTM head output, on the device, clamped ``>= 1e-4``."""
-        temps = plan.t_req.clone()
-        for g in plan.groups:
-            h = entropies if g.pos is None else entropies.index_select(0, g.pos)
-            t = torch.where(self._hot(g, h), g.hot, g.cold)
-            if g.pos is None:
-                temps = t
-            else:
-                temps.index_copy_(0, g.pos, t)
-        if plan.learned is not None:
-            temps.index_copy_(0, plan.learned[0], self._learned(plan))
-        return temps.clamp_(min=MIN_TEMPERATURE)
+    def _init_group(self, g: core.Group, rule: TokenTemperatureRule, members: list[core.Entry]) -> None:
+        if g.cold is None:  # the rule's own temperatures: its fp32 arithmetic, clamped (TokenTemperatureRule.step)
+            hot, cold = zip(*(rule.hot_cold(m.t_req) for m in members))
+            g.cold, g.hot = self._tensor(cold, torch.float32), self._tensor(hot, torch.float32)
 
-    def _hot(self, g: _Group, h: torch.Tensor) -> torch.Tensor:
+    def _group_temperatures(self, plan: core.Plan, g: core.Group, h: torch.Tensor) -> torch.Tensor:
+        return torch.where(self._hot(g, h), g.hot, g.cold)  # type: ignore[arg-type]
+
+    def _hot(self, g: core.Group, h: torch.Tensor) -> torch.Tensor:
         rule = self.rules[g.key]
         if self.device_windows and rule.scope == "global":
             win = self._dev.get(g.key)
             if win is None:
-                values = self._h2d(rule.window.values().numpy(), torch.float32)
+                values = self._tensor(rule.window.values().numpy(), torch.float32)
                 win = self._dev[g.key] = _DeviceWindow(rule, values)
             return win.hot(h)
         rule.step(h, None, seq_ids=g.uids)  # the shared rule: its window, threshold and warm-up
         return rule.last_hot.to(h.device)  # type: ignore[union-attr]
 
-    def _learned(self, plan: _Plan) -> torch.Tensor:
-        """The ``learned`` rows' TTM head output (its rows are the logits rows), mapped, plus their rollout shift."""
-        _, rows, top, shift, ranges = plan.learned  # type: ignore[misc]
-        head = ttm_vllm.LAST["t"]
-        if head is None or head.shape[0] <= top:
-            raise RuntimeError("learned temperatures requested, but the engine's model has no TTM head output")
-        t = head.detach().float().index_select(0, rows)
-        mapped = torch.empty_like(t)
-        for (lo, hi, tmin, tmax), idx in ranges:
-            mapped[idx] = tt.to_sampling_range(t[idx], lo, hi, tmin, tmax)  # the learner maps with the same function
-        return mapped + shift
-
     # ------------------------------------------------------------------------------------------ records
-    def drain(self) -> dict[str, tuple[list[float], list[float]]]:
-        """Per-uid (temperatures, entropies) by output position, and clear the log (one device-to-host copy)."""
-        if not self.log:
-            return {}
-        temps, ents = torch.cat([s[2] for s in self.log]), torch.cat([s[3] for s in self.log])
-        t_all, h_all = torch.stack((temps, ents)).cpu().tolist()
-        out: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
-        i = 0
-        for uids, positions, _, _ in self.log:
-            for uid, p in zip(uids, positions):
-                t_map, h_map = out.setdefault(uid, ({}, {}))
-                t_map[p], h_map[p] = t_all[i], h_all[i]
-                i += 1
-        self.log.clear()
-        return {uid: ([t[p] for p in sorted(t)], [h[p] for p in sorted(h)]) for uid, (t, h) in out.items()}
-
     def state_dict(self) -> dict[str, Any]:
-        """The V1 processor's format: each window key's rule and window (device windows are first copied back)."""
+        """The processors' one format (V1's too): each window key's rule and window (device windows are first copied
+        back into their rules)."""
         for key, win in self._dev.items():
             rule = self.rules.get(key)
             if rule is not None:
                 rule.window.clear()
                 rule.window.push(win.values().to("cpu", torch.float64))
-        return rules_state(self.rules)
+        return super().state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rules.update(load_rules(state))
+        super().load_state_dict(state)
         self._dev.clear()  # rebuilt from the loaded rules on first use
-        self._gen += 1
 
     def reset(self) -> None:
-        """Forget every entropy window, slot and pending record (a new run reusing this engine)."""
-        self.rules.clear()
-        self.slots.clear()
+        super().reset()
         self._ours[:] = False
         self._dev.clear()
-        self.log.clear()
-        self._gen += 1
 
 
 def instances() -> list[TemperatureProcessorV2]:
     """The live V2 processors of engines in this process (one per engine)."""
-    return list(_INSTANCES)
+    return core.instances(TemperatureProcessorV2)

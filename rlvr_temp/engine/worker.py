@@ -24,11 +24,11 @@ from vllm.config import WeightTransferConfig
 from rlvr_temp.batch import Rollout
 from rlvr_temp.config.schema import EngineConfig, ModelConfig
 from rlvr_temp.engine import extension as vllm_worker
-from rlvr_temp.engine import processor_v1 as vllm_processor
 from rlvr_temp.engine import ttm as ttm_vllm
 from rlvr_temp.temperature import TemperatureStrategy
+from rlvr_temp.temperature import request as request_format
 from rlvr_temp.utils import check_incarnation, derive_seed, new_incarnation
-from rlvr_temp.weights.transfer import LocalLLMClient
+from rlvr_temp.weights.clients import LocalLLMClient
 
 #: seconds a CPU engine's worker keeps busy-waiting for its next call (decode steps come tens of ms apart)
 CPU_IDLE_SPIN_S = 0.1
@@ -199,12 +199,12 @@ class RolloutWorker(LocalLLMClient):
                     sp = SamplingParams(temperature=0.0, **common)
                 else:
                     if t not in specs:  # one spec per distinct rollout temperature, checked before anything runs
-                        spec = strategy.request_spec(t) if strategy else {"temperature": t}
+                        spec = strategy.request_spec(t) if strategy else request_format.request_spec(t)
                         # top-p / top-k are applied by the processor after the per-token temperature (vLLM's CPU
                         # sampler cannot combine them with seeded requests)
-                        specs[t] = {**spec, "top_p": top_p, "top_k": top_k}
-                        vllm_processor.parse_request({vllm_processor.EXTRA_KEY: {"uid": "", **specs[t]}})
-                    extra = {vllm_processor.EXTRA_KEY: {"uid": uid, **specs[t]}}
+                        specs[t] = request_format.with_truncation(spec, top_p, top_k)
+                        request_format.check_spec(specs[t])
+                    extra = request_format.extra_args(uid, specs[t])
                     sp = SamplingParams(temperature=1.0, extra_args=extra, **common)
                 requests.append(request)
                 params.append(sp)
@@ -249,7 +249,7 @@ class RolloutWorker(LocalLLMClient):
 
     # ------------------------------------------------------------------------------------------ weights
     # vLLM's weight-transfer API: init_weight_transfer_engine / start_weight_update / update_weights come from
-    # LocalLLMClient (rlvr_temp.weights.transfer), the learner's trainer engine drives them through RayEnginesClient
+    # LocalLLMClient (rlvr_temp.weights.clients), the learner's trainer engine drives them through RayEnginesClient
     def finish_weight_update(self, weight_version: str | None = None) -> int:
         """Finish the round; the prefix cache (computed with the old weights) is dropped."""
         super().finish_weight_update(weight_version)

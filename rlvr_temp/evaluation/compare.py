@@ -1,30 +1,35 @@
-"""Compare runs, grouped into arms over seeds: training curves (mean over seeds, min–max band), held-out avg@n and
-pass@k with bootstrap intervals over problems and seeds, and each arm's paired difference to a baseline arm.
+"""`rlvr-temp compare`: runs grouped into arms over seeds, side by side -- training curves (mean over seeds, min–max
+band), held-out avg@n and pass@k with bootstrap intervals over problems and seeds, and each arm's paired
+difference to a baseline arm. Runs in the process of the ``compare`` command (and of ``rlvr-temp demo``).
 
 Works on finished runs and on runs still in progress (it reads ``metrics.jsonl`` and ``eval/step_*.json`` as they
-are), and on runs of different lengths. Writes ``compare.png`` (training curves), ``pass_at_k.png`` (when there
-are held-out evaluations), ``summary.md`` and a self-contained ``report.html``.
-
-Arms: ``group_by`` (a dotted config key such as ``temperature.mode``) when given; else ``trainer.name``, else the
-run directory's name; either with a seed suffix stripped (``_seed<k>``, ``-seed<k>``, ``_s<k>``, ``-s<k>``; a
-directory named ``seed<k>`` takes its parent's name). See docs/evaluation.md.
+are), on runs of different lengths, and on a whole sweep's directory. Writes ``compare.png`` (training curves;
+held-out curves with a marker per evaluation), ``pass_at_k.png`` (when there are held-out evaluations),
+``summary.md`` and a self-contained ``report.html``. Which runs, and which arms: rlvr_temp.evaluation.runs; the
+intervals: rlvr_temp.evaluation.stats; the document: rlvr_temp.evaluation.report. See docs/evaluation.md.
+Left out: corrections for comparing several arms to one baseline (each difference's interval stands alone).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rlvr_temp.evaluation.report import HOW_TO_READ, Doc, Table, plot_panels, verdict
-from rlvr_temp.evaluation.stats import N_BOOT, SEED, diff_intervals, mean_intervals, problem_scores
-from rlvr_temp.metrics import read_metrics
-from rlvr_temp.utils import flatten
+from rlvr_temp.evaluation.runs import (
+    config_differences,
+    eval_files,
+    group_runs,
+    key_matters,
+    load_runs,
+    run_labels,
+    run_seed,
+)
+from rlvr_temp.evaluation.stats import N_BOOT, SEED, diff_intervals, k_values, mean_intervals, problem_scores
 
 DEFAULT_METRICS = (
     "reward/mean",
@@ -34,98 +39,6 @@ DEFAULT_METRICS = (
     "response/length_mean",
     "logprob/mismatch_mean",
 )
-_SAFE_DIFF_SKIP = ("trainer.run_dir", "trainer.name", "trainer.resume", "logging.", "checkpoint.")
-_SEED_SUFFIX = re.compile(r"[_-](?:seed|s)\d+$")
-_SEED_DIR = re.compile(r"^seed\d+$")
-
-
-# ------------------------------------------------------------------------------------------------- runs and arms
-def load_run(path: str | Path) -> dict[str, Any]:
-    """A run's metrics rows and resolved config. Raises ``FileNotFoundError`` with a clear message."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such run directory")
-    rows = read_metrics(path)
-    if not rows:
-        raise FileNotFoundError(f"{path}: metrics.jsonl is empty (no step finished yet)")
-    cfg_file = path / "config.yaml"
-    cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
-    return {"path": path, "rows": rows, "config": flatten(cfg or {})}
-
-
-def config_differences(runs: list[dict[str, Any]]) -> list[str]:
-    """Config keys whose values differ between the runs (run directory and logging excluded)."""
-    keys = sorted(set().union(*(r["config"] for r in runs)))
-    diff = []
-    for k in keys:
-        if k.startswith(_SAFE_DIFF_SKIP):
-            continue
-        values = {repr(r["config"].get(k)) for r in runs}
-        if len(values) > 1:
-            diff.append(k)
-    return diff
-
-
-def run_labels(runs: list[dict[str, Any]]) -> list[str]:
-    diff = config_differences(runs)
-    labels = []
-    for r in runs:
-        name = r["config"].get("trainer.name")
-        if not name and diff and len(runs) > 1:
-            name = ", ".join(f"{k.split('.')[-1]}={r['config'].get(k)}" for k in diff[:3])
-        labels.append(name or r["path"].name)
-    original = list(labels)
-    for i, (label, run) in enumerate(zip(original, runs)):  # the seeds of one arm: tell them apart
-        if original.count(label) > 1 and run_seed(run) is not None and f"seed={run_seed(run)}" not in label:
-            labels[i] = f"{label}, seed={run_seed(run)}"
-    return labels
-
-
-def strip_seed(name: str) -> str:
-    """``fixed_seed1``, ``fixed-seed1``, ``fixed_s1``, ``fixed-s1`` -> ``fixed``; other names unchanged."""
-    return _SEED_SUFFIX.sub("", name) or name
-
-
-def arm_name(run: dict[str, Any], group_by: str | None = None) -> str:
-    """The arm a run belongs to: ``str(config[group_by])`` when ``group_by`` is given (``<unset>`` if the run's
-    config lacks the key); else ``trainer.name``, else the run directory's name (its parent's for a directory
-    named ``seed<k>``), with a seed suffix stripped."""
-    if group_by:
-        value = run["config"].get(group_by, "<unset>")
-        return str(value).lower() if isinstance(value, bool) else str(value)
-    name = run["config"].get("trainer.name")
-    if name:
-        return strip_seed(str(name))
-    path = Path(run["path"]).resolve()
-    if _SEED_DIR.match(path.name) and path.parent.name:
-        return path.parent.name
-    return strip_seed(path.name)
-
-
-def run_seed(run: dict[str, Any]) -> int | None:
-    seed = run["config"].get("trainer.seed")
-    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-
-
-def group_runs(runs: list[dict[str, Any]], group_by: str | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Arm name -> its runs (arms in order of first appearance; runs sorted by ``trainer.seed``)."""
-    arms: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        arms.setdefault(arm_name(run, group_by), []).append(run)
-    for members in arms.values():
-        members.sort(key=lambda r: (run_seed(r) is None, run_seed(r) or 0, str(r["path"])))
-    return arms
-
-
-def eval_files(run_dir: str | Path) -> dict[int, Path]:
-    """Step -> ``eval/step_<N>.json`` of a run's held-out evaluations."""
-    out = {}
-    for path in (Path(run_dir) / "eval").glob("step_*.json"):
-        try:
-            out[int(path.stem.split("_", 1)[1])] = path
-        except ValueError:
-            continue
-    return dict(sorted(out.items()))
 
 
 # ------------------------------------------------------------------------------------------------- curves
@@ -166,17 +79,21 @@ def arm_curve(runs: list[dict[str, Any]], metric: str, smooth: int = 1) -> tuple
     return np.array(steps), values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
-def _curve_panels(arms: dict[str, list[dict[str, Any]]], metrics: list[str], per_t: list[str], smooth: int) -> dict:
+def curve_panels(arms: dict[str, list[dict[str, Any]]], metrics: list[str], per_t: list[str], smooth: int) -> dict:
+    """The panels of ``compare.png`` (:func:`rlvr_temp.evaluation.report.plot_panels`): one per metric, a curve per
+    arm; held-out curves (``eval/*``, a point per evaluation, often one) with a marker on every point."""
     panels: dict[str, list[dict]] = {}
     for metric in metrics:
         panels[metric] = []
+        marker = "o" if metric.startswith("eval/") else None
         for a_i, (arm, runs) in enumerate(arms.items()):
             curve = arm_curve(runs, metric, smooth)
             if curve is not None:
                 xs, mean, low, high = curve
                 band = {"low": low, "high": high} if len(runs) > 1 else {}
                 label = f"{arm} ({len(runs)} seeds)" if len(runs) > 1 else arm
-                panels[metric].append({"x": xs, "y": mean, "label": label, "color": f"C{a_i}", **band})
+                series = {"x": xs, "y": mean, "label": label, "color": f"C{a_i}", "marker": marker, **band}
+                panels[metric].append(series)
     if per_t:
         import matplotlib.pyplot as plt
 
@@ -200,7 +117,7 @@ def heldout_scores(arms: dict[str, list[dict[str, Any]]], step: int | None = Non
     ``step`` None: the latest step at which every run that has evaluations has one (else each run's latest).
     Returns ``{"step": ..., "notes": [...], "datasets": {set: {"metrics": ["avg@n", "pass@1", ...],
     "arms": {arm: [(run, {problem: np.ndarray(metrics)}), ...]}}}}``; pass@k is the unbiased estimator of
-    :func:`rlvr_temp.evaluation.evaluate.pass_at_k` from each problem's count of correct samples, k = 1, 2, 4, ..., n
+    :func:`rlvr_temp.evaluation.stats.pass_at_k` from each problem's count of correct samples, k = 1, 2, 4, ..., n
     (the smallest n of the set's runs)."""
     files = {id(r): eval_files(r["path"]) for runs in arms.values() for r in runs}
     with_eval = [r for runs in arms.values() for r in runs if files[id(r)]]
@@ -229,8 +146,6 @@ def heldout_scores(arms: dict[str, list[dict[str, Any]]], step: int | None = Non
                 records[id(run)] = json.loads(files[id(run)][chosen[id(run)]].read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 notes.append(f"`{run['path']}`: unreadable evaluation file ({exc})")
-    from rlvr_temp.evaluation.evaluate import k_values  # imports Ray and transformers: only when needed
-
     settings = sorted({(rec.get("temperature"), rec.get("top_p")) for rec in records.values()}, key=repr)
     if len(settings) > 1:
         notes.append("the runs were evaluated with different sampling settings (temperature, top-p): " + repr(settings))
@@ -265,7 +180,7 @@ def _fmt_steps(steps: list[int]) -> str:
 
 
 def _runs_section(
-    doc: Doc, runs: list[dict[str, Any]], labels: list[str], arms, present: list[str], last_k: int
+    doc: Doc, runs: list[dict[str, Any]], labels: list[str], arms, present: list[str], last_k: int, notes: list[str]
 ) -> None:
     heads = [f"{m} {what}" for m in present[:3] for what in (f"first {last_k}", f"last {last_k}", "best")]
     table = Table(["run", "steps", "wall time (s)", *heads])
@@ -283,14 +198,21 @@ def _runs_section(
         table.rows.append(cells)
     doc.h2("Runs")
     doc.table(table)
+    doc.ul(notes)
     diff = config_differences(runs)
     doc.p("Config differences: " + (", ".join(f"`{k}`" for k in diff) if diff else "none"))
-    doc.ul([f"`{k}`: " + "; ".join(f"{arm}={_values(rs, k)}" for arm, rs in arms.items()) for k in diff])
+    doc.ul([f"`{k}`: " + "; ".join(_values(arms, k)) for k in diff])
 
 
-def _values(runs: list[dict[str, Any]], key: str) -> str:
-    values = [repr(r["config"].get(key)) for r in runs]
-    return ", ".join(dict.fromkeys(values))  # distinct, in seed order
+def _values(arms: dict[str, list[dict[str, Any]]], key: str) -> list[str]:
+    """``arm=value`` for each arm with a run that ``key`` matters to (:func:`~rlvr_temp.evaluation.runs.key_matters`:
+    a ``fixed`` arm has no ``temperature.token.*``), its distinct values in seed order."""
+    out = []
+    for arm, runs in arms.items():
+        values = [repr(r["config"].get(key)) for r in runs if key_matters(r, key)]
+        if values:
+            out.append(f"{arm}={', '.join(dict.fromkeys(values))}")
+    return out
 
 
 def _arms_section(doc: Doc, arms: dict[str, list[dict[str, Any]]], present: list[str], last_k: int) -> None:
@@ -394,10 +316,12 @@ def compare_runs(
     """Write ``compare.png`` (training curves per arm), ``pass_at_k.png`` (if any run has held-out evaluations),
     ``summary.md`` and ``report.html``; return their paths as ``plot``, ``pass_at_k``, ``table``, ``report``.
 
-    ``group_by``: dotted config key naming a run's arm (default: see :func:`arm_name`). ``baseline``: the arm the
-    others are compared to (default: ``fixed`` if there is such an arm, else the first). ``step``: the held-out
-    evaluation to tabulate (default: the latest step evaluated by every run)."""
-    runs = [load_run(p) for p in run_dirs]
+    ``run_dirs``: run directories, sweep directories and directories of runs
+    (:func:`rlvr_temp.evaluation.runs.load_runs`). ``group_by``: dotted config key naming a run's arm (default:
+    :func:`rlvr_temp.evaluation.runs.arm_name`). ``baseline``: the arm the others are compared to (default:
+    ``fixed`` if there is such an arm, else the first). ``step``: the held-out evaluation to tabulate (default: the
+    latest step evaluated by every run)."""
+    runs, notes = load_runs(run_dirs)
     labels = run_labels(runs)
     arms = group_runs(runs, group_by)
     if baseline is not None and baseline not in arms:
@@ -412,13 +336,13 @@ def compare_runs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = out / "compare.png"
-    plot_panels(_curve_panels(arms, present, per_t, smooth), png)
+    plot_panels(curve_panels(arms, present, per_t, smooth), png)
 
     boot = {"n_boot": n_boot, "rng_seed": rng_seed, "level": level}
     doc = Doc()
     doc.h1("Run comparison")
     doc.p(HOW_TO_READ.format(**boot))
-    _runs_section(doc, runs, labels, arms, present, last_k)
+    _runs_section(doc, runs, labels, arms, present, last_k, notes)
     _arms_section(doc, arms, present, last_k)
     doc.img(png, "Training curves: mean over each arm's seeds; band: min–max over seeds")
     passk = _heldout_section(doc, arms, base, step, boot, out)

@@ -1,6 +1,9 @@
 """Evaluation: sample ``k`` responses per problem with vLLM, score them with the verifier, report per dataset
 avg@k, unbiased pass@k (Chen et al. 2021, arXiv 2107.03374) for k = 1, 2, 4, ..., K, maj@K, mean response
-length and truncation rate.
+length and truncation rate (the estimators: rlvr_temp.evaluation.stats).
+
+Runs in the driver: ``rlvr-temp eval`` (:func:`evaluate_model`, its own rollout worker) and the trainer's periodic
+held-out evaluation (:func:`evaluate_run`, on the run's engines); generation happens in the rollout worker.
 
 The paper's protocol (docs/evaluation.md): temperature 0.6, top-p 0.95, AIME avg@256, AMC avg@32, MATH-500 / Minerva /
 OlympiadBench avg@1, token rule off. ``synthetic`` is the tiny model's held-out arithmetic split.
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,46 +30,13 @@ from rlvr_temp.config.schema import (
     TokenRuleConfig,
 )
 from rlvr_temp.data import synthetic
-from rlvr_temp.data.sources import DEFAULT_TEMPLATE, load_prompts
+from rlvr_temp.data.prompts import DEFAULT_TEMPLATE, format_prompts
+from rlvr_temp.data.sources import load_prompts
 from rlvr_temp.data.tiny_model import ensure_tiny_model
-from rlvr_temp.driver.launch import format_prompts
-from rlvr_temp.learner.export import export_run
+from rlvr_temp.evaluation.stats import k_values, maj_at_k, pass_at_k
 from rlvr_temp.reward.verify import Verifier, extract_answer
 from rlvr_temp.temperature import TemperatureStrategy, make_strategy
 from rlvr_temp.utils import atomic_write_text, derive_seed
-
-
-# ------------------------------------------------------------------------------------------------- estimators
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: ``1 - C(n-c, k) / C(n, k)``."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):  # numerically stable product form
-        prod *= 1.0 - k / i
-    return 1.0 - prod
-
-
-def maj_at_k(answers: list[str | None], correct: list[float], k: int) -> float:
-    """Majority vote over the first ``k`` samples' extracted answers (ties: the earliest answer wins); 1.0 if the
-    voted answer is a correct one. Samples without an answer do not vote."""
-    votes = [(a, c) for a, c in zip(answers[:k], correct[:k]) if a is not None]
-    if not votes:
-        return 0.0
-    counts = Counter(a for a, _ in votes)
-    best = max(counts.values())
-    winner = next(a for a, _ in votes if counts[a] == best)
-    return float(any(c >= 0.5 for a, c in votes if a == winner))
-
-
-def k_values(n: int) -> list[int]:
-    ks, k = [], 1
-    while k < n:
-        ks.append(k)
-        k *= 2
-    return [*ks, n]
 
 
 def summarize(samples: list[dict[str, Any]], n: int) -> dict[str, float]:
@@ -201,6 +170,8 @@ def _resolve_model(model: str, scratch: str) -> tuple[str, str | None]:
         return str(ensure_tiny_model()), synthetic.PROMPT_TEMPLATE
     run, _, step = model.partition("@")
     if (Path(run) / "checkpoints").is_dir():
+        from rlvr_temp.learner.export import export_run  # the learner's modules (bitsandbytes): only for a run
+
         out = export_run(run, Path(scratch) / "model", step=int(step) if step else None)
         cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
         return str(out), cfg.get("data", {}).get("prompt_template")

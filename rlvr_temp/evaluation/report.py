@@ -1,5 +1,7 @@
-"""A small document model rendered twice: as markdown (``summary.md``, images linked) and as one self-contained
-HTML page (``report.html``, images embedded as base64 PNG). Text may use markdown's `code` and **bold**."""
+"""The report of ``rlvr-temp compare``: a small document model rendered twice, as markdown (``summary.md``, images
+linked) and as one self-contained HTML page (``report.html``, images embedded as base64 PNG), and its plots
+(matplotlib, Agg). Runs in the process of the ``compare`` command. Text may use markdown's `code` and **bold**.
+Left out: interactive plots (the page has no script)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from rlvr_temp.evaluation.stats import Interval
 
@@ -159,12 +164,26 @@ def verdict(arm: str, base: str, name: str, metrics: list[str], ivs: list[Interv
 def plot_panels(
     panels: dict[str, list[dict]], png: Path, *, xlabel: str = "step", ylabel: str | None = None, log2_x: bool = False
 ) -> Path:
-    """One panel per title, up to three a row. A series is a dict with ``x``, ``y``, ``label`` and optionally
-    ``color``, ``ls``, ``lw``, ``marker``, and ``low`` / ``high`` (a shaded band)."""
+    """:func:`draw_panels` saved as ``png``; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_panels(panels, xlabel=xlabel, ylabel=ylabel, log2_x=log2_x)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)
+
+
+def draw_panels(
+    panels: dict[str, list[dict]], *, xlabel: str = "step", ylabel: str | None = None, log2_x: bool = False
+) -> Any:
+    """A matplotlib figure, one panel per title, up to three a row. A series is a dict with ``x``, ``y``, ``label``
+    and optionally ``color``, ``ls``, ``lw``, ``marker``, and ``low`` / ``high`` (a shaded band). A series of one
+    point gets a marker (a line through one point draws nothing), and its band an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ncols = min(3, len(panels)) or 1
     nrows = max(1, -(-len(panels) // ncols))
@@ -172,13 +191,26 @@ def plot_panels(
     for ax, (title, series) in zip(axes.flat, panels.items()):
         for s in series:
             style = {k: s[k] for k in ("color", "ls", "lw", "marker") if s.get(k) is not None}
+            single = len(s["x"]) == 1
+            if single:
+                style.setdefault("marker", "o")
             ax.plot(s["x"], s["y"], label=s["label"], **{"lw": 1.6, **style})
-            if s.get("low") is not None:
+            if s.get("low") is not None and single:
+                low, high = np.asarray(s["low"], float), np.asarray(s["high"], float)
+                y = np.asarray(s["y"], float)
+                ax.errorbar(s["x"], y, yerr=[y - low, high - y], fmt="none", ecolor=s.get("color"), capsize=3, lw=1)
+            elif s.get("low") is not None:
                 ax.fill_between(s["x"], s["low"], s["high"], color=s.get("color"), alpha=0.2, lw=0)
         if log2_x and series:
             ticks = sorted({int(x) for s in series for x in s["x"]})
             ax.set_xscale("log", base=2)
             ax.set_xticks(ticks, [str(t) for t in ticks])
+        elif len(steps := {float(x) for s in series for x in s["x"]}) == 1:  # one evaluated step: a tick at it
+            (only,) = steps
+            ax.set_xticks([only], [f"{only:g}"])
+            ax.set_xlim(only - 1, only + 1)
+        else:  # steps: whole numbers
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         if ylabel:
@@ -189,6 +221,4 @@ def plot_panels(
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return Path(png)
+    return fig

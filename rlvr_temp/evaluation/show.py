@@ -1,6 +1,7 @@
 """`rlvr-temp show-rollout RUN --step N --index I`: one response with every token coloured by the temperature it
 was sampled at and by its entropy, as HTML (hover a token for its numbers) and PNG. Reads the rollout dumps a run
-writes with ``rollout.dump=true``."""
+writes with ``rollout.dump=true``; runs in the process of the ``show-rollout`` command. Left out: several responses
+on one page."""
 
 from __future__ import annotations
 

@@ -9,14 +9,55 @@ Differences between two arms share the problem resample (pairing by problem id).
 arms ran the same seeds (:func:`bootstrap_diff` with ``paired_seeds=True``: the per-seed, per-problem differences
 are resampled as one array); otherwise each arm's seeds are resampled on their own and averaged within the arm
 before the difference is taken.
+
+The per-problem estimators come first: unbiased pass@k (Chen et al. 2021, arXiv 2107.03374), maj@k and the k
+reported. Runs wherever scores are summarized: the evaluation actor (rlvr_temp.evaluation.evaluate) and the
+``compare`` command (rlvr_temp.evaluation.compare); pure Python and numpy. Left out: BCa and studentized intervals.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
+
+# ------------------------------------------------------------------------------------------------- estimators
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: ``1 - C(n-c, k) / C(n, k)``."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):  # numerically stable product form
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def maj_at_k(answers: list[str | None], correct: list[float], k: int) -> float:
+    """Majority vote over the first ``k`` samples' extracted answers (ties: the earliest answer wins); 1.0 if the
+    voted answer is a correct one. Samples without an answer do not vote."""
+    votes = [(a, c) for a, c in zip(answers[:k], correct[:k]) if a is not None]
+    if not votes:
+        return 0.0
+    counts = Counter(a for a, _ in votes)
+    best = max(counts.values())
+    winner = next(a for a, _ in votes if counts[a] == best)
+    return float(any(c >= 0.5 for a, c in votes if a == winner))
+
+
+def k_values(n: int) -> list[int]:
+    """The k of pass@k reported for ``n`` samples: 1, 2, 4, ... below ``n``, then ``n``."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return [*ks, n]
+
+
+# ------------------------------------------------------------------------------------------------- bootstrap
 N_BOOT = 2000  # default number of bootstrap replicates
 SEED = 0  # default RNG seed: a comparison gives the same intervals every time it is run
 _CHUNK_CELLS = 4_000_000  # replicates are drawn in chunks of at most this many (replicate x problem x metric) cells
@@ -191,8 +232,7 @@ def diff_intervals(
 def problem_scores(outcomes: dict[str, dict[str, list]], ks: list[int]) -> dict[str, np.ndarray]:
     """``{problem id: [avg, pass@k for k in ks]}`` from ``{problem id: {"correct": [score per sample], ...}}`` (an
     ``eval/step_<N>.json`` dataset entry): ``avg`` the mean score, pass@k the unbiased estimator
-    (:func:`rlvr_temp.evaluation.evaluate.pass_at_k`) from the count of samples scoring at least 0.5."""
-    from rlvr_temp.evaluation.evaluate import pass_at_k  # imports Ray and transformers: only when needed
+    (:func:`pass_at_k`) from the count of samples scoring at least 0.5."""
 
     out = {}
     for pid, entry in outcomes.items():

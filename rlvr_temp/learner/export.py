@@ -16,8 +16,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from rlvr_temp.checkpoint import ResumeError, checkpoints_dir, find_resume, load_checkpoint
 from rlvr_temp.config.schema import RunConfig
-from rlvr_temp.driver.launch import resolve_model
-from rlvr_temp.learner.policy import DTYPES, Learner
+from rlvr_temp.data.models import resolve_model
+from rlvr_temp.learner.learner import Learner
+from rlvr_temp.learner.policy import DTYPES
 from rlvr_temp.utils import atomic_dir
 
 

@@ -10,27 +10,21 @@ sympy run for a very long time. Every call is bounded three ways:
 * the parent gives each answer a hard deadline of ``timeout_s`` seconds from dispatch; a worker that overruns
   is killed and the pool rebuilt. A timeout scores 0.0 and is counted in ``Verifier.stats``.
 
-``score()`` / ``score_batch()`` use a lazily created shared :class:`Verifier` (closed at exit); they work from
-any thread and any calling context: workers are launched while ``__main__``'s ``__file__`` / ``__spec__``
-are hidden, so they never re-run the caller's main module (a script without ``if __name__ ==
-"__main__":``, ``python -``, a notebook, a Ray actor). Answer extraction and ground-truth normalisation
-live in :mod:`rlvr_temp.reward.answers` (re-exported here). See docs/verifier.md.
+The :class:`Verifier` runs in the calling process (the driver's trainer, an evaluation); its jobs run in the
+workers of a hang-proof pool (:mod:`rlvr_temp.reward.pool`: hard deadlines, rebuilds). ``score()`` /
+``score_batch()`` use a lazily created shared :class:`Verifier` (closed at exit); they work from any thread and any
+calling context: the pool's workers never re-run the caller's main module (a script without ``if __name__ ==
+"__main__":``, ``python -``, a notebook, a Ray actor). Answer extraction and ground-truth normalisation live in
+:mod:`rlvr_temp.reward.answers` (re-exported here). See docs/verifier.md.
 """
 
 from __future__ import annotations
 
 import atexit
-import multiprocessing as mp
 import os
-import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
-from multiprocessing import context as mp_ctx
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rlvr_temp.reward.answers import (
@@ -43,6 +37,7 @@ from rlvr_temp.reward.answers import (
     shape_reward,
 )
 from rlvr_temp.reward.notation import comparison_precision, number_value, numerically_close
+from rlvr_temp.reward.pool import WorkerPool
 
 __all__ = ["Verifier", "extract_answer", "get_default_verifier", "last_boxed", "normalize_ground_truth"]
 __all__ += ["score", "score_batch", "shape_reward"]
@@ -154,82 +149,15 @@ def _verify_job(answer: str, gold: str, budget_s: float) -> tuple[bool, bool]:
     return False, left() <= 0 or _W["timeouts"] > before
 
 
-# ------------------------------------------------------------------------------------ starting workers
-_MAIN_LOCK = threading.Lock()
-
-
-@contextmanager
-def _main_hidden() -> Iterator[None]:
-    """Hide ``__main__.__file__`` / ``__spec__`` while one worker is launched.
-
-    ``spawn.get_preparation_data`` (used by the spawn and forkserver start methods) puts
-    ``init_main_from_path`` / ``init_main_from_name`` into each child's preparation data when the main module
-    has a file or a spec, and the child then re-runs that module before it unpickles anything. That fails
-    for ``python -`` (``<stdin>`` is no file), re-runs a script without a main guard (which creates another
-    Verifier inside the half-started worker), and is never needed here: workers only run functions of this
-    module. With both attributes hidden, the preparation data has no main entry. The window is the few
-    microseconds of ``Process.start()``; the attributes are restored even if the start fails.
-    """
-    with _MAIN_LOCK:
-        main = sys.modules.get("__main__")
-        if main is None:
-            yield
-            return
-        d = main.__dict__
-        saved = {k: d[k] for k in ("__file__", "__spec__") if k in d}
-        d.pop("__file__", None)
-        d["__spec__"] = None
-        try:
-            yield
-        finally:
-            d.pop("__file__", None)
-            d.pop("__spec__", None)
-            d.update(saved)
-
-
-class _ForkServerWorker(mp_ctx.ForkServerProcess):
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        with _main_hidden():
-            return mp_ctx.ForkServerProcess._Popen(process_obj)
-
-
-class _SpawnWorker(mp_ctx.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        with _main_hidden():
-            return mp_ctx.SpawnProcess._Popen(process_obj)
-
-
-class _ForkServerContext(mp_ctx.ForkServerContext):
-    Process = _ForkServerWorker
-
-
-class _SpawnContext(mp_ctx.SpawnContext):
-    Process = _SpawnWorker
-
-
-def _mp_context(start_method: str) -> Any:
-    """A multiprocessing context whose workers do not re-import ``__main__`` (forkserver / spawn)."""
-    if start_method == "forkserver":
-        return _ForkServerContext()
-    if start_method == "spawn":
-        return _SpawnContext()
-    return mp.get_context(start_method)  # "fork": inherits everything, nothing is re-imported
-
-
 # ------------------------------------------------------------------------------------------ parent side
-#: Pool restarts in a row, without any answer finishing, after which scoring fails instead of retrying.
-MAX_IDLE_RESTARTS = 5
-
-
 class Verifier:
     """Scores responses against ground truths with math-verify in a pool of worker processes.
 
     ``timeout_s`` is the hard per-answer bound (from dispatch to a worker); a worker that overruns is killed
-    and the pool rebuilt. Workers start once (in the constructor) and are reused. ``stats`` partitions the
-    scored responses into no_boxed / rejected / timeouts / errors / judged (correct is a subset of judged) and
-    counts pool restarts. Thread-safe: concurrent calls are serialized.
+    and the pool rebuilt (:class:`rlvr_temp.reward.pool.WorkerPool`, ``pool``). Workers start once (in the
+    constructor) and are reused. ``stats`` partitions the scored responses into no_boxed / rejected / timeouts /
+    errors / judged (correct is a subset of judged) and counts pool restarts. Thread-safe: concurrent calls are
+    serialized.
     """
 
     def __init__(
@@ -252,111 +180,16 @@ class Verifier:
         self.max_answer_chars, self.max_brace_depth = max_answer_chars, max_brace_depth
         self.memory_mb, self.start_method, self.startup_timeout_s = memory_mb, start_method, startup_timeout_s
         self._lock = threading.RLock()
-        self._pool: ProcessPoolExecutor | None = None
-        self._pool_pid = -1
         self._closed = False
-        self._stats = dict.fromkeys(
-            ("scored", "correct", "judged", "no_boxed", "rejected", "timeouts", "errors", "restarts"), 0
-        )
-        with self._lock:
-            self._ensure_pool()
-
-    # -- pool management
-    def _ensure_pool(self) -> ProcessPoolExecutor:
-        if self._closed:
-            raise RuntimeError("Verifier is closed")
-        if self._pool is not None and self._pool_pid == os.getpid():
-            return self._pool
-        pool = ProcessPoolExecutor(
-            self.num_workers,
-            mp_context=_mp_context(self.start_method),
+        self._stats = dict.fromkeys(("scored", "correct", "judged", "no_boxed", "rejected", "timeouts", "errors"), 0)
+        self.pool = WorkerPool(
+            num_workers,
             initializer=_worker_init,
-            initargs=(self.memory_mb,),
+            initargs=(memory_mb,),
+            start_method=start_method,
+            startup_timeout_s=startup_timeout_s,
+            name="verifier",
         )
-        pings = [pool.submit(os.getpid) for _ in range(self.num_workers)]  # each submit spawns one worker
-        done, _ = wait(pings, timeout=self.startup_timeout_s)
-        errors = [e for f in done if (e := f.exception()) is not None]
-        if len(done) < len(pings) or errors:
-            self._kill(pool)
-            why = f"{type(errors[0]).__name__}: {errors[0]}" if errors else f"no reply in {self.startup_timeout_s} s"
-            raise RuntimeError(
-                f"verifier workers ({self.start_method}) failed to start: {why.splitlines()[0][:300]} "
-                "(a worker's own error, if any, is on stderr); see docs/verifier.md, 'Calling contexts'"
-            )
-        self._pool, self._pool_pid = pool, os.getpid()
-        return pool
-
-    @staticmethod
-    def _kill(pool: ProcessPoolExecutor) -> None:  # no public way to kill the workers before Python 3.14
-        procs = list((getattr(pool, "_processes", None) or {}).values())
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            p.join(timeout=5)
-
-    def _restart(self) -> None:
-        if self._pool is not None and self._pool_pid == os.getpid():
-            self._kill(self._pool)
-        self._pool = None
-        self._stats["restarts"] += 1
-
-    def _run(self, fn: Callable[..., Any], jobs: Sequence[tuple]) -> list[tuple[str, Any]]:
-        """Runs ``fn(*job)`` for each job in the workers; returns ("ok", value) / ("timeout" | "error", None).
-
-        At most ``num_workers`` jobs are in flight so each one's deadline counts from when it really starts.
-        """
-        results: list[tuple[str, Any]] = [("error", None)] * len(jobs)
-        with self._lock:
-            pending = deque(range(len(jobs)))
-            retries = [0] * len(jobs)
-            inflight: dict[Future, tuple[int, float]] = {}
-            idle_restarts = 0  # pool restarts since a job last finished: a pool that keeps dying is an error
-            while pending or inflight:
-                if idle_restarts > MAX_IDLE_RESTARTS:
-                    raise RuntimeError(
-                        f"the verifier's worker pool died {idle_restarts} times in a row without finishing an answer "
-                        "(out of memory? see reward.num_workers and docs/verifier.md)"
-                    )
-                pool = self._ensure_pool()
-                while pending and len(inflight) < self.num_workers:
-                    i = pending.popleft()
-                    try:
-                        fut = pool.submit(fn, *jobs[i])
-                    except BrokenProcessPool:
-                        pending.appendleft(i)
-                        break
-                    inflight[fut] = (i, time.monotonic() + self.timeout_s)
-                if not inflight:  # the pool broke before anything could be submitted
-                    self._restart()
-                    idle_restarts += 1
-                    continue
-                first_deadline = min(d for _, d in inflight.values())
-                done, _ = wait(list(inflight), max(0.0, first_deadline - time.monotonic()), FIRST_COMPLETED)
-                broken = False
-                for fut in done:
-                    i, _ = inflight.pop(fut)
-                    try:
-                        results[i] = ("ok", fut.result())
-                        idle_restarts = 0
-                    except BrokenProcessPool:  # a worker died (crash, OOM kill): retry once, then error
-                        broken = True
-                        retries[i] += 1
-                        if retries[i] <= 1:
-                            pending.appendleft(i)
-                    except Exception:
-                        results[i] = ("error", None)
-                now = time.monotonic()
-                overdue = [f for f, (_, d) in inflight.items() if d <= now]
-                for fut in overdue:
-                    results[inflight.pop(fut)[0]] = ("timeout", None)
-                if overdue or broken:
-                    pending.extendleft(i for i, _ in inflight.values())  # innocent jobs: run again
-                    inflight.clear()
-                    self._restart()
-                    idle_restarts += int(broken)
-        return results
 
     # -- scoring
     def score_batch(self, responses: Sequence[str | None], ground_truths: Sequence[Any]) -> list[float]:
@@ -385,9 +218,8 @@ class Verifier:
                     jobs.setdefault((ans, gold), []).append(i)
             keys = list(jobs)
             budget = 0.75 * self.timeout_s
-            for (ans, gold), (status, value) in zip(
-                keys, self._run(_verify_job, [(a, g, budget) for a, g in keys]), strict=True
-            ):
+            outcomes = self.pool.run(_verify_job, [(a, g, budget) for a, g in keys], self.timeout_s)
+            for (ans, gold), (status, value) in zip(keys, outcomes, strict=True):
                 idx = jobs[(ans, gold)]
                 if status == "ok" and value[1]:
                     status = "timeout"  # a math-verify timeout inside the worker
@@ -406,14 +238,13 @@ class Verifier:
     def stats(self) -> dict[str, int]:
         """Counts since creation: scored, correct, judged, no_boxed, rejected, timeouts, errors, restarts."""
         with self._lock:
-            return dict(self._stats)
+            return {**self._stats, "restarts": self.pool.restarts}
 
     def close(self) -> None:
         """Stop the worker processes. Idempotent."""
         with self._lock:
-            if self._pool is not None and self._pool_pid == os.getpid():
-                self._kill(self._pool)
-            self._pool, self._closed = None, True
+            self.pool.close()
+            self._closed = True
 
     def __enter__(self) -> Verifier:
         return self

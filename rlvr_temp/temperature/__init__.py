@@ -1,5 +1,5 @@
-"""The one home of temperature logic: the per-mode strategy, entropy windows, the token rule, rollout mixtures
-and schedules.
+"""The one home of temperature logic: the per-mode strategy, entropy windows, the token rule, rollout mixtures,
+schedules, and the request format the strategies write and the vLLM processors read (``request``).
 
 Pure torch / numpy, vectorised over the batch; used by the vLLM logits processor (one call per decode step)
 and by the learner (log-probs at the per-token temperatures the rollout used). Method: Wu et al., "Exploring
@@ -7,6 +7,14 @@ Multi-Temperature Strategies for Token- and Rollout-Level Control in RLVR" (arXi
 written out in ``docs/temperature.md``.
 """
 
+from .logits import (
+    MIN_TEMPERATURE,
+    entropy_from_logits,
+    sanitize_logits,
+    token_entropies,
+    token_logprobs,
+    truncate_logits,
+)
 from .mixture import (
     authors_offsets,
     expand_counts,
@@ -26,15 +34,7 @@ from .schedule import (
 )
 from .seq_window import SequenceEntropyWindows
 from .strategy import MODES, TemperatureStrategy, make_strategy, register_mode
-from .token_rule import (
-    MIN_TEMPERATURE,
-    TokenTemperatureRule,
-    entropy_from_logits,
-    sanitize_logits,
-    token_entropies,
-    token_logprobs,
-    truncate_logits,
-)
+from .token_rule import TokenTemperatureRule
 from .ttm import (
     TokenTemperatureHead,
     gsot_mask,

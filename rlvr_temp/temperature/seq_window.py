@@ -7,8 +7,9 @@ shift over the active prefix, so it is a handful of batched array ops whatever t
 buffers on the CPU, torch ops elsewhere). The slots of an unchanged id list are cached, and ``push_and_thresholds``
 does a decode step in one call. The slot cache and the row-update kernels live in ``seq_rows.py``.
 
-NaN entropies are sanitised to 0.0 on entry; ``state_dict`` / ``load_state_dict`` hold plain tensors and Python
-types, so a resumed run continues with the same windows. An empty window's threshold is ``nan``.
+NaN entropies are sanitised to 0.0 on entry; ``values``, ``state_dict`` and ``load_state_dict`` (plain tensors and
+Python types, so a resumed run continues with the same windows) live in ``seq_state.py``. An empty window's threshold
+is ``nan``.
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Hashable, Iterable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from .seq_rows import NUMPY_DTYPES, SlotCache, push_rows_numpy, push_rows_torch
-from .window import _check_args, check_window_state
+from .seq_state import SequenceWindowsState
+from .window import _check_args
 
 __all__ = ["SequenceEntropyWindows"]
 
 
-class SequenceEntropyWindows:
+class SequenceEntropyWindows(SequenceWindowsState):
     """One entropy window per sequence (scope ``sequence``), all updated together in batched array ops.
 
     The paper's per-sequence mode uses ``capacity = 2 x max_response_len`` (arXiv 2510.08892), so a window is
@@ -365,50 +366,3 @@ class SequenceEntropyWindows:
             return torch.from_numpy(vals)
         vals = self._sorted.view(-1).index_select(0, torch.from_numpy(flat).to(dev))
         return torch.where(torch.from_numpy(empty).to(dev), torch.full_like(vals, math.nan), vals)
-
-    def values(self, seq_id: Hashable) -> torch.Tensor:
-        """One sequence's window in arrival order (oldest first); empty for an unknown id."""
-        slot = self._slot_of.get(seq_id)
-        if slot is None or self._ring is None:
-            return torch.empty(0, dtype=self.dtype)
-        cnt = int(self._count[slot])
-        cap = self.capacity
-        if cnt <= cap:
-            return self._ring[slot, :cnt].detach().cpu().clone()
-        start = cnt % cap
-        return torch.cat((self._ring[slot, start:cap], self._ring[slot, :start])).detach().cpu()
-
-    # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        """Plain state: configuration, the ids (in slot order) and each window's values in arrival order."""
-        ids = sorted(self._slot_of, key=self._slot_of.__getitem__)
-        return {
-            "scope": "sequence",
-            "capacity": self.capacity,
-            "hot_fraction": self.hot_fraction,
-            "ids": ids,
-            "values": [self.values(sid) for sid in ids],
-        }
-
-    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Restore every window from :meth:`state_dict`; with ``strict``, the configuration must match."""
-        check_window_state(state, "sequence", self.capacity, self.hot_fraction, strict)
-        self.clear()
-        ids, values = list(state["ids"]), list(state["values"])
-        if len(ids) != len(values):
-            raise ValueError("window state: 'ids' and 'values' differ in length")
-        if not ids:
-            return
-        vals = [torch.as_tensor(v, dtype=self.dtype).reshape(-1)[-self.capacity :] for v in values]
-        slots = self._slots(ids, create=True)
-        longest = max(v.shape[0] for v in vals)
-        self._ensure_storage(self._n_slots, max(longest, 1), self.device or torch.device("cpu"))
-        assert self._ring is not None and self._sorted is not None
-        for slot, v in zip(slots.tolist(), vals, strict=True):
-            n = v.shape[0]
-            v = v.to(self.device)
-            # arrival order from column 0: with n == capacity the next write (count % capacity = 0) evicts
-            # the oldest value, as it should
-            self._ring[slot, :n] = v
-            self._sorted[slot, :n] = torch.sort(v).values
-            self._count[slot] = n

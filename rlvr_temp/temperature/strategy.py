@@ -30,6 +30,7 @@ import torch
 
 from rlvr_temp.utils import register
 
+from . import request
 from .mixture import rollout_temperatures
 from .schedule import Schedule, make_schedule
 from .ttm import to_sampling_range
@@ -103,8 +104,9 @@ class TemperatureStrategy:
 
     def request_spec(self, temperature: float) -> dict[str, Any]:
         """The processor's part of one request (``extra_args["rlvr_temp"]`` without its ``uid``): the response's
-        rollout temperature and, in per-token modes, the rule the processor applies on top of it."""
-        return {"temperature": float(temperature)}
+        rollout temperature and, in per-token modes, the rule the processor applies on top of it (the format:
+        :mod:`rlvr_temp.temperature.request`)."""
+        return request.request_spec(temperature)
 
     # ------------------------------------------------------------------------------------------ learner
     @property
@@ -150,16 +152,16 @@ class TokenTemperature(TemperatureStrategy):
         # The rule's own temperatures stay at their configured values; the request temperature carries the
         # schedule's and the mixture's shift. The processor keys entropy windows by (scope, window, hot_fraction,
         # warmup_tokens) only, so one window lives through a whole run whatever the schedule does.
-        rule = {
-            "t_low": t.t_low,
-            "t_high": t.t_high,
-            "base_temperature": self.cfg.base,
-            "hot_fraction": t.hot_fraction,
-            "window": t.window,
-            "scope": t.scope,
-            "warmup_tokens": t.warmup_tokens,
-        }
-        return {"temperature": float(temperature), "token_rule": rule}
+        rule = request.token_rule_spec(
+            t_low=t.t_low,
+            t_high=t.t_high,
+            base_temperature=self.cfg.base,
+            hot_fraction=t.hot_fraction,
+            window=t.window,
+            scope=t.scope,
+            warmup_tokens=t.warmup_tokens,
+        )
+        return request.request_spec(temperature, token_rule=rule)
 
 
 @register_mode("token+mixture")
@@ -183,8 +185,10 @@ class LearnedTemperature(TemperatureStrategy):
 
     def request_spec(self, temperature: float) -> dict[str, Any]:
         lc = self.cfg.learned
-        learned = {"t_low": lc.t_low, "t_high": lc.t_high, "t_min": lc.t_min, "t_max": lc.t_max, "base": self.cfg.base}
-        return {"temperature": float(temperature), "learned": learned}
+        learned = request.learned_spec(
+            t_low=lc.t_low, t_high=lc.t_high, t_min=lc.t_min, t_max=lc.t_max, base=self.cfg.base
+        )
+        return request.request_spec(temperature, learned=learned)
 
     @property
     def uses_head(self) -> bool:
@@ -194,4 +198,4 @@ class LearnedTemperature(TemperatureStrategy):
         lc = self.cfg.learned
         mapped = to_sampling_range(head_t, lc.t_low, lc.t_high, lc.t_min, lc.t_max)
         # [B, 1] rollout shift of each response, as the processor adds it at sampling time
-        return (mapped + (response_t - self.cfg.base).unsqueeze(-1)).clamp(min=1e-4)
+        return (mapped + (response_t - self.cfg.base).unsqueeze(-1)).clamp(min=request.MIN_TEMPERATURE)

@@ -1,37 +1,31 @@
-"""Weight sync between the learner and the rollout engines, both ends of it.
+"""The driver's handle on the weight sync between the learner and the rollout engines.
 
-Driver (:class:`EngineSync`): connects the learner (rank 0 of its group) to every engine through vLLM's
-weight-transfer API -- ``rollout.engine.weight_sync`` resolved by ``RunConfig.weight_sync_backend``: ``gloo`` on
-CPU (rlvr_temp.weights.transfer), ``nccl`` between GPUs, ``ipc`` on a shared GPU -- and runs one round after each
-update. A transfer group's members are fixed at its rendezvous, so when Ray has restarted the learner or an engine since
+Runs in the driver (rlvr_temp.driver.trainer). :class:`EngineSync` connects the learner (rank 0 of its group) to
+every engine through vLLM's weight-transfer API -- ``rollout.engine.weight_sync`` resolved by
+``RunConfig.weight_sync_backend``: ``gloo`` on CPU, ``nccl`` between GPUs, ``ipc`` on a shared GPU, one module each
+(rlvr_temp.weights.base) -- and runs one round after each update; the learner's end is rlvr_temp.weights.sender. A
+transfer group's members are fixed at its rendezvous, so when Ray has restarted the learner or an engine since
 (rlvr_temp.driver.recovery), the survivors leave the old group and a new one is formed before the next round.
-``object_store`` keeps the earlier path: one merged state dict through Ray's object store, loaded by every engine.
-With vLLM's sleep mode (``colocated`` on GPUs, ``RunConfig.engines_sleep``) the engines free their memory before
-each update (:meth:`EngineSync.release`) and wake their weights, then their KV cache, around the sync, as verl
-does.
+``object_store`` keeps the earlier path, here: one merged state dict through Ray's object store, loaded by every
+engine. With vLLM's sleep mode (``colocated`` on GPUs, ``RunConfig.engines_sleep``) the engines free their memory
+before each update (:meth:`EngineSync.release`) and wake their weights, then their KV cache, around the sync, as
+verl does.
 
-Learner (:func:`trainer_engine`, :func:`send`): the trainer-side engine for a backend over the learner's policy
-(``rlvr_temp.weights.source.PolicySource``: tensors computed module by module on the learner's device), and one
-measured round. Imported by the learner only when it sends (vLLM's classes are needed there, not at import).
-
-Left out: LoRA-only updates through vLLM's adapters (every round sends the merged weights).
+Imports no vLLM: the driver needs none to sync. Left out: LoRA-only updates through vLLM's adapters.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from typing import Any
 
 import ray
 
 from rlvr_temp.config.schema import RunConfig
+from rlvr_temp.weights.base import BUCKET_BYTES
+from rlvr_temp.weights.clients import RayEnginesClient
 
 log = logging.getLogger("rlvr_temp.weights.sync")
-
-#: bytes per broadcast bucket (gloo) / packed buffer (nccl, ipc): a few layers of a 7B model at bf16
-BUCKET_BYTES = 256 << 20
 
 
 class EngineSync:
@@ -51,8 +45,6 @@ class EngineSync:
             self.asleep = True
 
     def _connect(self, members: tuple[Any, ...]) -> None:
-        from rlvr_temp.weights.transfer import RayEnginesClient  # the driver needs vLLM only when it syncs this way
-
         # engines leave the group they are in (an earlier one of this run, or of a run that reused them); a
         # restarted actor has none
         for w in self.workers:
@@ -82,40 +74,3 @@ class EngineSync:
             ray.get([w.wake_up.remote(["kv_cache"]) for w in self.workers])
             self.asleep = False
         return {f"sync/{k}": float(v) for k, v in stats.items() if k != "seconds"}
-
-
-# ---------------------------------------------------------------------------------------------- learner side
-def trainer_engine(backend: str, client: Any, source: Any, bucket_bytes: int = BUCKET_BYTES, rank: int = 0) -> Any:
-    """Learner rank ``rank``'s trainer-side weight-transfer engine for ``backend``: rank 0 is the sender (after its
-    rendezvous with every engine behind ``client``) and streams ``source`` (a vLLM ``WeightSource``) each round;
-    another rank (a sharded learner) only iterates ``source`` alongside, for its gathers."""
-    from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
-    from vllm.utils.network_utils import get_ip, get_open_port
-
-    from rlvr_temp.weights import transfer as weight_sync
-
-    weight_sync.register()
-    # the TCP rendezvous of the gloo and nccl groups; the sender (rank 0) opens it
-    rendezvous = {"master_address": get_ip(), "master_port": get_open_port(), "world_size": client.world_size}
-    if backend == "gloo":
-        info: Any = weight_sync.GlooTrainerInitInfo(**rendezvous, rank=rank, bucket_bytes=bucket_bytes)
-    elif backend == "nccl":
-        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
-
-        info = NCCLTrainerInitInfo(**rendezvous, rank=rank, packed_buffer_size_bytes=bucket_bytes)
-    elif backend == "ipc":
-        from vllm.distributed.weight_transfer.ipc_engine import IPCTrainerInitInfo
-
-        info = IPCTrainerInitInfo(rank=rank, packed=True, packed_buffer_size_bytes=bucket_bytes)
-    else:
-        raise ValueError(f"weight sync backend {backend!r}: expected gloo, nccl or ipc")
-    return WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)
-
-
-def send(engine: Any) -> dict[str, float]:
-    """One round of ``engine``'s source to the engines: wall seconds and payload bytes."""
-    t0 = time.perf_counter()
-    engine.send_weights()
-    meta = engine.source.metadata()
-    n_bytes = sum(m.dtype.itemsize * math.prod(m.shape) for m in meta)
-    return {"seconds": time.perf_counter() - t0, "bytes": float(n_bytes), "params": float(len(meta))}

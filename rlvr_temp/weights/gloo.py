@@ -1,20 +1,21 @@
-"""Weight sync from the learner to the vLLM engines through vLLM's weight-transfer API, with a ``gloo`` backend.
+"""The ``gloo`` weight-sync backend: CPU tensors over TCP through vLLM's weight-transfer API, so that CPU runs make
+the calls a GPU run makes. Both ends live here: :class:`GlooTrainerWeightTransferEngine` in the learner's process
+(rank 0 of the group sends), :class:`GlooWeightTransferEngine` in every vLLM worker process.
 
 vLLM 0.32 pairs a ``WeightTransferEngine`` in every vLLM worker (``LLM(weight_transfer_config=...)``) with a trainer
 side ``TrainerWeightTransferEngine`` that drives ``start_weight_update`` / ``update_weights`` (concurrently with its
-broadcasts) / ``finish_weight_update`` through a ``VLLMWeightSyncClient``. vLLM ships ``nccl`` (separate GPUs) and
-``ipc`` (a shared GPU); :func:`register` adds ``gloo`` (CPU tensors over TCP, a stateless group that leaves the
-workers' default process group alone), so CPU runs make the calls a GPU run makes. Per round the update info lists
-every parameter's name, dtype and shape and the bucket boundaries; per bucket all ranks all-reduce a status word
-(either side aborts the round with an error naming the parameter, instead of a hang), then the trainer broadcasts
-the bucket packed bytes-exact into one ``uint8`` buffer, which every worker unpacks (vLLM's ``unpack_tensor``) into
-``model.load_weights`` under vLLM's layerwise reload (vLLM's packed NCCL producer/consumer need CUDA streams).
+broadcasts) / ``finish_weight_update`` through a ``VLLMWeightSyncClient`` (rlvr_temp.weights.clients). vLLM ships
+``nccl`` and ``ipc``; :func:`register` adds ``gloo`` (a stateless group that leaves the workers' default process
+group alone). It must run in every vLLM worker process before its model loads: importing this module does it
+(rlvr_temp.engine.extension imports it). Per round the update info lists every parameter's name, dtype and shape
+and the bucket boundaries; per bucket all ranks all-reduce a status word (either side aborts the round with an
+error naming the parameter, instead of a hang), then the trainer broadcasts the bucket packed bytes-exact into one
+``uint8`` buffer, which every worker unpacks (vLLM's ``unpack_tensor``) into ``model.load_weights`` under vLLM's
+layerwise reload (vLLM's packed NCCL producer/consumer need CUDA streams).
 
-:class:`RayEnginesClient` / :class:`LocalLLMClient` are the clients; the learner's side is
-:class:`rlvr_temp.weights.source.PolicySource` (re-exported here). Left out: sharded
-(FSDP) trainers beyond "rank 0 sends, the others iterate", overlapping packing with sending, and repairing a group
-after an engine failed outright (shut the engines' side down first: gloo keeps the trainer's pending collective,
-and its teardown waits, until the peers' end is gone or ``timeout_s`` passes; then re-init).
+Left out: sharded (FSDP) trainers beyond "rank 0 sends, the others iterate", overlapping packing with sending, and
+repairing a group after an engine failed outright (shut the engines' side down first: gloo keeps the trainer's
+pending collective, and its teardown waits, until the peers' end is gone or ``timeout_s`` passes; then re-init).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 import vllm.distributed.weight_transfer.base as wt
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 
-from rlvr_temp.weights.source import PolicySource as PolicySource  # re-exported: the learner's WeightSource
+from rlvr_temp.weights.base import Transport, rendezvous
 
 if TYPE_CHECKING:
     from torch._C._distributed_c10d import ProcessGroup
@@ -343,63 +344,6 @@ def _pack(it: Iterator[tuple[str, torch.Tensor]], meta: list[wt.ParamMeta], idx:
     return -1, "", torch.cat(parts).cpu()
 
 
-# ---------------------------------------------------------------------------------------------- clients
-class RayEnginesClient:
-    """``VLLMWeightSyncClient`` over rollout-worker Ray actors (each exposing ``init_weight_transfer_engine(dict)``,
-    ``start_weight_update()``, ``update_weights(dict)``, ``finish_weight_update()``). Every call fans out to all
-    workers and waits for all; engine ``k`` gets ``rank_offset`` 1 + the TP sizes of engines ``0..k-1``."""
-
-    def __init__(self, workers: Sequence[Any], tp_sizes: Sequence[int]) -> None:
-        if len(workers) != len(tp_sizes) or any(int(t) < 1 for t in tp_sizes):
-            raise ValueError(f"{len(workers)} workers need as many TP sizes >= 1, got {list(tp_sizes)}")
-        self.workers, self.tp_sizes = list(workers), [int(t) for t in tp_sizes]
-
-    @property
-    def world_size(self) -> int:
-        """The transfer group's size: the trainer plus every engine's workers."""
-        return 1 + sum(self.tp_sizes)
-
-    def _all(self, method: str, args: Sequence[tuple] | None = None) -> None:
-        import ray
-
-        args = args or [()] * len(self.workers)
-        ray.get([getattr(w, method).remote(*a) for w, a in zip(self.workers, args)])
-
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        offsets = [1 + sum(self.tp_sizes[:k]) for k in range(len(self.workers))]
-        self._all("init_weight_transfer_engine", [({**init_info, "rank_offset": o},) for o in offsets])
-
-    def start_weight_update(self) -> None:
-        self._all("start_weight_update")
-
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        self._all("update_weights", [(update_info,)] * len(self.workers))
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self._all("finish_weight_update")
-
-
-class LocalLLMClient:
-    """``VLLMWeightSyncClient`` over an in-process ``vllm.LLM`` (tests, benchmarks); resets its prefix cache after
-    each update."""
-
-    def __init__(self, llm: Any) -> None:
-        self.llm = llm
-
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        self.llm.init_weight_transfer_engine({"init_info": init_info})
-
-    def start_weight_update(self) -> None:
-        self.llm.start_weight_update()
-
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        self.llm.update_weights({"update_info": update_info})
-
-    def finish_weight_update(self, weight_version: str | None = None) -> None:
-        self.llm.finish_weight_update(weight_version)
-        self.llm.reset_prefix_cache()
-
-
 # ---------------------------------------------------------------------------------------------- registration
 def register() -> None:
     """Register ``gloo`` in vLLM's worker and trainer factories (idempotent). Must run in every vLLM worker
@@ -410,9 +354,16 @@ def register() -> None:
         WeightTransferTrainerFactory.register_engine(BACKEND, GlooTrainerWeightTransferEngine)
 
 
-class GlooWorkerExtension:
-    """A ``worker_extension_cls`` (``"rlvr_temp.weights.transfer.GlooWorkerExtension"``) whose import registers
-    ``gloo`` in spawned vLLM worker processes before their model loads. Adds no methods."""
+class GlooTransport(Transport):
+    """``gloo`` (rlvr_temp.weights.base): registered here, init info with a TCP rendezvous the sender opens."""
+
+    name = BACKEND
+
+    def register(self) -> None:
+        register()
+
+    def init_info(self, world_size: int, rank: int, bucket_bytes: int) -> GlooTrainerInitInfo:
+        return GlooTrainerInitInfo(**rendezvous(world_size), rank=rank, bucket_bytes=bucket_bytes)
 
 
 register()
