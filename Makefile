@@ -42,7 +42,7 @@ test-fast: install
 .PHONY: smoke
 # scripts/gpu_smoke.py with small shapes on this machine, both groups (on a GPU node: see docs/cluster.md)
 smoke: install
-	RLVR_TEMP_SMOKE_VLLM=1 $(BIN)/python -m pytest -q -ra tests/test_gpu_smoke.py
+	RLVR_TEMP_SMOKE_VLLM=1 $(BIN)/python -m pytest -q -ra tests/scripts/test_gpu_smoke.py
 
 .PHONY: study
 # The demo arms x 3 seeds as ordinary runs under runs/study (rerunning resumes what is unfinished), then compared.

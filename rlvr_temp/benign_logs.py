@@ -20,7 +20,7 @@ BENIGN_WARNINGS = {
     # gradients (rlvr_temp.learner.policy.disable_cpu_4bit_repacking; docs/stack.md, which also measures both paths).
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
     # vLLM, at every in-place weight reload: the rotary cos/sin cache is computed, not loaded, and is kept as it
-    # was (greedy outputs after a sync equal a fresh engine's, tests/test_rollout_e2e.py).
+    # was (greedy outputs after a sync equal a fresh engine's, tests/e2e/test_rollout_e2e.py).
     "vllm.model_executor.model_loader.reload.layerwise": "RotaryEmbedding: Failed to load weights",
     # vLLM's CPU worker refuses torch.set_num_threads: it pins its own OpenMP threads (docs/stack.md).
     "vllm.v1.worker.cpu_worker": "CPU backend doesn't allow to use `torch.set_num_threads`",

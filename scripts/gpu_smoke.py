@@ -2,7 +2,7 @@
 """GPU smoke test: one offline command that checks rlvr_temp's learner-side pieces on this machine's device.
 
     python -m scripts.gpu_smoke --out gpu_smoke.json          # Qwen2.5-1.5B shapes (a GPU machine)
-    python -m scripts.gpu_smoke --small --out /tmp/r.json     # CPU-sized shapes (tests/test_gpu_smoke.py)
+    python -m scripts.gpu_smoke --small --out /tmp/r.json     # CPU-sized shapes (tests/scripts/test_gpu_smoke.py)
 
 (from the repository root, where ``rlvr_temp`` and ``scripts`` are packages whether or not rlvr_temp is installed)
 

@@ -7,7 +7,7 @@ moment, and ``trainer_step`` closes the first one and runs :class:`rlvr_temp.dri
 engine and NF4 learner, colocated on one device) for one step. Importing this module imports neither vLLM nor Ray
 (group 1 runs on machines without them); every check is SKIPPED("vLLM not installed") when vLLM cannot be imported.
 
-Left out: tensor parallelism (tests/test_engine_tp.py), learned mode's TTM head, and several engines.
+Left out: tensor parallelism (tests/e2e/test_engine_tp.py), learned mode's TTM head, and several engines.
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ def the_error_line(stderr: str) -> str:
     """The CLI's one error line in ``stderr`` (``rlvr-temp: error: ...``), which must be its last line.
 
     The contract is the project's own message: one line, last. Lines a library prints at import (a warning that
-    appears on some CPUs only, say) do not count here; tests/test_benign_logs.py checks what a start prints."""
+    appears on some CPUs only, say) do not count here; tests/unit/core/test_benign_logs.py checks what a start
+    prints."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("rlvr-temp: error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], stderr[-2000:]

@@ -11,8 +11,8 @@ them: with prompts of ``P`` tokens and responses of mean length ``R``, ``P / (P 
 3. :meth:`SharedPrompts.backward` runs the prompt graph's backward once with those summed gradients.
 
 The gradient is the plain forward's (the sum over responses is the same sum, in another order): in float32 it agrees
-to 1e-5 of its norm (``tests/test_prompt_share.py``). Left out: prompts longer than the token budget are not
-split, and the TTM head (which reads the hidden state at the last prompt position), FSDP2 and gradient
+to 1e-5 of its norm (``tests/unit/learner/test_prompt_share.py``). Left out: prompts longer than the token budget are
+not split, and the TTM head (which reads the hidden state at the last prompt position), FSDP2 and gradient
 checkpointing (which drops the cache) use the plain forward (``Learner._shares_prompts``). The same idea as Prefix
 Grouper (Liu et al. 2025, arXiv:2506.05433), here through the model's own key/value cache, not a new attention
 kernel. Documented in docs/loop.md, "Shared prompts".

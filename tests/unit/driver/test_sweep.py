@@ -18,7 +18,7 @@ import pytest
 from rlvr_temp.cli import parse_args
 from rlvr_temp.driver import local_runs, sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "recipes" / "demo"
 GPU = ROOT / "recipes" / "gpu"
 SMALL = [

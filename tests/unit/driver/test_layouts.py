@@ -14,7 +14,7 @@ import pytest
 from rlvr_temp.config.schema import load_config
 from rlvr_temp.driver.placement import PlacementError, Slot, plan
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "recipes/demo/base.yaml"
 
 

@@ -17,7 +17,7 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # 10 training prompts, 4 per step: epochs end inside steps 2 and 4.
 COMMON = [
     "rollout.prompts_per_step=4",

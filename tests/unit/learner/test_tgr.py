@@ -36,7 +36,7 @@ from rlvr_temp.temperature import (
     to_sampling_range,
 )
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "tgr"
+RECIPES = Path(__file__).resolve().parents[3] / "recipes" / "tgr"
 CPU_RECIPE = RECIPES / "wikiqa_sft.yaml"
 
 

@@ -1,6 +1,6 @@
 """Tests for rlvr_temp.reward.notation (programmatic notation -> LaTeX) and the bundled sets' self-agreement.
 
-``python tests/test_notation.py [set ...]`` prints the agreement table of docs/verifier.md: for each bundled
+``python tests/unit/reward/test_notation.py [set ...]`` prints the agreement table of docs/verifier.md: for each bundled
 eval set, the share of rows whose raw ground truth (and, where the raw form is Python notation, an
 independent sympy LaTeX rendering of it) verifies as correct against the ground truth normalised without
 (before) and with (after) the notation rewrites.

@@ -11,7 +11,7 @@ import pytest
 
 from rlvr_temp.cli import main, parse_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_overrides_may_follow_options():

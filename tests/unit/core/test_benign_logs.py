@@ -17,7 +17,7 @@ import pytest
 
 from rlvr_temp.benign_logs import BENIGN_WARNINGS, DropPrefix, drop_benign_warnings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 BNB_WARNING = "Failed to load CPU gemm_4bit_forward from kernels-community"
 
 #: run first in a child interpreter: bitsandbytes then takes the path it takes on a CPU with AVX512-BF16, and the
@@ -83,7 +83,7 @@ def test_the_forced_avx512_bf16_import_warns_unless_the_package_came_first(what,
 def test_a_cli_error_is_the_only_line_on_the_avx512_bf16_path(tmp_path, error_line):
     """`rlvr-temp export` of a run that does not exist imports the learner (and bitsandbytes) in the CLI's process
     before it fails: stderr is the one error line, nothing else. (The driver's commands never import bitsandbytes:
-    tests/test_imports.py.)"""
+    tests/unit/core/test_imports.py.)"""
     args = ["export", str(tmp_path / "no_such_run"), str(tmp_path / "out")]
     run = f"from rlvr_temp.cli import main\ncode = main({args!r})\n"
     proc = _python(run + "print('bitsandbytes' in sys.modules)\nsys.exit(code)", tmp_path)

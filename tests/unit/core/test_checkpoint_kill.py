@@ -31,7 +31,7 @@ import torch
 from rlvr_temp.checkpoint import find_resume, load_checkpoint, save_checkpoint, verify_checkpoint
 from rlvr_temp.config.schema import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 SAVER = r"""
 import functools, os, signal, sys, time

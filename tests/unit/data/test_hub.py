@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,36 +17,10 @@ from rlvr_temp.data.models import resolve_model
 from rlvr_temp.data.prompts import load_train_rows
 from rlvr_temp.data.sources import DataError, load_prompts
 from rlvr_temp.driver.launch import _job_env_vars
+from tests.helpers import fake_hub_dataset, fake_hub_model
 
-ROOT = Path(__file__).resolve().parents[1]
-SHA = "0123456789abcdef0123456789abcdef01234567"
+ROOT = Path(__file__).resolve().parents[3]
 ROWS = [{"question": "12+7", "answer": "19"}, {"question": "3*4", "answer": "12"}, {"question": "9-5", "answer": "4"}]
-
-
-def fake_hub_model(cache: Path, repo_id: str, model_dir: str | Path) -> Path:
-    """``model_dir``'s files as hub repo ``repo_id`` in a hub cache (``models--org--name/snapshots/<sha>`` and
-    ``refs/main``, as ``huggingface_hub`` writes them); returns the snapshot directory."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / SHA
-    shutil.copytree(model_dir, snapshot)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(SHA)
-    return snapshot
-
-
-def fake_hub_dataset(cache: Path, repo_id: str, rows: list[dict], tmp: Path) -> None:
-    """``rows`` as hub dataset ``repo_id`` (config ``default``, split ``train``) in a ``datasets`` cache: what
-    ``load_dataset(repo_id)`` leaves there online (``org___name/default/0.0.0/<sha>``), written by the same builder."""
-    from datasets.data_files import DataFilesDict
-    from datasets.packaged_modules.json.json import Json
-
-    src = tmp / "train.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    name = repo_id.split("/")[1]
-    builder = Json(cache_dir=str(cache), dataset_name=name, repo_id=repo_id, hash=SHA, config_name="default")
-    # the hub's builder gets its files as hf:// URLs of the repo; a local file stands in for them
-    builder.config.data_files = DataFilesDict.from_patterns({"train": [str(src)]})
-    builder.download_and_prepare()
 
 
 @pytest.fixture

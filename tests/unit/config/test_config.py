@@ -12,7 +12,7 @@ from rlvr_temp.cli import main
 from rlvr_temp.config.reference import config_reference
 from rlvr_temp.config.schema import ConfigError, RunConfig, load_config, save_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 MALFORMED = {
     "unknown_top_key": ("foo: 1\n", "foo: unknown key"),

@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_hub import fake_hub_model
 
 from rlvr_temp.config.schema import RunConfig
+from tests.helpers import fake_hub_model
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the environment's `ray` and `rlvr-temp`
 HUB_ID = "rlvr-test/tiny-math"
 RUN = "runs/two_node"  # relative: resolved under RLVR_TEMP_RUN_ROOT by the job's driver

@@ -56,7 +56,8 @@ def _cfg(tiny_model_path: str, mode: str, ranks: int) -> RunConfig:
                 "lr": 1e-3,
                 "warmup_steps": 0,
                 # FSDP2 (full on 2 ranks) runs the plain forward: compare it with the plain one (shared prompts
-                # agree with it to float32 rounding, tests/test_prompt_share.py); lora shares on 1 and 2 ranks
+                # agree with it to float32 rounding, tests/unit/learner/test_prompt_share.py); lora shares on 1 and 2
+                # ranks
                 "share_prompts": mode != "full",
             },
             "rollout": {"max_response_len": 24},

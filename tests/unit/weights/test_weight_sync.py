@@ -25,7 +25,7 @@ from rlvr_temp.weights import gloo as ws
 from rlvr_temp.weights.clients import LocalLLMClient, RayEnginesClient
 from rlvr_temp.weights.source import PolicySource
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 PROMPTS = ["Q: 12+7\nA:", "Q: 47+38\nA:", "Q: 3*4\nA:", "Q: 83-47\nA:"]
 
 
@@ -299,7 +299,7 @@ def test_ray_engines_client_fans_out_with_rank_offsets(ray_cluster):
             return self.offset, self.model.got
 
     # the actors unpickle this module's fakes by reference: put the tests folder on their path
-    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}}
+    env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT)])}}
     holders = [Holder.options(runtime_env=env).remote() for _ in range(2)]
     client = RayEnginesClient(holders, [1, 1])
     assert client.world_size == 3
@@ -342,7 +342,7 @@ def test_tensor_parallel_engine_receives_on_both_ranks(tiny_model_path: str, tmp
         from vllm.config import WeightTransferConfig
         from rlvr_temp.weights.clients import LocalLLMClient
         from rlvr_temp.weights.source import PolicySource
-        from tests.test_weight_sync import PROMPTS, GlooWorkerExtension, _hf_greedy, _perturbed, _trainer
+        from tests.unit.weights.test_weight_sync import PROMPTS, GlooWorkerExtension, _hf_greedy, _perturbed, _trainer
         if __name__ == "__main__":
             path = {tiny_model_path!r}
             llm = LLM(model=path, dtype="float32", max_model_len=128, enforce_eager=True, tensor_parallel_size=2,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GROUP1 = ["import", "nf4_lora_grads", "learner_step_memory", "logprobs_fp64", "processor_math", "checkpoint_cpu"]
 GROUP2 = [
     "vllm_engine_v1",

@@ -3,7 +3,7 @@
 Equivalent pairs must score 1.0, known-false pairs 0.0 (wrong values, perturbed scientific notation, tiny
 numbers, injection attempts...), and every answer, however hostile (deep nesting, huge numbers, unicode,
 control characters, unbalanced braces, LaTeX that keeps sympy busy), must return within the verifier's
-``timeout_s`` plus a margin, without an exception. ``python tests/test_verify_fuzz.py`` prints the figures
+``timeout_s`` plus a margin, without an exception. ``python tests/unit/reward/test_verify_fuzz.py`` prints the figures
 quoted in docs/verifier.md.
 """
 

@@ -1,7 +1,7 @@
 """The driver's side of the weight sync (rlvr_temp.weights.sync.EngineSync): which backend and sleep mode a recipe gets,
 the order of sleep / wake / transfer calls, and re-forming the transfer group after an actor restart. Recording
-Ray actors stand in for the learner and the engines (the real transfer is tests/test_weight_sync.py's and the
-end-to-end tests'). And the package's shape: one module per backend behind rlvr_temp.weights.base, and which ends
+Ray actors stand in for the learner and the engines (the real transfer is tests/unit/weights/test_weight_sync.py's and
+the end-to-end tests'). And the package's shape: one module per backend behind rlvr_temp.weights.base, and which ends
 import without vLLM."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rlvr_temp.weights import sender
 from rlvr_temp.weights.base import Transport
 from rlvr_temp.weights.sync import EngineSync
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _cfg(*overrides: str):
