@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("compare", help="plot and tabulate runs side by side")
-    s.add_argument("runs", nargs="+", help="run directories (with metrics.jsonl)")
+    s.add_argument("runs", nargs="+", help="run directories (with metrics.jsonl), or a sweep / demo folder")
     s.add_argument("--metric", action="append", help="metric to plot (repeatable; default: reward, acc, ...)")
     s.add_argument("--smooth", type=int, default=1, help="moving-average window")
     s.add_argument("--out", default="runs/compare", help="output directory")

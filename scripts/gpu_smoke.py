@@ -288,7 +288,7 @@ def check_logprobs_fp64(ctx: Any) -> dict[str, Any]:
 
 
 def check_processor_math(ctx: Any) -> dict[str, Any]:
-    """TemperatureProcessor.apply's math on device tensors (vllm_processor imports vLLM, so it is restated here):
+    """TemperatureProcessor.apply's math on device tensors (engine.processor_v1 imports vLLM, so it is restated here):
     sanitise, entropy at T = 1, the global-window rule, the division, top-p truncation of every row."""
     import rlvr_temp.temperature as rt
 

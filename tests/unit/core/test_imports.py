@@ -284,3 +284,20 @@ def test_the_learner_and_the_temperature_package_import_without_ray_or_vllm():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+# ------------------------------------------------------------------------------------- (d) the house's shape
+def test_the_readme_map_names_every_room() -> None:
+    """README.md's layout map lists every subpackage and every module directly in rlvr_temp/."""
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Layout", 1)[1].split("```")[1]
+    rooms = {room(m) for m in MODULES} - {""}
+    names = {r + ("/" if IS_PACKAGE[f"{PACKAGE}.{r}"] else ".py") for r in rooms}
+    assert not sorted(n for n in names if n not in block), "rooms missing from README.md's Layout"
+
+
+def test_a_small_core_and_no_module_over_400_lines() -> None:
+    top = [m for m in MODULES if m.count(".") == 1 and not IS_PACKAGE[m]]
+    assert len(top) <= 7, f"modules directly in rlvr_temp/ besides __init__: {top}"
+    long = {m: n for m in MODULES if (n := len(_source_file(m).read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, f"modules over 400 lines: {long}"
