@@ -195,8 +195,10 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def learner_args(doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of a learner benchmark (``--model``, ``--quick``, ``--threads``, ``--json``); sets the
+    OpenMP thread count before torch starts its pool."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="Hugging Face model folder (default: the embedded tiny model)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the demo's learner)")
@@ -204,7 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    res = run(args.model or default_model(), args.quick, args.threads)
+    args.model = args.model or default_model()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = learner_args(__doc__, argv)
+    res = run(args.model, args.quick, args.threads)
     print(f"\ntorch threads {res['threads']}")
     print(to_markdown(res))
     verdict = "met" if res["target_met"] else "NOT met"

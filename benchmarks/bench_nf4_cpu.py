@@ -23,13 +23,11 @@ On a CPU without AVX512-BF16, bitsandbytes has no such path: the script says so 
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_learner import default_model, interleaved, make_batch
+from benchmarks.bench_learner import interleaved, learner_args, make_batch
 from benchmarks.common import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,15 +131,8 @@ def to_markdown(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="Hugging Face model folder (default: the embedded tiny model)")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the demo's learner)")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    res = run(args.model or default_model(), args.quick, args.threads)
+    args = learner_args(__doc__, argv)
+    res = run(args.model, args.quick, args.threads)
     print(to_markdown(res))
     return write_json(args.json, res)
 
