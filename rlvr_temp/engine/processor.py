@@ -13,13 +13,21 @@ Method, per decode step, for the participating rows of the batch at once (no per
 3. rows without a token rule get ``T = T_req``; rows with one get ``T_t`` from the rule's entropy window, which
    is keyed by the window settings alone and shared by all rows (scope ``global``) or kept per response
    (``sequence``, released when the response finishes); ``learned`` rows get the TTM head's output mapped into
-   their range, plus ``T_req - base``,
+   their range, plus ``T_req - base``. ``global`` windows live on the logits' device on CUDA
+   (:class:`~rlvr_temp.temperature.window.DeviceEntropyWindow`, the rule's exact threshold, written back into the
+   rule by :meth:`ProcessorCore.state_dict`); elsewhere, and for scope ``sequence``, the rule's own windows are
+   stepped (which make small blocking copies on CUDA),
 4. the rows are divided by their ``T`` (clamped ``>= MIN_TEMPERATURE``): vLLM samples from
    ``log_softmax(logits / T_t)``, exactly what the learner recomputes on-policy; the spec's top-p / top-k then
    truncate the tempered distribution,
-5. ``(T, H)`` are appended to a step log; :meth:`ProcessorCore.drain` turns it into per-request lists by output
-   position. Sampled tokens' log-probs (:mod:`rlvr_temp.engine.sampled_logprobs`) are recorded by the adapters
-   that can see the sampled tokens (V1); :meth:`ProcessorCore.drain_logprobs` is empty for the others.
+5. ``(T, H)`` are appended to a step log, on the device; :meth:`ProcessorCore.drain` turns it into per-request
+   lists by output position, with one device-to-host copy per ``generate``. Sampled tokens' log-probs
+   (:mod:`rlvr_temp.engine.sampled_logprobs`, also kept on the device until drain) are recorded by the adapters that
+   can see the sampled tokens (V1); :meth:`ProcessorCore.drain_logprobs` is empty for the others.
+
+Per decode step with an unchanged batch layout, the V1 and V2 adapters alike never make the host wait for the
+device (tests/unit/engine: ``test_per_step_path_never_reads_tensors_on_the_host`` for V2,
+``test_v1_decode_step_never_waits_for_the_device_and_keeps_its_values`` for V1), except for scope ``sequence``.
 
 The per-batch-layout state (:class:`Plan`: which rows, the groups of rows that share one token rule, the learned
 rows, the truncated rows) is rebuilt only when the layout changes. Left out: speculative decoding (one logits row
@@ -47,6 +55,7 @@ from rlvr_temp.temperature.request import (
     rule_temperatures,
     rules_state,
 )
+from rlvr_temp.temperature.window import DeviceEntropyWindow
 
 _INSTANCES: weakref.WeakSet[ProcessorCore] = weakref.WeakSet()
 
@@ -65,9 +74,8 @@ class Group:
     key: tuple
     uids: list[str]
     pos: torch.Tensor | None  # their positions in the plan; None: every row of the plan, in order
-    t_req: float | None = None  # V1: the rows' common request temperature, None if they differ
-    # per-row temperatures of cold / hot tokens (V1: only where some rows' rule temperatures differ from the
-    # window's rule's; otherwise the rule's step gives them)
+    # per-row temperatures of cold / hot tokens (the rule's own, or the rows' where their rule temperatures differ
+    # from the window's rule's)
     cold: torch.Tensor | None = None
     hot: torch.Tensor | None = None
 
@@ -109,9 +117,9 @@ class ProcessorCore:
 
     #: how rlvr_temp.engine.extension finds this processor among the engine's
     RLVR_TEMP_PROCESSOR = True
-    #: whether temperatures are computed on the host (V1: the rules' CPU windows, the head's output copied back)
-    #: or on the logits' device (V2: no wait for the GPU)
-    HOST_TEMPERATURES: ClassVar[bool] = True
+    #: whether temperatures are computed on the host (the rules' CPU windows, the head's output copied back) or on
+    #: the logits' device (no wait for the GPU: both adapters)
+    HOST_TEMPERATURES: ClassVar[bool] = False
 
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
@@ -128,9 +136,12 @@ class ProcessorCore:
         self.entries: dict[int, Entry] = {}
         self.rules: dict[tuple, TokenTemperatureRule] = {}
         self.log: list[tuple[tuple[str, ...], list[int], torch.Tensor, torch.Tensor]] = []  # uids, positions, T, H
-        self.sampled = SampledLogprobs()
+        self.sampled = SampledLogprobs(pin_memory)
         self._plan: Plan | None = None
         self._gen = 0  # bumped by every change of entries or rules (invalidates the plan)
+        #: keep ``global`` windows on the device (CUDA); otherwise the rule's own CPU window is stepped
+        self.device_windows = device.type == "cuda"
+        self._dev: dict[tuple, DeviceEntropyWindow] = {}
         _INSTANCES.add(self)
 
     # ------------------------------------------------------------------------------------------ requests
@@ -225,8 +236,11 @@ class ProcessorCore:
         return Learned(self._tensor(pos), self._tensor(rows), int(rows.max()), shift, ranges)
 
     def _init_group(self, g: Group, rule: TokenTemperatureRule, members: list[Entry]) -> None:
-        """The adapter's part of a token-rule group (after the core has set cold / hot where rule temperatures
-        differ)."""
+        """Each row's cold / hot temperature, unless the core has set them (rows whose rule temperatures differ from
+        the window's rule's): the rule's own, its fp32 arithmetic, clamped (``TokenTemperatureRule.step``)."""
+        if g.cold is None:
+            hot, cold = zip(*(rule.hot_cold(m.t_req) for m in members))
+            g.cold, g.hot = self._tensor(cold, torch.float32), self._tensor(hot, torch.float32)
 
     # ------------------------------------------------------------------------------------------ sampling
     def _apply_plan(self, logits: torch.Tensor, plan: Plan, positions: list[int]) -> torch.Tensor:
@@ -274,7 +288,19 @@ class ProcessorCore:
 
     def _group_temperatures(self, plan: Plan, g: Group, h: torch.Tensor) -> torch.Tensor:
         """One token-rule group's temperatures from its entropies ``h`` (steps the group's window)."""
-        raise NotImplementedError
+        return torch.where(self._hot(g, h), g.hot, g.cold)  # type: ignore[arg-type]
+
+    def _hot(self, g: Group, h: torch.Tensor) -> torch.Tensor:
+        """Push the group's entropies into its window; which rows are hot (the rule's threshold and warm-up)."""
+        rule = self.rules[g.key]
+        if self.device_windows and rule.scope == "global":
+            win = self._dev.get(g.key)
+            if win is None:
+                values = self._tensor(rule.window.values().numpy(), torch.float32)
+                win = self._dev[g.key] = DeviceEntropyWindow.from_rule(rule, values)
+            return win.hot(h)
+        rule.step(h, None, seq_ids=g.uids)  # the shared rule: its window, threshold and warm-up
+        return rule.last_hot.to(h.device)  # type: ignore[union-attr]
 
     def _learned(self, learned: Learned) -> torch.Tensor:
         """The ``learned`` rows' TTM head output mapped into ``[t_low, t_high]`` plus their rollout shift. The head
@@ -315,11 +341,18 @@ class ProcessorCore:
 
     def state_dict(self) -> dict[str, Any]:
         """Entropy windows, one per window key, with the rule that owns each (``torch.save``-able; the format of
-        :func:`rlvr_temp.temperature.request.rules_state`, V1 and V2 alike)."""
+        :func:`rlvr_temp.temperature.request.rules_state`, V1 and V2 alike; device windows are first copied back
+        into their rules)."""
+        for key, win in self._dev.items():
+            rule = self.rules.get(key)
+            if rule is not None:
+                rule.window.clear()
+                rule.window.push(win.values().to("cpu", torch.float64))
         return rules_state(self.rules)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rules.update(load_rules(state))
+        self._dev.clear()  # rebuilt from the loaded rules on first use
         self._gen += 1
 
     def reset(self) -> None:
@@ -328,6 +361,7 @@ class ProcessorCore:
         self.entries.clear()
         self.log.clear()
         self.sampled.clear()
+        self._dev.clear()
         self._gen += 1
 
 

@@ -8,9 +8,15 @@ qualified name, ``rlvr_temp.engine.extension.PROCESSOR_V1``). What it applies an
   rollout worker neutralises by sending every request with ``temperature=1.0``.
 * Rows are tracked through V1's ``BatchUpdate`` (added, removed, moved and swapped rows of the persistent batch);
   a one-way move onto a row whose request finished releases that request's per-sequence window.
-* Temperatures are computed on the host: the token rule steps its own CPU windows.
+* Temperatures are computed as V2 computes them, on the logits' device, with the same ``global`` device window on
+  CUDA (:class:`~rlvr_temp.temperature.window.DeviceEntropyWindow`): the per-step path never waits for the GPU
+  (scope ``sequence`` excepted); records stay on the device until ``drain`` (one copy per ``generate``).
 * Each request's live output-id list gives the output positions and, one step later, the sampled tokens, whose
   log-probs are recorded (:mod:`rlvr_temp.engine.sampled_logprobs`), so the rollout need not ask vLLM for them.
+  This needs vLLM's synchronous scheduling, under which a sampled token is in its list before the next step: the
+  rollout worker turns async scheduling off (under it a token of a request that is not scheduled again -- the last
+  of a length-capped response, the one before a preemption -- is never filled in; it is recorded as NaN, and the
+  worker refuses such a response).
 """
 
 from __future__ import annotations
@@ -22,17 +28,15 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from rlvr_temp.engine import processor as core
-from rlvr_temp.temperature import TokenTemperatureRule
 from rlvr_temp.temperature.request import parse_request
 
 
 class TemperatureProcessor(core.ProcessorCore, LogitsProcessor):
     """Per-token temperatures (entropy rule) and per-request temperatures, recorded for the learner."""
 
-    HOST_TEMPERATURES = True
-
     def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
-        self._init_core(device, pin_memory=False)  # plan tables are copied when the batch changes, blocking
+        # host tables (plan, sampled tokens) go to a CUDA device by pinned, non-blocking copies
+        self._init_core(device, pin_memory=device.type == "cuda")
 
     def is_argmax_invariant(self) -> bool:
         return True  # dividing by T > 0 keeps the argmax: vLLM applies us after its temperature step
@@ -79,20 +83,6 @@ class TemperatureProcessor(core.ProcessorCore, LogitsProcessor):
         scaled = self._apply_plan(logits, plan, [len(out) for out in plan.outputs])
         self.sampled.add(plan.uids, plan.outputs, scaled)
         return logits
-
-    def _init_group(self, g: core.Group, rule: TokenTemperatureRule, members: list[core.Entry]) -> None:
-        t_reqs = {m.t_req for m in members}
-        g.t_req = t_reqs.pop() if len(t_reqs) == 1 else None  # one float: the rule's float path, same fp32 values
-
-    def _group_temperatures(self, plan: core.Plan, g: core.Group, h: torch.Tensor) -> torch.Tensor:
-        rule = self.rules[g.key]
-        req = g.t_req
-        if req is None:
-            req = plan.t_req if g.pos is None else plan.t_req.index_select(0, g.pos)
-        out = rule.step(h, req, seq_ids=g.uids)
-        if g.cold is None:
-            return out.to(torch.float32)  # a no-op unless torch's default dtype is not fp32
-        return torch.where(rule.last_hot.cpu(), g.hot, g.cold)  # type: ignore[union-attr,arg-type]
 
 
 def instances() -> list[TemperatureProcessor]:

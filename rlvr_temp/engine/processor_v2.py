@@ -20,7 +20,8 @@ name: ``rlvr_temp.engine.extension.PROCESSOR_V2``); V2 refuses the V1 class. Wha
   the host (``seq_lens_upper_bound_np - prompt_len``, exact without speculative decoding); a step's temperatures
   and entropies stay on the device until :meth:`drain` copies them all at once; host tables go to the device by
   pinned non-blocking copies, only when the batch layout changes; ``global`` windows live on the device
-  (:class:`_DeviceWindow`, the rule's exact threshold, written back into the rule by :meth:`state_dict`).
+  (:class:`~rlvr_temp.temperature.window.DeviceEntropyWindow`, shared with V1: the rule's exact threshold, written
+  back into the rule by :meth:`state_dict`).
   Exception: scope ``sequence`` steps the shared rule, whose windows make small blocking host-to-device copies.
 * Speculative decoding is refused (one logits row per request is assumed).
 * An interface guard: importing the module checks that the installed vLLM offers the V2 interface it was written
@@ -41,7 +42,6 @@ import numpy as np
 import torch
 
 from rlvr_temp.engine import processor as core
-from rlvr_temp.temperature import TokenTemperatureRule, quantile_index
 from rlvr_temp.temperature.request import parse_request
 
 #: The vLLM release (major.minor) whose Model Runner V2 logits-processor interface this module was written
@@ -110,50 +110,8 @@ def _load_interface() -> Any:
 _v2 = _load_interface()
 
 
-class _DeviceWindow:
-    """A ``global`` entropy window on the logits' device: the last ``capacity`` entropies in an fp32 ring (exact for
-    fp32 entropies) and a ``kthvalue`` at the rule's rank with its warm-up, so hot / cold match the rule's CPU window
-    bit for bit without a host round trip."""
-
-    def __init__(self, rule: TokenTemperatureRule, values: torch.Tensor) -> None:
-        self.capacity, self.hot_fraction = rule.window_size, rule.hot_fraction
-        self.warmup = max(rule.warmup_tokens, 1)
-        self.buf = torch.zeros(self.capacity, dtype=torch.float32, device=values.device)
-        self.size = self.head = 0
-        self.push(values)
-
-    def push(self, h: torch.Tensor) -> None:
-        m, cap = h.shape[0], self.capacity
-        if m >= cap:  # as GlobalEntropyWindow.push: keep the last `cap` values
-            self.buf.copy_(h[m - cap :])
-            self.size, self.head = cap, 0
-            return
-        first = min(m, cap - self.head)
-        self.buf[self.head : self.head + first].copy_(h[:first])
-        if m > first:
-            self.buf[: m - first].copy_(h[first:])
-        self.head = (self.head + m) % cap
-        self.size = min(cap, self.size + m)
-
-    def hot(self, h: torch.Tensor) -> torch.Tensor:
-        """Push one step's entropies; which of them are at or above the threshold (all cold during warm-up)."""
-        self.push(h)
-        if self.size < self.warmup:
-            return torch.zeros_like(h, dtype=torch.bool)
-        vals = self.buf if self.size == self.capacity else self.buf[: self.size]
-        return h >= torch.kthvalue(vals, quantile_index(self.size, self.hot_fraction) + 1).values
-
-    def values(self) -> torch.Tensor:
-        """The window in arrival order (oldest first)."""
-        if self.size < self.capacity:
-            return self.buf[: self.size].clone()
-        return torch.cat((self.buf[self.head :], self.buf[: self.head]))
-
-
 class TemperatureProcessorV2(core.ProcessorCore, _v2.LogitsProcessor):
     """Per-token and per-request temperatures, applied and recorded under Model Runner V2 (public methods as V1's)."""
-
-    HOST_TEMPERATURES = False
 
     def __init__(self, vllm_config: Any, req_states: Any) -> None:
         if getattr(vllm_config, "speculative_config", None) is not None:
@@ -164,10 +122,7 @@ class TemperatureProcessorV2(core.ProcessorCore, _v2.LogitsProcessor):
         device = torch.device(req_states.device)
         self._init_core(device, pin_memory=device.type == "cuda")
         self.req_states = req_states
-        #: keep ``global`` windows on the device (CUDA); otherwise the rule's own CPU window is stepped
-        self.device_windows = self.device.type == "cuda"
         self._ours = np.zeros(req_states.max_num_reqs, dtype=bool)  # which slots hold one of our requests
-        self._dev: dict[tuple, _DeviceWindow] = {}
 
     # ------------------------------------------------------------------------------------------ requests
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
@@ -208,44 +163,9 @@ class TemperatureProcessorV2(core.ProcessorCore, _v2.LogitsProcessor):
         self._apply_plan(logits, self._plan, positions)
         return logits
 
-    def _init_group(self, g: core.Group, rule: TokenTemperatureRule, members: list[core.Entry]) -> None:
-        if g.cold is None:  # the rule's own temperatures: its fp32 arithmetic, clamped (TokenTemperatureRule.step)
-            hot, cold = zip(*(rule.hot_cold(m.t_req) for m in members))
-            g.cold, g.hot = self._tensor(cold, torch.float32), self._tensor(hot, torch.float32)
-
-    def _group_temperatures(self, plan: core.Plan, g: core.Group, h: torch.Tensor) -> torch.Tensor:
-        return torch.where(self._hot(g, h), g.hot, g.cold)  # type: ignore[arg-type]
-
-    def _hot(self, g: core.Group, h: torch.Tensor) -> torch.Tensor:
-        rule = self.rules[g.key]
-        if self.device_windows and rule.scope == "global":
-            win = self._dev.get(g.key)
-            if win is None:
-                values = self._tensor(rule.window.values().numpy(), torch.float32)
-                win = self._dev[g.key] = _DeviceWindow(rule, values)
-            return win.hot(h)
-        rule.step(h, None, seq_ids=g.uids)  # the shared rule: its window, threshold and warm-up
-        return rule.last_hot.to(h.device)  # type: ignore[union-attr]
-
-    # ------------------------------------------------------------------------------------------ records
-    def state_dict(self) -> dict[str, Any]:
-        """The processors' one format (V1's too): each window key's rule and window (device windows are first copied
-        back into their rules)."""
-        for key, win in self._dev.items():
-            rule = self.rules.get(key)
-            if rule is not None:
-                rule.window.clear()
-                rule.window.push(win.values().to("cpu", torch.float64))
-        return super().state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._dev.clear()  # rebuilt from the loaded rules on first use
-
     def reset(self) -> None:
         super().reset()
         self._ours[:] = False
-        self._dev.clear()
 
 
 def instances() -> list[TemperatureProcessorV2]:

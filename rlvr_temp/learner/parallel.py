@@ -240,11 +240,27 @@ def mismatch(
     old: Sequence[torch.Tensor], rollout: Sequence[Sequence[float]], index: Sequence[int], across: bool
 ) -> dict[str, float]:
     """Mean and max |learner old log-prob - rollout log-prob| over the tokens of the responses ``index`` (with
-    ``across``: over every rank's ``index``, i.e. the whole batch)."""
-    diffs = [(old[i] - torch.tensor(rollout[i], dtype=torch.float32)).abs() for i in index]
+    ``across``: over every rank's ``index``, i.e. the whole batch). A NaN or infinite log-prob on either side raises
+    ``ValueError`` naming the response, on every rank (after the gather, so no rank is left waiting in it): the
+    metric never turns NaN silently."""
+    diffs, bad = [], ""
+    for i in index:
+        theirs = torch.tensor(rollout[i], dtype=torch.float32)
+        for side, values in (("rollout", theirs), ("learner", old[i])):
+            finite = torch.isfinite(values)
+            if not bad and not bool(finite.all()):
+                p = int((~finite).nonzero()[0, 0])
+                bad = (
+                    f"response {i}: {side} log-prob at token {p} is {float(values[p])} (logprob/mismatch would be NaN)"
+                )
+        if not bad:
+            diffs.append((old[i] - theirs).abs())
     total, count = float(sum(d.sum() for d in diffs)), sum(d.numel() for d in diffs)
     top = max((float(d.max()) for d in diffs if d.numel()), default=0.0)
     if across:
-        parts = gather((total, count, top))
+        parts = gather((total, count, top, bad))
         total, count, top = sum(p[0] for p in parts), sum(p[1] for p in parts), max(p[2] for p in parts)
+        bad = next((p[3] for p in parts if p[3]), "")
+    if bad:
+        raise ValueError(bad)
     return {"logprob/mismatch_mean": total / max(1, count), "logprob/mismatch_max": top}

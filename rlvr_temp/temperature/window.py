@@ -17,6 +17,9 @@ re-sorting the window:
   a selection (``np.partition``, O(N)) only when the target rank leaves it -- rare at steady state, so the
   amortised cost per step is O(B log B + band). Ties are handled by classifying by value: equal values always
   fall on the same side, so the k-th order statistic is exact.
+* :class:`DeviceEntropyWindow` -- the same ``global`` window and threshold kept on the entropies' device (an fp32
+  ring and a ``kthvalue``): the processors' window on CUDA (V1 and V2 alike), which never makes the host wait for
+  the device; exact for fp32 entropies, so hot / cold match :class:`GlobalEntropyWindow` bit for bit.
 * :class:`~rlvr_temp.temperature.seq_window.SequenceEntropyWindows` (module ``seq_window``) -- one window
   per sequence (scope ``sequence``).
 
@@ -34,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["GlobalEntropyWindow", "quantile_index"]
+__all__ = ["DeviceEntropyWindow", "GlobalEntropyWindow", "quantile_index"]
 
 
 def quantile_index(length: int, hot_fraction: float) -> int:
@@ -299,3 +302,59 @@ class GlobalEntropyWindow:
         check_window_state(state, "global", self.capacity, self.hot_fraction, strict)
         self.clear()
         self.push(torch.as_tensor(state["values"], dtype=torch.float64))
+
+
+class DeviceEntropyWindow:
+    """A ``global`` entropy window on the entropies' device: the last ``capacity`` entropies in an fp32 ring (exact
+    for fp32 entropies) and a ``kthvalue`` at the rule's rank with its warm-up (docs/temperature.md), so hot / cold
+    match a :class:`GlobalEntropyWindow` stepped by ``TokenTemperatureRule.step`` bit for bit, with no host round
+    trip: nothing here reads a device value on the host (the sizes are host counters).
+
+    Args:
+        capacity, hot_fraction, warmup_tokens: the rule's ``window``, ``hot_fraction`` and ``warmup_tokens``.
+        values: the window's initial contents in arrival order (e.g. the rule's CPU window), on the device.
+    """
+
+    def __init__(self, capacity: int, hot_fraction: float, warmup_tokens: int, values: torch.Tensor) -> None:
+        _check_args(capacity, hot_fraction)
+        self.capacity, self.hot_fraction = int(capacity), float(hot_fraction)
+        self.warmup = max(int(warmup_tokens), 1)
+        self.buf = torch.zeros(self.capacity, dtype=torch.float32, device=values.device)
+        self.size = self.head = 0
+        self.push(values)
+
+    @classmethod
+    def from_rule(cls, rule: Any, values: torch.Tensor) -> DeviceEntropyWindow:
+        """The window of a ``TokenTemperatureRule`` of scope ``global``, holding ``values``."""
+        return cls(rule.window_size, rule.hot_fraction, rule.warmup_tokens, values)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def push(self, h: torch.Tensor) -> None:
+        """Append one step's entropies (fp32 ``[B]``, NaN already replaced) in row order."""
+        m, cap = h.shape[0], self.capacity
+        if m >= cap:  # as GlobalEntropyWindow.push: keep the last `cap` values
+            self.buf.copy_(h[m - cap :])
+            self.size, self.head = cap, 0
+            return
+        first = min(m, cap - self.head)
+        self.buf[self.head : self.head + first].copy_(h[:first])
+        if m > first:
+            self.buf[: m - first].copy_(h[first:])
+        self.head = (self.head + m) % cap
+        self.size = min(cap, self.size + m)
+
+    def hot(self, h: torch.Tensor) -> torch.Tensor:
+        """Push one step's entropies; which of them are at or above the threshold (all cold during warm-up)."""
+        self.push(h)
+        if self.size < self.warmup:
+            return torch.zeros_like(h, dtype=torch.bool)
+        vals = self.buf if self.size == self.capacity else self.buf[: self.size]
+        return h >= torch.kthvalue(vals, quantile_index(self.size, self.hot_fraction) + 1).values
+
+    def values(self) -> torch.Tensor:
+        """The window in arrival order (oldest first), on its device."""
+        if self.size < self.capacity:
+            return self.buf[: self.size].clone()
+        return torch.cat((self.buf[self.head :], self.buf[: self.head]))
