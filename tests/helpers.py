@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -34,3 +35,17 @@ def fake_hub_dataset(cache: Path, repo_id: str, rows: list[dict], tmp: Path) -> 
     # the hub's builder gets its files as hf:// URLs of the repo; a local file stands in for them
     builder.config.data_files = DataFilesDict.from_patterns({"train": [str(src)]})
     builder.download_and_prepare()
+
+
+def policy_settings(mode: str, lora_r: int = 8) -> Any:
+    """The learner-config fields ``rlvr_temp.learner.policy.load_policy`` reads, for a small test policy."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        mode=mode,
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+        lora_dropout=0.0,
+        lora_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        gradient_checkpointing=False,
+    )

@@ -8,7 +8,9 @@ supervised trainer (``rlvr_temp.learner.tgr``) and in ``export``; imports neithe
   prepared for k-bit training, with bitsandbytes' CPU repacking of 4-bit weights switched off
   (:func:`disable_cpu_4bit_repacking`: it silently breaks LoRA gradients on the CPU, docs/stack.md).
 
-Left out: adapters other than LoRA, and 8-bit bases.
+Loaded as transformers and peft make it (``full`` in ``model.dtype``; k-bit preparation upcasts the non-4-bit
+base to fp32; LoRA adapters fp32); the learner then applies its precision (``rlvr_temp.learner.precision``: fp32
+master weights, and on CUDA a bf16 base and bf16 compute). Left out: adapters other than LoRA, and 8-bit bases.
 """
 
 from __future__ import annotations

@@ -179,3 +179,45 @@ def test_single_pass_update_takes_old_logprobs_from_its_own_forward(tiny_model_p
     assert cos >= 0.999, float(cos)
     assert metrics[False]["actor/grad_norm"] == pytest.approx(metrics[True]["actor/grad_norm"], rel=1e-5)
     assert metrics[False]["actor/loss"] == pytest.approx(metrics[True]["actor/loss"], abs=1e-6)
+
+
+@pytest.mark.gpu_contract
+def test_full_mode_one_rank_keeps_fp32_masters_so_tiny_updates_do_not_round_away(tiny_model_path: str):
+    """``full`` with ``model.dtype: bfloat16`` on one rank: one AdamW step at lr 1e-6 moves (nearly) every weight by
+    about 1e-6. In bf16 weights (ulp 1.2e-4 at 0.02) such a step rounds away; the fp32 masters keep it, as FSDP2's."""
+    cfg = _config(tiny_model_path, model={"dtype": "bfloat16"}, learner={"lr": 1e-6})
+    learner = Learner(tiny_model_path, cfg, num_threads=2)
+    batch = _batch()
+    before = learner.trainable_state()
+    m = learner.train_step(batch, 1.0)
+    assert m["actor/updates"] == 1 and m["actor/grad_norm"] > 0
+    after = learner.trainable_state()
+    changed = sum(int((after[k] != before[k]).sum()) for k in after)
+    total = sum(v.numel() for v in after.values())
+    assert changed / total > 0.9, f"{changed} of {total} weights changed ({changed / total:.2%})"
+    assert {v.dtype for v in after.values()} == {torch.float32}
+    # the step is lr-sized (Adam's first step: lr * g / (|g| + eps)), not a rounding artefact
+    delta = torch.cat([(after[k] - before[k]).flatten() for k in after]).abs()
+    assert float(delta.max()) < 3e-6, float(delta.max())
+    # export (and weight sync) still send model.dtype
+    assert {v.dtype for v in learner.export_weights().values()} == {torch.bfloat16}
+
+
+def test_full_mode_fp32_masters_checkpoint_and_resume_exactly(tiny_model_path: str, tmp_path):
+    """A ``bfloat16`` ``full`` policy's checkpoint part holds its fp32 masters (not bf16 copies), and a learner that
+    reads it continues bitwise as the one that wrote it."""
+    cfg = _config(
+        tiny_model_path, model={"dtype": "bfloat16"}, learner={"lr": 1e-5, "mini_batch_size": 4, "micro_batch_size": 2}
+    )
+    first = Learner(tiny_model_path, cfg, num_threads=2)
+    first.train_step(_batch(seed=1), 1.0)
+    first.write_part(str(tmp_path))
+    second = Learner(tiny_model_path, cfg, num_threads=2)
+    second.read_part(str(tmp_path))
+    saved = second.get_state()["trainable"]
+    assert {v.dtype for v in saved.values()} == {torch.float32}
+    assert all(torch.equal(saved[k], v) for k, v in first.trainable_state().items())
+    m1, m2 = first.train_step(_batch(seed=2), 1.0), second.train_step(_batch(seed=2), 1.0)
+    assert m1["actor/loss"] == m2["actor/loss"] and m1["actor/grad_norm"] == m2["actor/grad_norm"]
+    a, b = first.trainable_state(), second.trainable_state()
+    assert all(torch.equal(a[k], b[k]) for k in a)
