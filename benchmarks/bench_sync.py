@@ -54,7 +54,7 @@ def run(reps: int) -> dict[str, Any]:
         worker = remote_worker(1, 0).remote(str(model), cfg.model, cfg.rollout.engine, seed=0, num_threads=1)
         ray.get([learner.ping.remote(), worker.ping.remote()])
         t0 = time.perf_counter()
-        ray.get(learner.init_weight_sync.remote(RayEnginesClient([worker], [1]), "gloo", BUCKET_BYTES))
+        ray.get(learner.init_weight_sync.remote(RayEnginesClient([worker], [1], "gloo"), "gloo", BUCKET_BYTES))
         connect_s = time.perf_counter() - t0
 
         def object_store() -> float:

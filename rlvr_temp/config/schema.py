@@ -200,6 +200,20 @@ class RunConfig(Section):
                 f"temperature.token.window ({tok.window}) is smaller than one decode step of an engine ({per_engine} "
                 "sequences): each step would overwrite the whole window"
             )
+        if ro.engine.lora_updates:
+            why = (
+                "learner.mode is full (no adapters)"
+                if self.learner.mode == "full"
+                else "the learned temperature mode (its head is not an adapter)"
+                if self.temperature.mode == "learned"
+                else "object_store weight sync"
+                if ro.engine.weight_sync == "object_store"
+                else "sleep mode (level 2 discards the base the adapters apply to)"
+                if self.engines_sleep()
+                else None
+            )
+            if why:
+                raise ValueError(f"rollout.engine.lora_updates is not possible with {why}")
         if ro.engine.tensor_parallel_size > 1 and not ro.engine.multiprocess:
             raise ValueError(
                 "rollout.engine.tensor_parallel_size > 1 needs rollout.engine.multiprocess: true (one vLLM worker "
@@ -209,15 +223,20 @@ class RunConfig(Section):
 
     def weight_sync_backend(self) -> str:
         """``rollout.engine.weight_sync`` with ``auto`` resolved from the recipe's devices: ``gloo`` without GPUs;
-        ``ipc`` when the learner and every engine share one GPU (``colocated``, one learner rank, a 1-GPU bundle);
-        else ``nccl``."""
+        on GPUs ``ipc`` for the ``colocated`` layout (every learner rank shares its GPU with its engines: each
+        replicated rank hands its own GPU's engines their weights, and NCCL would refuse a group with two ranks on
+        one GPU), ``nccl`` for ``split`` (learner and engines on disjoint GPUs). ``rlvr-temp plan`` checks the
+        result against a cluster shape (rlvr_temp.driver.plan)."""
         ws, res = self.rollout.engine.weight_sync, self.resources
         if ws != "auto":
             return ws
-        bundle_gpus = self._bundle_gpus()
-        if max(self.ray.rollout_gpus, self.ray.learner_gpus, bundle_gpus) == 0:
+        if not self.uses_gpus():
             return "gloo"
-        return "ipc" if res.layout == "colocated" and res.learner_ranks == 1 and bundle_gpus <= 1 else "nccl"
+        return "ipc" if res.layout == "colocated" else "nccl"
+
+    def uses_gpus(self) -> bool:
+        """Whether any actor of the run reserves a GPU (``ray.*_gpus``, ``resources.bundle_gpus``)."""
+        return max(self.ray.rollout_gpus, self.ray.learner_gpus, self._bundle_gpus()) > 0
 
     def _bundle_gpus(self) -> float:
         res = self.resources

@@ -43,6 +43,8 @@ from rlvr_temp.data.models import resolve_model
 from rlvr_temp.data.prompts import PromptStream, load_train_prompts
 from rlvr_temp.driver import recovery
 from rlvr_temp.driver.launch import init_ray, record_engines, start_learner, start_workers
+from rlvr_temp.driver.placement import release
+from rlvr_temp.driver.plan import PlanError, check_ray_cluster
 from rlvr_temp.evaluation.evaluate import evaluate_run
 from rlvr_temp.metrics import MetricsLogger, rollout_metrics, truncate_metrics
 from rlvr_temp.reward.verify import Verifier
@@ -77,6 +79,11 @@ class Trainer:
         self.stream = PromptStream(rows, cfg.rollout.prompts_per_step, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
         self.verifier = Verifier(num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s)
         init_ray(cfg)
+        try:  # GPU recipes: `rlvr-temp plan`'s structural checks on the joined cluster, before any actor starts
+            check_ray_cluster(cfg)
+        except PlanError:
+            self.verifier.close()
+            raise
         self._own_workers = workers is None
         if workers is None:
             self.workers = start_workers(cfg, self.model_path, self.strategy)
@@ -85,11 +92,18 @@ class Trainer:
         else:
             self.workers = list(workers)
             ray.get([w.reset_temperature_state.remote() for w in self.workers])
-        self.learner = start_learner(cfg, self.model_path, self.strategy)
-        self.engine_sync = EngineSync(cfg, self.learner, self.workers)
+        self.learner: Any = None  # a LearnerGroup once the engines are up
         self.step, self.retries = 0, 0
         self._start = {"stream": self.stream.state_dict(), "rng": rng_state()}
         try:
+            if cfg.uses_gpus():
+                # the engines are up before the learner starts: vLLM sizes its KV cache from the GPU memory it
+                # finds free while it profiles, and a learner allocating meanwhile (on the same GPU when colocated)
+                # would shrink the cache or trip vLLM's start-up check, differently run to run. (On CPU the cache
+                # has a set size, and both start at once.)
+                ray.get([w.incarnation.remote() for w in self.workers])
+            self.learner = start_learner(cfg, self.model_path, self.strategy)
+            self.engine_sync = EngineSync(cfg, self.learner, self.workers)
             # incarnation tokens: a call meant for an actor that Ray has restarted since is refused (recovery.py)
             self.worker_ids = ray.get([w.incarnation.remote() for w in self.workers])
             self.learner_id = ray.get(self.learner.identity.remote())[0]
@@ -290,7 +304,10 @@ class Trainer:
         self.verifier.close()
         for actor in self.workers if self._own_workers else []:
             ray.kill(actor)
-        self.learner.close(release=self._own_workers)  # the placement group goes with the run's own engines
+        if self.learner is not None:
+            self.learner.close(release=self._own_workers)  # the placement group goes with the run's own engines
+        elif self._own_workers:
+            release(self.cfg)  # the engines failed to start: their placement group goes too
 
 
 def train(cfg: RunConfig) -> Path:

@@ -9,7 +9,6 @@ OpenMP threads and replaces ``torch.set_num_threads`` in the process that hosts 
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,15 +19,17 @@ import torch
 import vllm
 from vllm import LLM, RequestOutput, SamplingParams
 from vllm.config import WeightTransferConfig
+from vllm.lora.request import LoRARequest
 
 from rlvr_temp.batch import Rollout
 from rlvr_temp.config.schema import EngineConfig, ModelConfig
 from rlvr_temp.engine import extension as vllm_worker
 from rlvr_temp.engine import ttm as ttm_vllm
+from rlvr_temp.engine.settings import cpu_thread_binding, lora_rank_slot, quiet_vllm_logs
 from rlvr_temp.temperature import TemperatureStrategy
 from rlvr_temp.temperature import request as request_format
 from rlvr_temp.utils import check_incarnation, derive_seed, new_incarnation
-from rlvr_temp.weights.clients import LocalLLMClient
+from rlvr_temp.weights.clients import ENGINE_ENV, LocalLLMClient
 
 #: seconds a CPU engine's worker keeps busy-waiting for its next call (decode steps come tens of ms apart)
 CPU_IDLE_SPIN_S = 0.1
@@ -59,6 +60,7 @@ class RolloutWorker(LocalLLMClient):
         engine_settings: Mapping[str, Any] | None = None,
         log_level: str | None = "WARNING",
         cpu_slot: int = 0,
+        lora_rank: int | None = None,
     ) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if engine.multiprocess else "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(engine.kv_cache_gib))))
@@ -84,6 +86,8 @@ class RolloutWorker(LocalLLMClient):
             kwargs["hf_overrides"] = ttm_vllm.hf_overrides(model_path, dict(engine_settings))
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+            if self.model_runner == "v1":  # vLLM's default on CUDA; the CPU build forces it off
+                kwargs["async_scheduling"] = False  # why, and its cost: rlvr_temp.engine.sampled_logprobs, cluster.md
         if engine.sleep_mode is True:  # "auto" is resolved by the driver (RunConfig.engines_sleep)
             if not torch.cuda.is_available():
                 raise ValueError("rollout.engine.sleep_mode=true needs a CUDA build of vLLM (vLLM's sleep mode)")
@@ -95,6 +99,12 @@ class RolloutWorker(LocalLLMClient):
                 else ("nccl" if torch.cuda.is_available() else "gloo")
             )
             kwargs["weight_transfer_config"] = WeightTransferConfig(backend=backend)
+            os.environ.update(ENGINE_ENV.get(backend, {}))  # inherited by the engine core and its workers
+        if engine.lora_updates:  # the policy's adapters as vLLM LoRA requests (load_adapters)
+            if lora_rank is None:
+                raise ValueError("rollout.engine.lora_updates needs the learner's LoRA rank")
+            kwargs |= {"enable_lora": True, "max_loras": 1, "max_lora_rank": lora_rank_slot(lora_rank)}
+        self.lora_request: LoRARequest | None = None  # the adapters every request carries (load_adapters)
         self.llm = LLM(
             model=model_path,
             dtype=model.dtype,
@@ -129,10 +139,12 @@ class RolloutWorker(LocalLLMClient):
         """``LLM.generate`` with every request queued before the first step. A multiprocess engine core steps as
         soon as its first request arrives, so the first batches (and the global entropy window's first contents)
         would depend on how fast requests cross the socket; a paused scheduler makes the batches, and with them
-        the sampled tokens and the log-probs, the same from run to run (``LLM.enqueue``'s documented recipe)."""
+        the sampled tokens and the log-probs, the same from run to run (``LLM.enqueue``'s documented recipe).
+        Refused while a weight update is half done (``check_loaded``)."""
+        self.check_loaded()
         self.llm.sleep(level=0)  # level 0 pauses scheduling only: requests are accepted and queued
         try:
-            self.llm.enqueue(requests, params, use_tqdm=False)
+            self.llm.enqueue(requests, params, lora_request=self.lora_request, use_tqdm=False)
         finally:
             self.llm.wake_up(tags=["scheduling"])
         return self.llm.wait_for_completion(RequestOutput, use_tqdm=False)
@@ -163,9 +175,17 @@ class RolloutWorker(LocalLLMClient):
         of the processor on top of its rollout temperature (the token rule, the learned head); without one every
         token is sampled at its response's temperature. A temperature of 0 means greedy decoding (recorded as 0;
         its log-probs are at temperature 1). ``seed`` makes sampling reproducible (one derived seed per
-        response); ``ignore_eos`` generates exactly ``max_tokens`` (benchmarks). ``incarnation``: the token the
-        driver last saw (:func:`rlvr_temp.utils.check_incarnation`). Invalid settings raise ``ValueError`` before
-        anything is generated.
+        response on the CPU; on CUDA the engine's seed alone, see below); ``ignore_eos`` generates exactly
+        ``max_tokens`` (benchmarks). ``incarnation``: the token the driver last saw
+        (:func:`rlvr_temp.utils.check_incarnation`). Invalid settings raise ``ValueError`` before anything is
+        generated. A response whose recorded log-prob is missing or not finite raises ``RuntimeError``
+        naming its request (it would turn the learner's ratios and the mismatch metric NaN).
+
+        Seeds: on CUDA no request carries a seed, since vLLM's V1 sampler then draws its noise row by row, one
+        kernel per seeded row and decode step (``vllm/v1/sample/ops/topk_topp_sampler.py``); the engine's seed and
+        the one-batch scheduling of :meth:`_generate_as_one_batch` make a call's samples repeat from run to run for
+        the same engine, prompts and weights (not across batch compositions or GPU kernels). On the CPU each request
+        has its own derived seed, so a response's tokens do not depend on the rest of the batch.
         """
 
         check_incarnation(self._incarnation, incarnation, "rollout worker")
@@ -191,7 +211,7 @@ class RolloutWorker(LocalLLMClient):
                 # (rlvr_temp.engine.sampled_logprobs)
                 own = t > 0 and self.model_runner == "v1"
                 common = dict(max_tokens=max_tokens, logprobs=None if own else 0, ignore_eos=ignore_eos)
-                if seed is not None:
+                if seed is not None and not torch.cuda.is_available():  # CUDA: unseeded requests (docstring)
                     common["seed"] = derive_seed(seed, i, j)
                 if t == 0:
                     if strategy is not None and strategy.token_rule:
@@ -232,6 +252,12 @@ class RolloutWorker(LocalLLMClient):
                 # under asynchronous scheduling a finished request may have had one more step computed before the
                 # scheduler saw its stop token; records are by output position, so that step's is the surplus one
                 temps_t, ents, logprobs = temps_t[:n], ents[:n], logprobs[:n]
+            bad = next((p for p, lp in enumerate(logprobs) if not math.isfinite(lp)), None)
+            if bad is not None:
+                raise RuntimeError(
+                    f"request {uid}: the sampled token's log-prob at position {bad} of {n} is {logprobs[bad]} "
+                    f"(finish reason {comp.finish_reason}; a token vLLM never filled in: async scheduling on?)"
+                )
             groups[i].append(
                 Rollout(
                     prompt_id=ids[i],
@@ -260,8 +286,23 @@ class RolloutWorker(LocalLLMClient):
         """Leave the transfer group (before the learner opens a new one, e.g. after an actor restart)."""
         self.llm.shutdown_weight_transfer_engine()
 
-    def sleep(self, level: int = 1) -> None:
-        """Free the engine's GPU memory while the learner trains (vLLM sleep mode; level 1: weights to the CPU)."""
+    def load_adapters(self, path: str, version: int) -> None:
+        """LoRA-only updates (``rollout.engine.lora_updates``): load the learner's adapters written at ``path``
+        (rlvr_temp.learner.adapters) as LoRA id ``version`` now, drop the earlier ones, and attach it to every
+        later request."""
+        engine = self.llm.llm_engine
+        for old in engine.list_loras():  # an earlier run on this engine may have used the same ids
+            engine.remove_lora(old)
+        request = LoRARequest(f"policy-v{version}", version, path)
+        if not engine.add_lora(request):
+            raise RuntimeError(f"engine did not load the LoRA adapters at {path}")
+        self.lora_request = request
+        self.weights_version += 1
+        self.llm.reset_prefix_cache()
+
+    def sleep(self, level: int = 2) -> None:
+        """Free the engine's GPU memory while the learner trains (vLLM sleep mode; level 2: weights and KV cache
+        discarded, as the next weight sync resends every weight; level 1 would keep the weights in host memory)."""
         self.llm.sleep(level=level)
 
     def wake_up(self, tags: list[str] | None = None) -> None:
@@ -320,36 +361,6 @@ class RolloutWorker(LocalLLMClient):
     def close(self) -> None:
         """Shut the engine's processes down (a Ray actor's are stopped with the actor)."""
         self.llm.llm_engine.engine_core.shutdown()
-
-
-def quiet_vllm_logs(level: str | None) -> None:
-    """Set the level of vLLM's logs (None keeps ``VLLM_LOGGING_LEVEL``'s), so the trainer's progress bar stays
-    readable. (vLLM's benign warnings are dropped in every process of the project: rlvr_temp.benign_logs.)"""
-    if level:
-        # vLLM re-applies its logging config from VLLM_LOGGING_LEVEL when an engine starts: set both
-        os.environ["VLLM_LOGGING_LEVEL"] = level.upper()
-        logging.getLogger("vllm").setLevel(level.upper())
-
-
-def cpu_thread_binding(tensor_parallel_size: int, threads: int | None = None, slot: int = 0) -> str:
-    """``VLLM_CPU_OMP_THREADS_BIND`` for a CPU engine. One rank: ``threads`` cores of this process's, the
-    ``slot``-th range of them (modulo how many ranges fit), or ``nobind`` (OpenMP threads float;
-    ``OMP_NUM_THREADS``) without ``threads`` or with fewer cores. Several ranks: this process's cores split into
-    equal groups, one per rank (vLLM's CPU worker binds each rank's threads to its group and refuses to start
-    tensor parallelism unbound)."""
-    cores = sorted(os.sched_getaffinity(0))
-    if tensor_parallel_size == 1:
-        if not threads or threads > len(cores):
-            return "nobind"
-        k = slot % (len(cores) // threads)
-        return ",".join(map(str, cores[k * threads : (k + 1) * threads]))
-    if len(cores) < tensor_parallel_size:
-        raise ValueError(
-            f"rollout.engine.tensor_parallel_size={tensor_parallel_size} needs as many CPU cores, this process may "
-            f"use {len(cores)}"
-        )
-    per = len(cores) // tensor_parallel_size
-    return "|".join(",".join(map(str, cores[r * per : (r + 1) * per])) for r in range(tensor_parallel_size))
 
 
 def remote_worker(num_cpus: float = 1.0, num_gpus: float = 0.0, max_restarts: int = 0) -> Any:

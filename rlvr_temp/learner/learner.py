@@ -33,6 +33,7 @@ from rlvr_temp.config.schema import RunConfig
 from rlvr_temp.learner import parallel as dp
 from rlvr_temp.learner.logprobs import policy_logprobs
 from rlvr_temp.learner.policy import DTYPES, load_policy
+from rlvr_temp.learner.precision import apply_precision, compute_precision, set_autocast
 from rlvr_temp.learner.prompt_share import SharedPrompts, prompt_chunks, shareable
 from rlvr_temp.learner.state import (
     collect_state,
@@ -42,13 +43,13 @@ from rlvr_temp.learner.state import (
     restore_state,
     write_rank_part,
 )
+from rlvr_temp.learner.transfer import WeightSyncEnd
 from rlvr_temp.losses import ClipSettings, get_policy_loss
 from rlvr_temp.temperature import TemperatureStrategy, TokenTemperatureHead, make_strategy, temperature_regularization
 from rlvr_temp.utils import check_incarnation, derive_seed, lr_factor, new_incarnation
-from rlvr_temp.weights import sender, source
 
 
-class Learner:
+class Learner(WeightSyncEnd):
     """Owns the policy, the optimizer, the LR schedule and its place among the ranks. Ray-free:
     ``rlvr_temp.driver.launch.start_learner`` runs it as a Ray actor, and the GPU smoke test and ``export`` use it
     in-process."""
@@ -74,6 +75,8 @@ class Learner:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.model = load_policy(model_path, cfg.model, cfg.learner, self.device)
+        self.precision = compute_precision(self.device, self.lc.mode, DTYPES[cfg.model.dtype])
+        apply_precision(self.model, self.precision)
         self.export_dtype = DTYPES[cfg.model.dtype]
         self._sender: Any = None  # the weight-transfer engine (init_weight_sync)
         self.ttm_head: TokenTemperatureHead | None = None
@@ -122,6 +125,7 @@ class Learner:
         backend = dp.init_group(addr, port, rank, world, timeout_s)
         dp.broadcast_params(self._trainable())
         if self.lc.mode == "full" and world > 1:
+            set_autocast(self.model, self.device.type, None)  # FSDP2's MixedPrecisionPolicy casts instead
             dp.shard_policy(self.model, world, self.device, self.export_dtype)
             self.sharded = True
             # AdamW over the sharded parameters (its state is then per shard); the schedule carries over, at step 0
@@ -131,11 +135,11 @@ class Learner:
         return backend
 
     def collective_methods(self) -> frozenset[str]:
-        """The methods that are collectives here (they gather sharded weights): ``LearnerGroup`` runs them on every
-        rank and returns rank 0's result."""
-        if not self.sharded:
-            return frozenset()
-        return frozenset({"trainable_state", "get_state", "export_weights", "init_weight_sync", "sync_weights"})
+        """The methods ``LearnerGroup`` runs on every rank (rank 0's result returned): the weight sync's two, as
+        with ``ipc`` every replicated rank hands its own GPU's engines their weights (a rank with no part in a
+        backend returns at once); when sharded also those that gather weights."""
+        sync = frozenset({"init_weight_sync", "sync_weights"})
+        return sync | {"trainable_state", "get_state", "export_weights"} if self.sharded else sync
 
     def shard_bytes(self) -> dict[str, int]:
         """Bytes this rank holds of the trainable parameters and of the optimizer state (its shards when sharded)."""
@@ -321,15 +325,11 @@ class Learner:
         metrics["actor/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["actor/updates"] = len(grad_norms)
+        if self.device.type == "cuda" and self.cfg.engines_sleep():
+            torch.cuda.empty_cache()  # the engines wake next on this GPU: hand them the update's cached peak
         return metrics
 
-    # ------------------------------------------------------------------------------------------ export
-    def export_weights(self, incarnation: str | None = None) -> dict[str, torch.Tensor]:
-        """Plain-dtype Hugging Face state dict of the current policy on the CPU (rlvr_temp.weights.source: LoRA
-        merged into the dequantised base, never packed 4-bit)."""
-        check_incarnation(self._incarnation, incarnation, "learner")
-        return source.export_state(self.model, self.export_dtype, self.ttm_head)
-
+    # ------------------------------------------------------------------------------------------ identity
     def identity(self) -> tuple[str, int]:
         """(incarnation token, updates made): what the driver checks after an actor failure."""
         return self._incarnation, self.step
@@ -365,21 +365,3 @@ class Learner:
     def read_part(self, directory: str) -> None:
         """Restore this rank's part of the checkpoint in ``directory`` (written by as many ranks)."""
         self.set_state(read_rank_part(directory, self.rank, self.world, self.sharded))
-
-    # ------------------------------------------------------------------------------------------ weight sync
-    def init_weight_sync(self, client: Any, backend: str, bucket_bytes: int) -> None:
-        """Join the engines' weight-transfer group (the driver's rlvr_temp.weights.sync connects it; this end is
-        rlvr_temp.weights.sender), replacing an earlier group: rank 0 as its sender; when sharded every rank is
-        called, the others only gather their shards when rank 0 sends. vLLM is imported here, on first use."""
-        if self._sender is not None:
-            self._sender.shutdown()
-        policy = source.PolicySource.from_learner(self)
-        self._sender = sender.trainer_engine(backend, client, policy, bucket_bytes, rank=self.rank)
-
-    @torch.no_grad()
-    def sync_weights(self, incarnation: str | None = None) -> dict[str, float]:
-        """Stream the current policy to every engine, module by module from this device; seconds and bytes."""
-        check_incarnation(self._incarnation, incarnation, "learner")
-        if self._sender is None:
-            raise RuntimeError("sync_weights before init_weight_sync")
-        return sender.send(self._sender)

@@ -21,8 +21,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from vllm.distributed.weight_transfer.base import TrainerInitInfo
 
-#: bytes per broadcast bucket (gloo) / packed buffer (nccl, ipc): a few layers of a 7B model at bf16
+#: bytes per broadcast bucket (gloo) / packed buffer (nccl, ipc): a few layers of a 7B model at bf16; raised to the
+#: largest tensor of the policy where one is bigger (rlvr_temp.weights.sender.bucket_size)
 BUCKET_BYTES = 256 << 20
+
+#: the backends whose engines join a transfer group with the sender (a TCP rendezvous), their workers' ranks counted
+#: from a ``rank_offset`` the client adds per engine; vLLM's ``ipc`` engines join none and their init info has no
+#: such field (``IPCWeightTransferInitInfo(packed)`` raises a TypeError on any other)
+GROUP_BACKENDS = frozenset({"gloo", "nccl"})
 
 
 class Transport(ABC):

@@ -2,8 +2,9 @@
 
 Runs in the learner's process. vLLM ships both ends (``vllm.distributed.weight_transfer.ipc_engine``): the engines
 map the learner's packed buffers through CUDA IPC handles, with no transfer group and so no rendezvous. This
-module only builds the trainer's init info. ``weight_sync: auto`` picks it for a one-GPU colocated run
-(``RunConfig.weight_sync_backend``). Left out: engines on another GPU than the learner (``nccl``).
+module only builds the trainer's init info. ``weight_sync: auto`` picks it for the colocated layout on GPUs, with
+any number of learner ranks: each exports its own GPU's copy (``RunConfig.weight_sync_backend``).
+Left out: engines on another GPU than the learner (``nccl``).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def test_tp2_trains_end_to_end(ray_cluster, tmp_path, tiny_model_path):
 
 
 def test_cpu_thread_binding_pins_each_worker_to_its_own_cores(monkeypatch):
-    from rlvr_temp.engine.worker import cpu_thread_binding
+    from rlvr_temp.engine.settings import cpu_thread_binding
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7})
     assert cpu_thread_binding(1) == "nobind"  # no thread count: threads float

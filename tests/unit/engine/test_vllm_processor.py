@@ -142,7 +142,7 @@ def test_state_round_trip_restores_window():
 
 
 def test_quiet_vllm_logs_sets_vllms_level_in_the_env_and_the_logger(monkeypatch):
-    from rlvr_temp.engine.worker import quiet_vllm_logs
+    from rlvr_temp.engine.settings import quiet_vllm_logs
 
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")
     vllm_log = logging.getLogger("vllm")

@@ -31,7 +31,8 @@ def _cfg(*overrides: str):
         ((), "gloo", False),  # CPU
         (("ray.rollout_gpus=1", "ray.learner_gpus=1"), "ipc", True),  # one GPU shared (colocated, one rank)
         (("ray.rollout_gpus=1", "ray.learner_gpus=1", "resources.layout=split"), "nccl", False),
-        (("ray.rollout_gpus=1", "ray.learner_gpus=1", "resources.learner_ranks=2"), "nccl", True),
+        # several ranks, colocated: each rank's GPU shares its engines (NCCL would put two ranks on one GPU)
+        (("ray.rollout_gpus=1", "ray.learner_gpus=1", "resources.learner_ranks=2"), "ipc", True),
         (
             ("rollout.engine.weight_sync=object_store", "rollout.engine.sleep_mode=false", "ray.rollout_gpus=1"),
             "object_store",
@@ -111,15 +112,15 @@ def test_sleep_wake_and_reconnect_order(local_ray):
         "leave",
         "connect:nccl:3",
         "send",
-        "sleep1",
-        "sleep1",
+        "sleep2",
+        "sleep2",
         "wake:weights",
         "wake:weights",
         "send",
         "wake:kv_cache",
         "wake:kv_cache",
-        "sleep1",
-        "sleep1",
+        "sleep2",
+        "sleep2",
         "wake:weights",
         "wake:weights",
         "leave",

@@ -301,7 +301,7 @@ def test_ray_engines_client_fans_out_with_rank_offsets(ray_cluster):
     # the actors unpickle this module's fakes by reference: put the tests folder on their path
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(ROOT)])}}
     holders = [Holder.options(runtime_env=env).remote() for _ in range(2)]
-    client = RayEnginesClient(holders, [1, 1])
+    client = RayEnginesClient(holders, [1, 1], "gloo")
     assert client.world_size == 3
     sent = _tensors()
     _trainer(client, DictSource(sent), bucket_bytes=3000, world_size=client.world_size).send_weights()
@@ -310,7 +310,7 @@ def test_ray_engines_client_fans_out_with_rank_offsets(ray_cluster):
     for _, got in reports:
         assert all(torch.equal(got[n], t) for n, t in sent.items())
     with pytest.raises(ValueError, match="TP sizes"):
-        RayEnginesClient(holders, [1])
+        RayEnginesClient(holders, [1], "gloo")
 
 
 # ---------------------------------------------------------------------------------------------- real engines
