@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -15,6 +16,9 @@ from rlvr_temp import __version__
 from rlvr_temp.config.recipe import read_yaml
 from rlvr_temp.config.reference import config_reference
 from rlvr_temp.config.schema import ConfigError, EvalConfig, TokenRuleConfig, format_validation, load_config
+
+if TYPE_CHECKING:
+    from rlvr_temp.driver.plan import Plan
 
 EXIT_USAGE = 2  # bad recipe, override or argument
 
@@ -44,6 +48,59 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"# {args.recipe}: valid, hash {cfg.hash()}")
     print(cfg.to_yaml(), end="")
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Plan a recipe on a GPU cluster shape: processes and groups per GPU, memory, sync bytes (no GPU needed)."""
+    import dataclasses
+    import json
+
+    from rlvr_temp.driver.plan import PlanError, plan_run
+
+    cfg = load_config(args.recipe, args.overrides)
+    try:
+        plan = plan_run(cfg, args.nodes, args.gpus_per_node, args.gpu_mem_gib)
+    except PlanError as exc:
+        return _fail(str(exc))
+    print(json.dumps(dataclasses.asdict(plan), indent=1) if args.json else format_plan(plan, args.recipe))
+    return 0
+
+
+def format_plan(plan: Plan, title: str) -> str:
+    """`rlvr-temp plan`'s readable output: one row per GPU, the groups, the estimates and totals."""
+    mem, m = plan.memory, plan.model
+    shape = "+".join(str(g) for g in plan.gpus_per_node) if len(set(plan.gpus_per_node)) > 1 else plan.gpus_per_node[0]
+    lines = [
+        f"plan {title}: {plan.nodes} node(s) x {shape} GPU(s)" + (f", {plan.gpu_mem_gib:g} GiB each" if mem else "")
+    ]
+    if m is not None:
+        lines.append(f"model {m.name} ({m.source}): {m.params / 1e9:.3f} G params, tied head {m.tied}")
+    lines.append(f"layout {plan.layout}, weight sync {plan.weight_sync}, sleep level {plan.sleep_level}")
+    lines += ["", f"{'GPU':<8} {'gen GiB':>8} {'learn GiB':>9} {'need GiB':>8}  processes"]
+    for g in plan.gpus:
+        nums = [f"{v:.1f}" if v is not None else "-" for v in (g.generate_gib, g.learn_gib, g.need_gib)]
+        lines.append(f"{g.gpu:<8} {nums[0]:>8} {nums[1]:>9} {nums[2]:>8}  {', '.join(g.procs) or 'idle'}")
+    lines += ["", "groups:"]
+    for grp in plan.groups:
+        who = ", ".join(f"{label}@{g}" for label, g in grp.members)
+        lines.append(f"  {grp.name} [{grp.backend}, {len(grp.members)} ranks]: {who}")
+    if mem is not None and plan.sync_bytes is not None:
+        engines = len({p.index for p in plan.procs if p.role == "engine"})
+        lines += [
+            "",
+            f"engine (per TP rank): share {mem.engine_share_gib:.1f} GiB = weights {mem.engine_weights_gib:.2f} + "
+            f"activations {mem.engine_activations_gib:.2f} + KV {mem.kv_cache_gib:.1f} GiB "
+            f"({mem.kv_tokens:,} tokens at {mem.kv_bytes_per_token // 1024} KiB; needs {mem.kv_needed_tokens:,})",
+            f"learner (per rank): static {mem.learner_static_gib:.1f} GiB, peak {mem.learner_peak_gib:.1f} GiB at "
+            f"{mem.learner_tokens:,} tokens per micro-batch",
+            f"weight sync: {plan.sync_bytes / 1e9:.2f} GB per engine per step; host bytes per step: "
+            f"{plan.host_bytes_per_step / 1e9:.2f} GB",
+            f"totals: {sum(1 for g in plan.gpus if g.procs)} of {len(plan.gpus)} GPUs used, {len(plan.procs)} "
+            f"processes, highest need {max(g.need_gib or 0 for g in plan.gpus):.1f} GiB on one GPU, "
+            f"{plan.sync_bytes * engines / 1e9:.2f} GB synced per step",
+        ]
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
 
 
 def cmd_config_docs(args: argparse.Namespace) -> int:
@@ -238,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = _recipe_args(sub.add_parser("validate", help="check a recipe and print the resolved config"))
     s.set_defaults(func=cmd_validate)
 
+    s = _recipe_args(sub.add_parser("plan", help="plan a GPU recipe on a cluster shape: placement, groups, memory"))
+    s.add_argument("--nodes", type=int, default=1, help="nodes in the cluster")
+    s.add_argument("--gpus-per-node", type=int, required=True, help="GPUs per node")
+    s.add_argument("--gpu-mem-gib", type=float, required=True, help="memory of one GPU in GiB (H100 80GB: 79.6)")
+    s.add_argument("--json", action="store_true", help="print the plan as JSON")
+    s.set_defaults(func=cmd_plan)
+
     s = sub.add_parser("make-tiny-model", help="build (or reuse) the embedded tiny model")
     s.add_argument("--out", default=None, help="output directory (default: the cache)")
     s.add_argument("--seed", type=int, default=0)
@@ -280,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         build_parser().print_help()
         return EXIT_USAGE
+    if args.command in ("train", "sweep", "demo", "eval"):  # before they start any process: all carry the run's
+        from rlvr_temp.driver.reaper import start  # token, and go when this process goes (rlvr_temp.driver.reaper)
+
+        start()
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
