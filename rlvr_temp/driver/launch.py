@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from rlvr_temp.config.schema import RunConfig
+from rlvr_temp.driver import reaper
 from rlvr_temp.driver.placement import layout_for, release, write_placement
 from rlvr_temp.learner.group import LearnerGroup
 from rlvr_temp.temperature import TemperatureStrategy
@@ -29,9 +30,13 @@ def init_ray(cfg: RunConfig) -> None:
 
     Inside a Ray job (``ray job submit``) Ray sets ``RAY_ADDRESS`` and the job's runtime environment (working dir,
     env vars); the actors inherit both. Of the variables the driver forwards to its actors (``FORWARDED_ENV``),
-    those the job already sets are left to the job: Ray refuses a driver that sets the same variable twice."""
+    those the job already sets are left to the job: Ray refuses a driver that sets the same variable twice.
+
+    Starts the run's reaper first (rlvr_temp.driver.reaper): the local cluster's processes carry the run's token
+    and go when the driver goes, however it dies; a cluster's own processes (``address``) carry none."""
     if ray.is_initialized():
         return
+    reaper.start()  # a killed driver leaves no process of its run (a no-op if the CLI has started it)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     job_env = _job_env_vars()
@@ -77,6 +82,7 @@ def start_workers(cfg: RunConfig, model_path: str, strategy: TemperatureStrategy
             engine_settings=strategy.engine_settings(),
             log_level=cfg.logging.engine_log_level,
             cpu_slot=i,
+            lora_rank=cfg.learner.lora_r if engine.lora_updates else None,
         )
         workers.append(worker)
     layout.record("engine", workers, layout.engines)

@@ -9,7 +9,8 @@ the worker's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so there is one
 
 Importing this module in a worker process also registers the project's weight-transfer backends with vLLM's
 factory (``rlvr_temp.weights.gloo``), before vLLM builds the worker's transfer engine, and shortens how long the
-worker busy-waits for its next call once idle (:func:`shorten_idle_spin`; CPU engines).
+worker busy-waits for its next call once idle (:func:`shorten_idle_spin`; CPU engines), and makes the engine's
+processes exit when the rollout actor that owns them dies (:func:`exit_with_owner`).
 
 Left out: pipeline parallelism (the processor would run on the last stage only; refused by the config).
 """
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
+import threading
 import time
 from typing import Any
 
@@ -58,8 +61,84 @@ def shorten_idle_spin() -> float | None:
     return spin
 
 
+#: environment variable naming the process that owns this engine, ``<pid>:<start time>``: the rollout actor
+OWNER_ENV = "RLVR_TEMP_ENGINE_OWNER"
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time (clock ticks after boot) of live process ``pid``; None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _carries(pid: int, item: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return item in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def exit_with_owner(poll_s: float = 1.0) -> str | None:
+    """Make an engine's processes exit when the process that owns the engine (its rollout actor) dies; returns
+    what this process did: ``"owner"``, ``"watching"`` or None (no ``/proc``, or an owner that is no ancestor).
+
+    Called on import. In a process that multiprocessing did not start (the rollout actor, which imports this module
+    through rlvr_temp.engine.worker before it builds its engine) it records the process in ``$OWNER_ENV``, which
+    the vLLM processes it starts inherit. In those (``EngineCore``, and ``Worker``, which imports this module: the
+    ``worker_extension_cls``) a daemon thread checks the owner every ``poll_s`` seconds; once it has gone, the
+    thread SIGKILLs the processes between this one and the owner (the ``EngineCore`` above a ``Worker``: those
+    whose environment carries the same owner) and then this one.
+
+    vLLM alone leaves them running when the actor dies (SIGKILLed by Ray when its driver dies, or by the OOM
+    killer): a ``Worker`` notices its ``EngineCore``'s death (a pipe), but an ``EngineCore``'s only link to the
+    actor is a ZMQ socket, which waits for a peer that will never come back. ``PR_SET_PDEATHSIG`` would need code
+    in the ``EngineCore`` (none of ours runs there) and fires when the *thread* that started the process exits."""
+    import multiprocessing
+
+    if not os.path.isdir("/proc/self"):
+        return None
+    if multiprocessing.parent_process() is None:
+        os.environ[OWNER_ENV] = f"{os.getpid()}:{_start_time(os.getpid())}"
+        return "owner"
+    owner = os.environ.get(OWNER_ENV, "")
+    if ":" not in owner:
+        return None
+    owner_pid, owner_start = (int(x) if x.isdigit() else -1 for x in owner.split(":", 1))
+    item = f"{OWNER_ENV}={owner}".encode()
+    between, pid = [], _parent(os.getpid())
+    while pid > 1 and pid != owner_pid and _carries(pid, item):
+        between.append((pid, _start_time(pid)))
+        pid = _parent(pid)
+    if pid != owner_pid and _start_time(owner_pid) == owner_start:
+        return None  # the owner lives but is no ancestor: not ours to follow
+
+    def watch() -> None:
+        while _start_time(owner_pid) == owner_start:
+            time.sleep(poll_s)
+        for p, start in [*between, (os.getpid(), _start_time(os.getpid()))]:
+            if start is not None and _start_time(p) == start:
+                os.kill(p, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="rlvr-exit-with-owner", daemon=True).start()
+    return "watching"
+
+
 weight_sync.register()  # vLLM creates the worker's weight-transfer engine when it loads the model
 shorten_idle_spin()
+exit_with_owner()
 
 #: the names vLLM imports by string in each worker process: this extension (``worker_extension_cls``) and the
 #: temperature processor of each model runner (``logits_processors``); the TTM plugin's are in rlvr_temp.engine.ttm
