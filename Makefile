@@ -44,6 +44,12 @@ test-fast: install
 smoke: install
 	RLVR_TEMP_SMOKE_VLLM=1 $(BIN)/python -m pytest -q -ra tests/scripts/test_gpu_smoke.py
 
+.PHONY: gpu-bundle
+# build/gpu_bundle: the packages scripts/gpu_smoke.py group 1 lacks on a lent GPU machine, <= 60 MiB, to put first on
+# PYTHONPATH there (docs/cluster.md, smoke section); wheels are downloaded once into ~/.cache/rlvr_temp/wheels
+gpu-bundle: install
+	$(BIN)/python -m scripts.gpu_bundle
+
 .PHONY: study
 # The demo arms x 3 seeds as ordinary runs under runs/study (rerunning resumes what is unfinished), then compared.
 study: install

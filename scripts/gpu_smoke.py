@@ -16,12 +16,14 @@ What each check proves, and how to run this on a lent GPU machine: docs/benchmar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import importlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
@@ -40,6 +42,7 @@ for _key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "H
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 warnings.filterwarnings("ignore")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from scripts.gpu_smoke_vllm import GROUP2, run_group  # noqa: E402  (imports neither vLLM nor Ray)
@@ -287,62 +290,407 @@ def check_logprobs_fp64(ctx: Any) -> dict[str, Any]:
     return metrics
 
 
-def check_processor_math(ctx: Any) -> dict[str, Any]:
-    """TemperatureProcessor.apply's math on device tensors (engine.processor_v1 imports vLLM, so it is restated here):
-    sanitise, entropy at T = 1, the global-window rule, the division, top-p truncation of every row."""
-    import rlvr_temp.temperature as rt
+# ------------------------------------------------------------------------------------------------ processor_math
+# The vLLM names the processor adapters import, for a machine without vLLM (the lent GPU machine): interface types
+# only (a batch-update record, a base class, an enum; V2's interface module with the signatures its import guard
+# checks). Used only where vLLM cannot be imported, and removed again after processor_math.
+_VLLM_STUB = {
+    "vllm": "__version__ = 'smoke-stub'",
+    "vllm.version": "__version__ = 'smoke-stub'",
+    "vllm.v1": "",
+    "vllm.v1.sample": "",
+    "vllm.v1.sample.logits_processor": """
+import enum
+from dataclasses import dataclass
+from typing import Any
 
-    batch, vocab, dev = ctx.shapes["proc"], ctx.vocab, ctx.device
-    gen = torch.Generator(device=dev).manual_seed(5)
-    base = 3 * torch.randn(batch, vocab, device=dev, generator=gen)
-    base[0, :3], base[1, 0] = float("nan"), float("inf")  # something for sanitize_logits to do
-    rule = rt.TokenTemperatureRule(t_low=1.2, t_high=1.6, hot_fraction=0.2, window=100_000, scope="global")
-    pos = torch.arange(batch, device=dev)
-    top_p, top_k = torch.full((batch,), 0.95, device=dev), torch.full((batch,), -1, dtype=torch.long, device=dev)
+class MoveDirectionality(enum.Enum):
+    UNIDIRECTIONAL = enum.auto()
+    SWAP = enum.auto()
 
-    def step(sub: torch.Tensor) -> torch.Tensor:
-        rt.sanitize_logits(sub, inplace=True)
-        temps = rule.step(rt.entropy_from_logits(sub), 1.0).clamp_(min=rt.MIN_TEMPERATURE)
-        sub.div_(temps.to(dev, non_blocking=True).unsqueeze(1))
-        sub[pos] = rt.truncate_logits(sub[pos], top_p, top_k)
-        return sub
+@dataclass
+class BatchUpdate:
+    batch_size: int
+    removed: Any
+    added: Any
+    moved: Any
 
-    for _ in range(3):
-        step(base.clone())
-    times = []
-    for _ in range(ctx.shapes["iters"]):
-        sub = base.clone()  # before the timer starts: apply() works on logits vLLM already holds
-        end = _timer(ctx)
-        step(sub)
-        times.append(end())
-    times.sort()
-    metrics: dict[str, Any] = {"shape": f"{batch} x {vocab}", "ms_per_step_median": times[len(times) // 2]}
-    metrics["ms_per_step_min"] = times[0]
-    if not torch.isfinite(sub.max(dim=-1).values).all():
-        raise Outcome("FAIL", "a row lost its most likely token", **metrics)
-    if dev.type != "cuda":
-        raise Outcome("SKIPPED", "no CUDA: the no-host-sync part needs a GPU; the step was timed on the CPU", **metrics)
-    sub, error = base.clone(), None
-    torch.cuda.set_sync_debug_mode("error")
+class LogitsProcessor:
+    @classmethod
+    def validate_params(cls, sampling_params):
+        return None
+""",
+    "vllm.v1.worker": "",
+    "vllm.v1.worker.gpu": "",
+    "vllm.v1.worker.gpu.sample": "",
+    "vllm.v1.worker.gpu.sample.logits_processor": "",
+    "vllm.v1.worker.gpu.sample.logits_processor.interface": """
+from dataclasses import dataclass
+from typing import Any
+
+@dataclass(frozen=True)
+class LogitsProcRequestState:
+    device: Any
+    max_num_reqs: int
+    prompt_len: Any
+    prefill_len: Any
+
+@dataclass(frozen=True)
+class LogitsContext:
+    idx_mapping_np: Any
+    seq_lens_upper_bound_np: Any
+
+class LogitsProcessor:
+    def __init__(self, vllm_config, req_states):
+        pass
+
+    @classmethod
+    def validate_params(cls, sampling_params):
+        return None
+
+    def add_request(self, req_idx, sampling_params):
+        return False
+
+    def apply(self, logits, ctx):
+        return logits
+""",
+}
+_ADAPTERS = ("rlvr_temp.engine.processor_v1", "rlvr_temp.engine.processor_v2")
+
+
+@contextlib.contextmanager
+def _processor_modules() -> Any:
+    """(V1 module, V2 module or an error string, "vllm" | "stub"): the real adapters, over vLLM's interface where
+    vLLM is installed, else over :data:`_VLLM_STUB` (removed again on exit, with the adapters bound to it)."""
+    stub = importlib.util.find_spec("vllm") is None
     try:
-        step(sub)
-    except RuntimeError as exc:
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        error = f"{str(exc).splitlines()[0]} at {os.path.relpath(frame.filename, ROOT)}:{frame.lineno} ({frame.name})"
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    with warnings.catch_warnings(record=True) as caught:  # every synchronising call, not only the first
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+        for name, source in _VLLM_STUB.items() if stub else ():
+            module = sys.modules[name] = types.ModuleType(name)
+            module.__dict__.update(__smoke_stub__=True, __path__=[])  # packages, so that the deeper names import
+            exec(compile(source, f"<gpu_smoke vLLM stub {name}>", "exec"), module.__dict__)
+        v1 = importlib.import_module(_ADAPTERS[0])
         try:
-            step(base.clone())
+            v2: Any = importlib.import_module(_ADAPTERS[1])
+        except ImportError as exc:  # its guard: the installed vLLM lacks the V2 interface
+            v2 = f"{type(exc).__name__}: {exc}"
+        yield v1, v2, "stub" if stub else "vllm"
+    finally:
+        if stub:
+            for name in [*_VLLM_STUB, *_ADAPTERS]:
+                sys.modules.pop(name, None)
+
+
+class _OnDevice(torch.Tensor):
+    """Marks the logits (and, through torch's function overrides, everything computed from them) as device tensors
+    on a machine without CUDA: inside :func:`_host_reads` every call that would copy one to the host (``.cpu()``,
+    ``.to("cpu")``, ``.item()``, ``.tolist()``, ``.numpy()``, ``bool()``, ``float()``, ...) is recorded with the
+    processor line that made it; the result is a plain (host) tensor, as after a real copy."""
+
+    sites: list[str] | None = None
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types_: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if _OnDevice.sites is not None and name in _HOST_READS and (name != "to" or _to_host(args[1:], kwargs)):
+            _OnDevice.sites.append(_call_site())
+            with torch._C.DisableTorchFunctionSubclass():
+                out = func(*args, **kwargs)
+            return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
+        return super().__torch_function__(func, types_, args, kwargs)
+
+
+_HOST_READS = {"cpu", "to", "item", "tolist", "numpy", "__array__", "__bool__", "__float__", "__int__", "__index__"}
+
+
+def _to_host(args: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether ``Tensor.to(*args, **kwargs)`` names the host (a device argument of ``cpu``, or a host tensor)."""
+    for a in (*args, kwargs.get("device")):
+        if isinstance(a, (str, torch.device)):
+            return torch.device(a).type == "cpu"
+        if isinstance(a, torch.Tensor):
+            return not isinstance(a, _OnDevice)
+    return False
+
+
+def _call_site() -> str:
+    """The innermost rlvr_temp line on the stack (else the innermost outside torch), relative to the repository."""
+    frames = traceback.extract_stack()[:-2]
+    ours = [f for f in frames if f"{os.sep}rlvr_temp{os.sep}" in f.filename]
+    f = (ours or [f for f in frames if f"{os.sep}torch{os.sep}" not in f.filename] or frames)[-1]
+    path = os.path.relpath(f.filename, ROOT) if f.filename.startswith(str(ROOT)) else f.filename
+    return f"{path}:{f.lineno} ({f.name})"
+
+
+@contextlib.contextmanager
+def _host_reads(ctx: Any, sites: list[str], strict: bool = False) -> Any:
+    """Collect, into ``sites``, where the code inside waits for the device: CUDA's sync debug mode (``strict``:
+    ``"error"``, raising at the first one; else ``"warn"``, every one), or :class:`_OnDevice`'s record elsewhere."""
+    if ctx.device.type != "cuda":
+        _OnDevice.sites = sites
+        try:
+            yield
+        finally:
+            _OnDevice.sites = None
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("error" if strict else "warn")
+        try:
+            yield
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    metrics["sync_sites"] = sorted(
-        {f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)}
-    )
-    if error is not None:
-        raise Outcome("FAIL", f"host synchronisation in the step: {error}", **metrics)
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            path = os.path.relpath(w.filename, ROOT) if w.filename.startswith(str(ROOT)) else w.filename
+            sites.append(f"{path}:{w.lineno}")
+
+
+# requests of the synthetic batch, by row % 8: a token rule (T_req 1.0 or 0.9; 5: also top-p 0.9), 6: a per-request
+# temperature only, 7: no spec (vLLM's own request: the processor must leave its row alone)
+_PROC_RULE = dict(t_low=1.2, t_high=1.6, hot_fraction=0.2, scope="global", base_temperature=1.0)
+_PROC_VERIFIED_STEPS = 4  # steps whose logits are kept for the float64 comparison (the rest: records and syncs)
+
+
+def _proc_requests(batch: int) -> list[dict[str, Any] | None]:
+    from rlvr_temp.temperature.request import extra_args, request_spec, token_rule_spec, with_truncation
+
+    n_rule = sum(i % 8 < 6 for i in range(batch))
+    # a window that wraps within the run and a warm-up the first step does not meet (all cold), the second does
+    rule = token_rule_spec(**_PROC_RULE, window=3 * n_rule + 5, warmup_tokens=n_rule + 1)
+    out: list[dict[str, Any] | None] = []
+    for i in range(batch):
+        kind = i % 8
+        if kind == 7:
+            out.append(None)
+            continue
+        spec = request_spec(0.7) if kind == 6 else request_spec(1.0 if i % 2 == 0 else 0.9, token_rule=rule)
+        out.append(extra_args(f"r{i}", with_truncation(spec, 0.9, -1) if kind == 5 else spec))
+    return out
+
+
+def _drive_processor(ctx: Any, mod: Any, version: str) -> dict[str, Any]:
+    """Decode steps of the V1 (``TemperatureProcessor``: ``update_state`` + ``apply``) or V2
+    (``TemperatureProcessorV2``: ``add_request`` + ``apply``) processor on a synthetic batch, as vLLM calls them
+    (tokens sampled from what ``apply`` returns, appended to the requests' output lists); then ``drain`` /
+    ``drain_logprobs``, checked against float64 references; then one more decode step under
+    ``set_sync_debug_mode("error")`` (CUDA)."""
+    batch, vocab, dev, cuda = ctx.shapes["proc"], ctx.vocab, ctx.device, ctx.device.type == "cuda"
+    reqs, steps = _proc_requests(batch), ctx.shapes["iters"] + 2  # step 0 adds the requests, the last removes one
+    params = [types.SimpleNamespace(temperature=1.0, extra_args=r) for r in reqs]
+    outputs: list[list[int]] = [[] for _ in reqs]
+    layout = list(range(batch))  # logits row -> request (V2: its slot)
+    prompt = 5
+    if version == "v1":
+        proc = mod.TemperatureProcessor(None, dev, False)
+        iface = importlib.import_module("vllm.v1.sample.logits_processor")  # vLLM's, or the stub's
+        BatchUpdate, Move = iface.BatchUpdate, iface.MoveDirectionality
+    else:
+        lens = types.SimpleNamespace(np=np.full(batch, prompt, dtype=np.int32))
+        req_states = types.SimpleNamespace(device=dev, max_num_reqs=batch, prompt_len=lens, prefill_len=lens)
+        proc = mod.TemperatureProcessorV2(None, req_states)
+    if hasattr(proc, "device_windows"):  # the global windows on the device, as on CUDA (else the rule's host window)
+        proc.device_windows = True
+    gen = torch.Generator(device=dev).manual_seed(5)
+    kept, times, steady, change, removed = [], [], [], [], 2  # request 2 (a token-rule row) leaves at the last step
+
+    def step(s: int, sites: list[str], strict: bool = False) -> tuple[list[int], torch.Tensor, torch.Tensor, float]:
+        if s == steps - 1:
+            layout[removed] = layout.pop()  # vLLM condenses the batch: the last row moves into the hole
+        logits = 3 * torch.randn(len(layout), vocab, device=dev, generator=gen)
+        if s == 1:
+            logits[0, :3], logits[1, 0] = float("nan"), float("inf")  # something for the sanitising to do
+        inp = logits.clone()
+        if not cuda:
+            logits = logits.as_subclass(_OnDevice)
+        update = None
+        if version == "v1" and s == 0:
+            update = BatchUpdate(batch, [], [(i, params[i], [1] * prompt, outputs[i]) for i in layout], [])
+        elif version == "v1" and s == steps - 1:
+            update = BatchUpdate(batch - 1, [removed], [], [(batch - 1, removed, Move.UNIDIRECTIONAL)])
+        elif version == "v2" and s == 0:
+            for i in layout:
+                proc.add_request(i, params[i])
+        end = _timer(ctx)
+        with _host_reads(ctx, sites, strict):
+            if version == "v1":
+                proc.update_state(update)
+                out = proc.apply(logits)
+            else:
+                slots = np.array(layout, dtype=np.int32)
+                seq = np.array([prompt + len(outputs[i]) for i in layout], dtype=np.int32)
+                out = proc.apply(logits, types.SimpleNamespace(idx_mapping_np=slots, seq_lens_upper_bound_np=seq))
+        ms = end()
+        out = out.as_subclass(torch.Tensor)
+        tokens = torch.multinomial(out.double().softmax(-1), 1)[:, 0].tolist()  # vLLM's sampler
+        for row, i in enumerate(layout):
+            outputs[i].append(tokens[row])
+        return list(layout), inp, out, ms
+
+    for s in range(steps):
+        sites: list[str] = []
+        rows, inp, out, ms = step(s, sites)
+        (change if s in (0, steps - 1) else steady).extend(sites)
+        if 0 < s < steps - 1:
+            times.append(ms)
+        if s < _PROC_VERIFIED_STEPS:
+            kept.append((rows, inp, out.clone(), [outputs[i][-1] for i in rows]))
+    records, logprobs = proc.drain(), proc.drain_logprobs()
+    metrics: dict[str, Any] = {"shape": f"{batch} x {vocab}", "steps": steps}
+    times.sort()
+    metrics |= {"ms_per_step_median": times[len(times) // 2], "ms_per_step_min": times[0]}
+    metrics |= _verify_processor(ctx, reqs, layout, removed, steps, kept, records, logprobs, version)
+    metrics["host_syncs_steady"] = sorted(set(steady))
+    metrics["host_syncs_batch_change"] = sorted(set(change))
+    if cuda:  # the definitive check: a decode step with CUDA raising at the first host synchronisation
+        error: list[str] = []
+        try:
+            step(steps, error, strict=True)
+            metrics["strict_step"] = "no host"
+        except RuntimeError as exc:
+            frame = next(
+                (f for f in reversed(traceback.extract_tb(exc.__traceback__)) if "rlvr_temp" in f.filename),
+                traceback.extract_tb(exc.__traceback__)[-1],
+            )
+            where = f"{os.path.relpath(frame.filename, ROOT)}:{frame.lineno} ({frame.name})"
+            metrics["strict_step"] = f"{str(exc).splitlines()[0]} at {where}"
+        proc.drain(), proc.drain_logprobs()
+    return metrics
+
+
+def _sanitized64(x: torch.Tensor) -> torch.Tensor:
+    """The processor's documented sanitising (NaN -> -50, +-inf and the rest clipped to [-50, 50]), in float64."""
+    x = x.double()
+    return torch.where(x.isnan(), -50.0, x).clamp(-50.0, 50.0)
+
+
+def _verify_processor(
+    ctx: Any,
+    reqs: list,
+    layout: list[int],
+    removed: int,
+    steps: int,
+    kept: list,
+    records: dict,
+    logprobs: dict,
+    version: str,
+) -> dict[str, Any]:
+    """The records against independent references: each row's entropy at T = 1 (float64, of the sanitised logits);
+    the global rule replayed in numpy over the recorded entropies in the order the rows reach the processor
+    (``sorted(window)[int((1 - p) * (len - 1))]``, warm-up, ring of ``window`` values); ``apply``'s output rows
+    against ``sanitised / T`` in float64 (top-p rows: the kept set is the 0.9 nucleus); the sampled tokens'
+    log-probs (V1) against float64 ``log_softmax`` of the tempered (truncated) row; every record finite."""
+    problems: list[str] = []
+    uid = [r["rlvr_temp"]["uid"] if r else None for r in reqs]
+    want_len = [0 if u is None else steps - (i == removed) for i, u in enumerate(uid)]
+    got_len = [len(records.get(u, ([], []))[0]) if u else 0 for u in uid]
+    if got_len != want_len or any(u in records for u in uid if u is None) or None in records:
+        problems.append(f"record lengths {got_len[:8]}..., expected {want_len[:8]}...")
+        return {"problems": problems}
+    # the order in which rows reach the window: per step, rows ascending; request `removed`'s row is refilled by the
+    # last request at the last step
+    order = [list(range(len(reqs)))] * (steps - 1)
+    last = list(range(len(reqs)))
+    last[removed] = last.pop()
+    order.append(last)
+    spec = next(r["rlvr_temp"]["token_rule"] for r in reqs if r and r["rlvr_temp"].get("token_rule"))
+    cap, warm, p = spec["window"], max(spec["warmup_tokens"], 1), spec["hot_fraction"]
+    window: list[np.float32] = []
+    hot_tokens = rule_tokens = 0
+    t_err = 0.0
+    for s, rows in enumerate(order):
+        ids = [i for i in rows if reqs[i] and reqs[i]["rlvr_temp"].get("token_rule")]
+        h = [np.float32(records[uid[i]][1][s]) for i in ids]
+        window = (window + h)[-cap:]
+        th = sorted(window)[int((1.0 - p) * (len(window) - 1))] if len(window) >= warm else None
+        for i in rows:
+            if reqs[i] is None:
+                continue
+            r = reqs[i]["rlvr_temp"]
+            t_req, got = r["temperature"], records[uid[i]][0][s]
+            if r.get("token_rule"):
+                hot = th is not None and np.float32(records[uid[i]][1][s]) >= th
+                hot_tokens, rule_tokens = hot_tokens + hot, rule_tokens + 1
+                want = (spec["t_high"] if hot else spec["t_low"]) + t_req - spec["base_temperature"]
+            else:
+                want = t_req
+            t_err = max(t_err, abs(got - want))
+    metrics: dict[str, Any] = {"temperature_max_abs_diff": t_err, "hot_share": hot_tokens / max(rule_tokens, 1)}
+    if t_err > 1e-5:
+        problems.append(f"temperatures differ from the replayed rule by {t_err:.3g}")
+    h_err = z_err = lp_err = 0.0
+    untouched, nucleus = True, True
+    for s, (rows, inp, out, tokens) in enumerate(kept):
+        x = _sanitized64(inp)
+        logp1 = x.log_softmax(-1)
+        ent = -(logp1.exp() * logp1).sum(-1)
+        for row, i in enumerate(rows):
+            if reqs[i] is None:
+                untouched &= bool(torch.equal(out[row], inp[row]))
+                continue
+            r, (temps, ents) = reqs[i]["rlvr_temp"], records[uid[i]]
+            h_err = max(h_err, abs(ents[s] - ent[row].item()) / max(1.0, ent[row].item()))
+            z = x[row] / temps[s]
+            o = out[row].double()
+            keep = torch.isfinite(o)
+            if r.get("top_p", 1.0) < 1.0:  # the kept tokens: the most likely ones, the fewest that reach top_p
+                probs = z.softmax(-1)
+                k = int(keep.sum())
+                top = probs.sort(descending=True).values.cumsum(0)
+                nucleus &= bool(top[k - 1] >= r["top_p"] - 1e-3 and (k == 1 or top[k - 2] < r["top_p"] + 1e-3))
+                nucleus &= bool(probs[keep].min() >= probs[~keep].max()) if k < len(probs) else True
+                z = torch.where(keep, z, -math.inf)
+            else:
+                nucleus &= bool(keep.all())
+            z_err = max(z_err, ((o - z)[keep].abs() / z[keep].abs().clamp(min=1.0)).max().item())
+            if version == "v1":
+                lp_err = max(lp_err, abs(logprobs[uid[i]][s] - z.log_softmax(-1)[tokens[row]].item()))
+    metrics |= {"entropy_max_rel_diff": h_err, "logits_max_rel_diff": z_err}
+    if h_err > 1e-4:
+        problems.append(f"entropies differ from float64 by {h_err:.3g} (relative)")
+    if z_err > 1e-5:
+        problems.append(f"tempered logits differ from float64 sanitised / T by {z_err:.3g} (relative)")
+    if not untouched:
+        problems.append("a row without an rlvr_temp request was modified")
+    if not nucleus:
+        problems.append("a top-p row's kept tokens are not the 0.9 nucleus of the tempered distribution")
+    flat = [v for u in uid if u for seq in records[u] for v in seq]
+    if version == "v1":
+        metrics["logprob_max_abs_diff"] = lp_err
+        lengths = [len(logprobs.get(u, [])) for u in uid if u]
+        flat += [v for u in uid if u for v in logprobs.get(u, [])]
+        if lengths != [n for n in want_len if n]:
+            problems.append(f"sampled log-probs recorded for {sum(lengths)} tokens, expected {sum(want_len)}")
+        if lp_err > 1e-4:
+            problems.append(f"sampled tokens' log-probs differ from float64 by {lp_err:.3g}")
+    if not all(math.isfinite(v) for v in flat):
+        problems.append("a recorded temperature, entropy or log-prob is not finite")
+    return metrics | {"problems": problems}
+
+
+def check_processor_math(ctx: Any) -> dict[str, Any]:
+    """The processors vLLM runs (rlvr_temp.engine.processor_v1 / _v2 around processor.ProcessorCore), driven
+    through their vLLM-facing methods on a synthetic batch of device logits: values against float64 references,
+    and where the decode step waits for the device (CUDA: sync debug mode, one step under ``"error"``; elsewhere
+    the host reads of device data that :class:`_OnDevice` sees, reported only)."""
+    metrics: dict[str, Any] = {}
+    with _processor_modules() as (v1, v2, origin):
+        metrics["vllm_interface"] = origin
+        for version, mod in (("v1", v1), ("v2", v2)):
+            if isinstance(mod, str):
+                metrics[f"{version}_skipped"] = mod
+                continue
+            got = _drive_processor(ctx, mod, version)
+            metrics |= {f"{version}_{k}" if k not in ("shape", "steps") else k: v for k, v in got.items()}
+    metrics["ms_per_step_median"] = metrics["v1_ms_per_step_median"]
+    problems = [f"{v}: {p}" for v in ("v1", "v2") for p in metrics.pop(f"{v}_problems", [])]
+    strict = [f"{v}: {m}" for v in ("v1", "v2") if (m := metrics.get(f"{v}_strict_step", "no host")) != "no host"]
+    if problems:
+        raise Outcome("FAIL", "; ".join(problems), **metrics)
+    if strict:
+        raise Outcome("FAIL", f"host synchronisation in a decode step: {'; '.join(strict)}", **metrics)
+    if ctx.device.type != "cuda":
+        metrics["host_sync_check"] = "emulated on the CPU (host_syncs_*: reported, not asserted)"
     return metrics
 
 

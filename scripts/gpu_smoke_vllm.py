@@ -7,6 +7,13 @@ moment, and ``trainer_step`` closes the first one and runs :class:`rlvr_temp.dri
 engine and NF4 learner, colocated on one device) for one step. Importing this module imports neither vLLM nor Ray
 (group 1 runs on machines without them); every check is SKIPPED("vLLM not installed") when vLLM cannot be imported.
 
+Checks added after the GPU review (docs/cluster.md, smoke section), each of which a failure found there would
+fail: ``capped_logprobs_finite`` (NaN log-prob of a length-capped response's last token under async scheduling),
+``rollout_throughput_seeded`` (per-request seeds on CUDA: FAIL below ``SEEDED_TARGET`` of the unseeded tokens/s),
+``weight_transfer_small_bucket`` (a tensor larger than one bucket / packed IPC buffer), ``colocated_sync_plan`` (a
+colocated 2-rank recipe must sync over ipc, never two NCCL ranks on one GPU; rlvr_temp.driver.plan, no GPU used).
+A check whose rlvr_temp module does not exist is SKIPPED("not available ...") (ImportError only).
+
 Left out: tensor parallelism (tests/e2e/test_engine_tp.py), learned mode's TTM head, and several engines.
 """
 
@@ -30,15 +37,21 @@ GROUP2 = {
     "vllm_engine_v2": "a RolloutWorker engine starts with TemperatureProcessorV2 on the V2 model runner",
     "records_aligned": "per-token temperatures / entropies / log-probs align with the tokens; hot share = configured",
     "rollout_vs_transformers_logprobs": "vLLM's processed log-probs equal transformers' at the recorded temperatures",
+    "capped_logprobs_finite": "length-capped responses (ignore_eos, max_tokens reached): every log-prob finite",
     "rollout_throughput": "token mode tokens/s against plain vLLM on the same engine (interleaved, medians)",
+    "rollout_throughput_seeded": "token mode seeded as rollouts seed it against unseeded (interleaved, medians)",
     "weight_transfer": "weights.sender.trainer_engine moves the weights; greedy output then equals transformers'",
+    "weight_transfer_small_bucket": "the same through a bucket smaller than the largest tensor (the embedding)",
+    "colocated_sync_plan": "driver.plan: a colocated 2-rank recipe syncs over ipc, no NCCL group shares a GPU",
     "trainer_step": "one Trainer.train_step, learner and engine colocated on one device",
 }
 # prompts x responses x tokens of records_aligned; prompts x tokens x repetitions of rollout_throughput
+# capped: prompts x responses x max_tokens of capped_logprobs_finite
 SETTINGS = {
     "gpu": dict(records=(64, 4, 256), throughput=(256, 256, 5), lp_rollouts=32, max_model_len=1024, greedy=16),
     "small": dict(records=(16, 4, 48), throughput=(64, 32, 5), lp_rollouts=32, max_model_len=256, greedy=16),
 }
+SETTINGS["gpu"]["capped"], SETTINGS["small"]["capped"] = (64, 4, 96), (16, 2, 24)
 RULE = dict(t_low=0.8, t_high=1.2, hot_fraction=0.2, window=100_000, scope="global")  # benchmarks/bench_rollout.py's
 HOT_TOLERANCE = 0.05
 # max |vLLM - transformers| of per-token log-probs: fp32 on the CPU; bf16 engine against an fp32 reference on CUDA
@@ -46,6 +59,10 @@ LOGPROB_TOL = {"cpu": 1e-3, "cuda": 0.1}
 # greedy after an update: equal tokens, or (bf16 on CUDA) every engine token within this of transformers' best logit
 GREEDY_GAP_TOL = {"cpu": 0.0, "cuda": 0.05}
 THROUGHPUT_TARGET = {"cpu": 0.9, "cuda": 0.97}
+# seeded / unseeded token mode: per-request seeds made vLLM's V1 sampler draw row by row on CUDA (one kernel per
+# seeded row and step: review S2); the worker seeds the engine instead there. The CPU sampler takes the seeds.
+SEEDED_TARGET = {"cpu": 0.8, "cuda": 0.95}
+SMALL_BUCKET = 1 << 20  # weight_transfer_small_bucket: 1 MiB, or half the largest tensor where that is less
 GPU_MEMORY = 0.25  # gpu_memory_utilization of each smoke engine (two at once while vllm_engine_v2 runs)
 
 
@@ -194,6 +211,29 @@ def check_records_aligned(ctx: Any) -> dict[str, Any]:
     return metrics
 
 
+def check_capped_logprobs_finite(ctx: Any) -> dict[str, Any]:
+    """Responses cut at ``max_tokens`` (``ignore_eos``), as long ones are in a run: the last token of each is never
+    scheduled again, so a per-token log-prob recorded one step late must still arrive (NaN = FAIL)."""
+    worker = _need(ctx, "worker", "the V1 engine")
+    n, g, m = ctx.settings["capped"]
+    worker.reset_temperature_state()
+    groups = worker.generate(_prompts(n), [[1.0] * g] * n, max_tokens=m, strategy=_token_strategy(), seed=3,
+                             ignore_eos=True)  # fmt: skip
+    responses = [r for gr in groups for r in gr]
+    values = [v for r in responses for v in r.token_logprobs]
+    bad = [i for i, r in enumerate(responses) if not all(math.isfinite(v) for v in r.token_logprobs)]
+    last = [r.token_logprobs[-1] for r in responses if r.token_logprobs]
+    metrics: dict[str, Any] = {"responses": len(responses), "max_tokens": m, "tokens": len(values)}
+    metrics |= {"length_finished": sum(r.finish_reason == "length" for r in responses)}
+    metrics |= {"non_finite": sum(not math.isfinite(v) for v in values), "responses_non_finite": len(bad)}
+    metrics["last_token_non_finite"] = sum(not math.isfinite(v) for v in last)
+    if any(len(r.token_ids) != m for r in responses) or not _aligned(groups):
+        raise ctx.Outcome("FAIL", f"a capped response is not {m} tokens long, or its records do not align", **metrics)
+    if bad:
+        raise ctx.Outcome("FAIL", f"{len(bad)} length-capped responses have non-finite log-probs", **metrics)
+    return metrics
+
+
 def _reference(ctx: Any) -> Any:
     """transformers' model of the smoke weights, fp32 on the device (the reference the engine is held to)."""
     if ctx.reference is None:
@@ -233,6 +273,38 @@ def check_rollout_vs_transformers_logprobs(ctx: Any) -> dict[str, Any]:
     return metrics
 
 
+def _interleaved(ctx: Any, arms: dict[str, Any], reps: int, expected: int) -> dict[str, list[float]]:
+    """Tokens per second of each arm (a call returning its token count): one warm-up call each, then ``reps``
+    repetitions, the arms' order alternating, back to back; every call must generate ``expected`` tokens."""
+    for fn in arms.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    for rep in range(reps):
+        for name in arms if rep % 2 == 0 else reversed(list(arms)):
+            t0 = time.perf_counter()
+            tokens = arms[name]()
+            samples[name].append(tokens / (time.perf_counter() - t0))
+            if tokens != expected:
+                raise ctx.Outcome("FAIL", f"{name}: {tokens} tokens generated, expected {expected}")
+    return samples
+
+
+def _ratio(
+    ctx: Any, samples: dict[str, list[float]], base: str, arm: str, shape: tuple, target: float, *words: str
+) -> dict[str, Any]:
+    """The metrics of an :func:`_interleaved` measurement: ``arm``'s median tokens/s over ``base``'s (FAIL below
+    ``target``), and each repetition's ratio (the two run back to back: less exposed to a busy machine)."""
+    n, m, reps = shape
+    b, a = statistics.median(samples[base]), statistics.median(samples[arm])
+    metrics = {"prompts": n, "tokens_each": m, "repetitions": reps, f"{base}_tokens_per_s": b}
+    metrics |= {f"{arm}_tokens_per_s": a, "ratio": a / b, "target": target}
+    metrics["paired_ratio"] = statistics.median(x / y for x, y in zip(samples[arm], samples[base]))
+    metrics |= {f"{k}_samples": [round(x, 1) for x in v] for k, v in samples.items()}
+    if metrics["ratio"] < target:
+        raise ctx.Outcome("FAIL", f"{words[0]} at {metrics['ratio']:.3f}x {words[1]}, target >= {target}", **metrics)
+    return metrics
+
+
 def check_rollout_throughput(ctx: Any) -> dict[str, Any]:
     """``plain``: SamplingParams(temperature=1) without extra_args (the processor passes the rows through);
     ``token``: RolloutWorker.generate in token mode (global window). Warm-up of each, then interleaved repetitions."""
@@ -250,26 +322,23 @@ def check_rollout_throughput(ctx: Any) -> dict[str, Any]:
         groups = worker.generate(prompts, [[1.0]] * n, max_tokens=m, strategy=strategy, ignore_eos=True)
         return sum(len(r.token_ids) for g in groups for r in g)
 
-    arms, samples = {"plain": plain, "token": token}, {"plain": [], "token": []}
-    for fn in arms.values():
-        fn()
-    for rep in range(reps):
-        for arm in ("plain", "token") if rep % 2 == 0 else ("token", "plain"):
-            t0 = time.perf_counter()
-            tokens = arms[arm]()
-            samples[arm].append(tokens / (time.perf_counter() - t0))
-            if tokens != n * m:
-                raise ctx.Outcome("FAIL", f"{arm}: {tokens} tokens generated, expected {n * m}")
-    plain_tps, token_tps = statistics.median(samples["plain"]), statistics.median(samples["token"])
-    target = THROUGHPUT_TARGET[ctx.kind]
-    metrics = {"prompts": n, "tokens_each": m, "repetitions": reps, "plain_tokens_per_s": plain_tps}
-    metrics |= {"token_tokens_per_s": token_tps, "ratio": token_tps / plain_tps, "target": target}
-    # each repetition's token / plain (run back to back): less exposed to a busy machine than the ratio of medians
-    metrics["paired_ratio"] = statistics.median(t / p for t, p in zip(samples["token"], samples["plain"]))
-    metrics |= {f"{arm}_samples": [round(x, 1) for x in xs] for arm, xs in samples.items()}
-    if metrics["ratio"] < target:
-        raise ctx.Outcome("FAIL", f"token mode at {metrics['ratio']:.3f}x plain vLLM, target >= {target}", **metrics)
-    return metrics
+    samples = _interleaved(ctx, {"plain": plain, "token": token}, reps, n * m)
+    return _ratio(ctx, samples, "plain", "token", (n, m, reps), THROUGHPUT_TARGET[ctx.kind], "token mode", "plain vLLM")
+
+
+def check_rollout_throughput_seeded(ctx: Any) -> dict[str, Any]:
+    """Token mode as the rollout calls it (``generate(..., seed=...)``: one derived seed per response where the
+    worker passes seeds) against the same call unseeded; warm-up of each, then interleaved repetitions."""
+    worker = _need(ctx, "worker", "the V1 engine")
+    n, m, reps = ctx.settings["throughput"]
+    prompts, strategy = _prompts(n), _token_strategy()
+
+    def arm(seed: int | None) -> int:
+        groups = worker.generate(prompts, [[1.0]] * n, max_tokens=m, strategy=strategy, seed=seed, ignore_eos=True)
+        return sum(len(r.token_ids) for g in groups for r in g)
+
+    samples = _interleaved(ctx, {"unseeded": lambda: arm(None), "seeded": lambda: arm(0)}, reps, n * m)
+    return _ratio(ctx, samples, "unseeded", "seeded", (n, m, reps), SEEDED_TARGET[ctx.kind], "seeded", "unseeded")
 
 
 class _WorkerClient:
@@ -299,19 +368,34 @@ def _greedy(worker: Any, prompts: list[str], m: int) -> list[Any]:
 def check_weight_transfer(ctx: Any) -> dict[str, Any]:
     """Perturbed weights (rounded to the engine's dtype) on the device, sent with the run's backend; the engine's
     greedy tokens after the update against transformers' greedy choice on the same weights (teacher-forced)."""
-    from rlvr_temp.weights.sender import send, trainer_engine
-    from rlvr_temp.weights.source import PolicySource
+    return _transfer(ctx, None, 7)
+
+
+def check_weight_transfer_small_bucket(ctx: Any) -> dict[str, Any]:
+    """weight_transfer again (weights perturbed anew) with ``bucket_bytes`` below the largest tensor's size (the
+    embedding: 467 MB at 1.5B against vLLM's 256 MiB packed IPC buffer), through rlvr_temp.weights.sender."""
+    return _transfer(ctx, SMALL_BUCKET, 8)
+
+
+def _transfer(ctx: Any, bucket: int | None, seed: int) -> dict[str, Any]:
+    try:
+        from rlvr_temp.weights.sender import send, trainer_engine
+        from rlvr_temp.weights.source import PolicySource
+    except ImportError as exc:
+        raise ctx.Outcome("SKIPPED", f"not available ({exc})") from exc
 
     worker, model = _need(ctx, "worker", "the V1 engine"), _reference(ctx)
     prompts, m = _prompts(8), ctx.settings["greedy"]
     before = _greedy(worker, prompts, m)
-    gen = torch.Generator(device=ctx.device).manual_seed(7)
+    largest = max(p.numel() * ctx.dtype.itemsize for p in model.parameters())
+    kwargs = {} if bucket is None else {"bucket_bytes": min(bucket, largest // 2)}
+    gen = torch.Generator(device=ctx.device).manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():  # move every weight, then keep only what the engine's dtype can hold
             p.add_(0.3 * p.std() * torch.randn(p.shape, device=p.device, generator=gen))
             p.copy_(p.to(ctx.dtype).float())
     t0 = time.perf_counter()
-    engine = trainer_engine(ctx.sync_backend, _WorkerClient(worker), PolicySource(model, ctx.dtype))
+    engine = trainer_engine(ctx.sync_backend, _WorkerClient(worker), PolicySource(model, ctx.dtype), **kwargs)
     connect = time.perf_counter() - t0
     stats = send(engine)
     after = _greedy(worker, prompts, m)
@@ -329,11 +413,47 @@ def check_weight_transfer(ctx: Any) -> dict[str, Any]:
     metrics |= {"gb_per_s": stats["bytes"] / 1e9 / stats["seconds"], "params": int(stats["params"])}
     metrics |= {"connect_seconds": connect, "learner_device": str(model.device), "dtype": str(ctx.dtype)[6:]}
     metrics |= {"greedy_equal": f"{equal}/{len(after)}", "max_greedy_logit_gap": max(gaps)}
-    metrics |= {"responses_changed_by_update": moved}
+    metrics |= {"responses_changed_by_update": moved, "largest_tensor_bytes": largest}
+    metrics |= {"bucket_bytes_asked": kwargs.get("bucket_bytes", "default")}
     if not moved:
         raise ctx.Outcome("FAIL", "no greedy response changed: the update did not reach the engine", **metrics)
     if equal < len(after) and max(gaps) > GREEDY_GAP_TOL[ctx.kind]:
         raise ctx.Outcome("FAIL", f"greedy output differs from transformers' (gap {max(gaps):.3g})", **metrics)
+    return metrics
+
+
+def check_colocated_sync_plan(ctx: Any) -> dict[str, Any]:
+    """rlvr_temp.driver.plan.plan_run of recipes/gpu/qwen_math_token_8gpu.yaml cut to 2 engines + 2 learner ranks
+    (colocated) on 1 node x 2 GPUs of 80 GiB: the weight sync resolves to ipc (an NCCL group with a learner rank
+    and an engine on one GPU fails at start-up: "Duplicate GPU detected"), and no NCCL group has two members on one
+    GPU. The smoke model's shapes; no GPU is used."""
+    try:
+        from rlvr_temp.driver.plan import PlanError, plan_run
+    except ImportError as exc:
+        raise ctx.Outcome("SKIPPED", f"not available ({exc})") from exc
+    from rlvr_temp.config.schema import load_config
+
+    overrides = [f"model.path={_model_dir(ctx)}", "rollout.num_workers=2", "resources.learner_ranks=2"]
+    overrides += ["resources.layout=colocated", "rollout.engine.weight_sync=auto"]
+    cfg = load_config(ROOT / "recipes" / "gpu" / "qwen_math_token_8gpu.yaml", overrides)
+    try:
+        plan = plan_run(cfg, nodes=1, gpus_per_node=2, gpu_mem_gib=80)
+    except PlanError as exc:
+        raise ctx.Outcome("FAIL", f"PlanError: {exc}", weight_sync=cfg.weight_sync_backend()) from exc
+    shared = []
+    for g in plan.groups:
+        gpus = [gpu for _, gpu in g.members]
+        if g.backend == "nccl" and len(set(gpus)) < len(gpus):
+            shared.append(f"{g.name}: {g.members}")
+    metrics: dict[str, Any] = {"weight_sync": plan.weight_sync, "config_weight_sync": cfg.weight_sync_backend()}
+    metrics |= {
+        "groups": [f"{g.name} ({g.backend}): {', '.join(f'{a}@{b}' for a, b in g.members)}" for g in plan.groups]
+    }
+    metrics["gpus"] = [f"{u.gpu}: {', '.join(u.procs)}" for u in plan.gpus]
+    if plan.weight_sync != "ipc" or cfg.weight_sync_backend() != "ipc":
+        raise ctx.Outcome("FAIL", f"colocated 2-rank weight sync resolves to {plan.weight_sync}, not ipc", **metrics)
+    if shared:
+        raise ctx.Outcome("FAIL", f"NCCL group members share a GPU: {'; '.join(shared)}", **metrics)
     return metrics
 
 
