@@ -7,7 +7,8 @@ are), on runs of different lengths, and on a whole sweep's directory. Writes ``c
 held-out curves with a marker per evaluation), ``pass_at_k.png`` (when there are held-out evaluations),
 ``summary.md`` and a self-contained ``report.html``. Which runs, and which arms: rlvr_temp.evaluation.runs; the
 intervals: rlvr_temp.evaluation.stats; the document: rlvr_temp.evaluation.report. See docs/evaluation.md.
-Left out: corrections for comparing several arms to one baseline (each difference's interval stands alone).
+Multiplicity: each difference has its own interval and verdict, and a Holm–Bonferroni verdict over every
+difference in the report (the family) beside it. An arm with one seed gets problem-level verdicts, said so.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rlvr_temp.evaluation import report
 from rlvr_temp.evaluation.report import HOW_TO_READ, Doc, Table, plot_panels, verdict
 from rlvr_temp.evaluation.runs import (
     config_differences,
@@ -29,7 +31,7 @@ from rlvr_temp.evaluation.runs import (
     run_labels,
     run_seed,
 )
-from rlvr_temp.evaluation.stats import N_BOOT, SEED, diff_intervals, k_values, mean_intervals, problem_scores
+from rlvr_temp.evaluation.stats import N_BOOT, SEED, diff_intervals, holm, k_values, mean_intervals, problem_scores
 
 DEFAULT_METRICS = (
     "reward/mean",
@@ -246,6 +248,10 @@ def _heldout_section(doc: Doc, arms, base: str, step: int | None, boot: dict[str
     how = ", ".join(f"T={t}, top-p {p}" for t, p in ho["settings"])
     doc.p(f"Evaluation {when} ({how}). Mean over problems and seeds [{boot['level']:.0%} bootstrap interval].")
     doc.ul(ho["notes"])
+    single = list(dict.fromkeys(a for i in ho["datasets"].values() for a, m in i["arms"].items() if len(m) == 1))
+    if single:
+        them = "it" if len(single) == 1 else "them"
+        doc.p(report.ONE_SEED_NOTE.format(arms=", ".join(f"`{a}`" for a in single), them=them))
     plotted: dict[str, Any] = {}
     for name, info in ho["datasets"].items():
         table = Table(["arm", "seeds", "problems", "step", *info["metrics"]])
@@ -272,31 +278,65 @@ def _heldout_section(doc: Doc, arms, base: str, step: int | None, boot: dict[str
     png = plot_panels(plotted, out / "pass_at_k.png", xlabel="k (samples per problem)", ylabel="pass@k", log2_x=True)
     doc.img(png, f"pass@k against k, mean over problems and seeds; band: {boot['level']:.0%} bootstrap interval")
     doc.h2(f"Difference to {base}")
-    for name, info in ho["datasets"].items():
+    _differences(doc, ho["datasets"], base, boot)
+    return png
+
+
+def _differences(doc: Doc, datasets: dict[str, Any], base: str, boot: dict[str, Any]) -> None:
+    """Per set, each other arm minus ``base``: a table of intervals and a verdict line per arm; then the family of
+    all those differences with unadjusted and Holm-adjusted verdicts (:func:`~rlvr_temp.evaluation.stats.holm`
+    at ``1 - level`` on each interval's bootstrap p-value)."""
+    family: list[dict[str, Any]] = []
+    blocks: list[tuple[str, Table | None, list]] = []
+    for name, info in datasets.items():
         others = [a for a in info["arms"] if a != base]
         if base not in info["arms"] or not others:
-            doc.p(
-                f"`{name}`: "
-                + ("no other arm to compare." if base in info["arms"] else f"{base} has no evaluation of this set.")
-            )
+            why = "no other arm to compare." if base in info["arms"] else f"{base} has no evaluation of this set."
+            blocks.append((name, None, [f"`{name}`: {why}"]))
             continue
         table = Table(["arm", "paired by", "problems", *(f"Δ {m}" for m in info["metrics"])])
-        verdicts = []
+        entries: list = []
         for arm in others:
             mine, theirs = info["arms"][arm], info["arms"][base]
             paired = _same_seeds([r for r, _, _ in mine], [r for r, _, _ in theirs])
             scores = [[sc for _, sc, _ in members] for members in (mine, theirs)]
             ivs, n_prob = diff_intervals(*scores, paired_seeds=paired, **boot)
             if not ivs:
-                verdicts.append(f"**{arm}** vs {base} on `{name}`: no problems in common")
+                entries.append(f"**{arm}** vs {base} on `{name}`: no problems in common")
                 continue
             pairing = "problem and seed" if paired else "problem (seeds averaged within each arm)"
             table.rows.append([f"{arm} − {base}", pairing, str(n_prob), *(i.format(signed=True) for i in ivs)])
-            verdicts.append(verdict(arm, base, name, info["metrics"], ivs, boot["level"]))
+            one = min(len(mine), len(theirs)) == 1
+            entries.append([arm, base, ivs, one, len(family)])  # the last: where its rows start in the family
+            family += [
+                {"name": name, "arm": arm, "base": base, "metric": m, "iv": iv, "one_seed": one}
+                for m, iv in zip(info["metrics"], ivs)
+            ]
+        blocks.append((name, table, entries))
+    level = boot["level"]
+    adjusted, rejected = holm([r["iv"].p for r in family], 1.0 - level)
+    for row, p_holm, rej in zip(family, adjusted, rejected):
+        row |= {"p_holm": p_holm, "rejected": rej}
+    for e in (e for _, _, entries in blocks for e in entries if not isinstance(e, str)):
+        e[4] = (rejected[e[4] :], len(family))
+    for name, table, entries in blocks:
+        if table is None:
+            doc.p(entries[0])
+            continue
         doc.h3(f"`{name}`: arm − {base}")
         doc.table(table)
-        doc.ul(verdicts)
-    return png
+        lines, metrics = [], datasets[name]["metrics"]
+        for e in entries:  # a verdict line per arm, or why there is none
+            lines.append(
+                e if isinstance(e, str) else verdict(*e[:2], name, metrics, e[2], level, one_seed=e[3], holm=e[4])
+            )
+        doc.ul(lines)
+    if family:
+        doc.h3("Multiple comparisons")
+        doc.p(
+            report.MULTIPLE_NOTE.format(m=len(family), level=level, alpha=1 - level, chance=len(family) * (1 - level))
+        )
+        doc.table(report.holm_table(family, level))
 
 
 def compare_runs(

@@ -23,7 +23,22 @@ HOW_TO_READ = (
     "and of the seeds, both with replacement, RNG seed {rng_seed}). Differences to the baseline are paired by "
     "problem (and by seed when both arms ran the same seeds). An interval that includes zero means these data "
     "cannot tell the arm from the baseline at this level — not that the arms are equal. With few seeds the "
-    "seed-to-seed spread is underestimated; see docs/evaluation.md."
+    "seed-to-seed spread is underestimated, and with one seed not measured at all. Each difference also gets a "
+    "Holm–Bonferroni verdict over all the report's comparisons (at the end); see docs/evaluation.md."
+)
+ONE_SEED = "problem-level interval; one seed: says nothing about seed-to-seed variation"
+ONE_SEED_NOTE = (
+    "**One seed: problem noise only.** {arms} ran a single seed, so every interval involving {them} resamples "
+    "problems only (which problems are in the held-out set, and each problem's sampling noise), not training "
+    "seeds: it captures problem noise only and says nothing about seed-to-seed variation. A verdict involving "
+    "such an arm says that these trained runs differ on these problems, not that the arms (the training methods) "
+    "do: one seed per arm cannot tell the arms apart. For that, run several seeds (`rlvr-temp sweep --seeds 3`)."
+)
+MULTIPLE_NOTE = (
+    "This report makes **{m} comparisons** (every Δ cell above), each tested at {level:.0%} on its own: among {m} "
+    "differences that are all truly zero, about {chance:.1f} would exclude zero by chance. The Holm column controls "
+    "the family-wise error at {alpha:.0%} over all {m} (Holm–Bonferroni on each difference's two-sided bootstrap "
+    "p-value; docs/evaluation.md); the pass@k columns share their samples, so it is conservative."
 )
 
 
@@ -145,8 +160,21 @@ def _relative(path: Path, base: Path | None) -> str:
     return Path(path).as_posix()
 
 
-def verdict(arm: str, base: str, name: str, metrics: list[str], ivs: list[Interval], level: float) -> str:
-    """One line on ``arm - base``: the metrics whose interval lies above zero, below zero, and includes zero."""
+def verdict(
+    arm: str,
+    base: str,
+    name: str,
+    metrics: list[str],
+    ivs: list[Interval],
+    level: float,
+    *,
+    one_seed: bool = False,
+    holm: tuple[list[bool], int] | None = None,
+) -> str:
+    """One line on ``arm - base``: the metrics whose interval lies above zero, below zero, and includes zero
+    (:meth:`~rlvr_temp.evaluation.stats.Interval.sign`, bounds within its ``tol`` of 0 count as 0). ``one_seed``:
+    an arm has a single seed, and the line says its verdicts are problem-level (:data:`ONE_SEED`). ``holm``:
+    ``(rejected per metric, m)``: the line ends with the metrics still higher / lower after Holm over ``m``."""
     groups: dict[int, list[str]] = {1: [], -1: [], 0: []}
     for metric, iv in zip(metrics, ivs):
         groups[iv.sign()].append(metric)
@@ -158,7 +186,31 @@ def verdict(arm: str, base: str, name: str, metrics: list[str], ivs: list[Interv
         parts.append(
             f"not distinguishable from {base} at {level:.0%} on " + ", ".join(groups[0]) + " (interval includes zero)"
         )
-    return f"**{arm}** vs {base} on `{name}`: " + "; ".join(parts)
+    head = f"**{arm}** vs {base} on `{name}`" + (f" ({ONE_SEED})" if one_seed else "")
+    line = f"{head}: " + "; ".join(parts)
+    if holm is not None:
+        kept = [(m, iv.sign()) for m, iv, r in zip(metrics, ivs, holm[0]) if r and iv.sign()]
+        held = [f"{w} on " + ", ".join(m for m, s in kept if s == v) for v, w in ((1, "higher"), (-1, "lower"))]
+        held = [h for h, v in zip(held, (1, -1)) if any(s == v for _, s in kept)]
+        line += f". After Holm over {holm[1]} comparisons: " + ("; ".join(held) or "none")
+    return line
+
+
+def holm_table(rows: list[dict[str, Any]], level: float) -> Table:
+    """One row per comparison of the family: ``rows`` of ``name``, ``arm``, ``base``, ``metric``, ``iv``
+    (:class:`~rlvr_temp.evaluation.stats.Interval`), ``p_holm`` (its Holm-adjusted p-value), ``rejected``
+    (Holm's decision) and ``one_seed``. The Holm-adjusted verdict is the unadjusted one when Holm rejects and
+    "not distinguishable" otherwise, so the two columns never point in opposite directions."""
+    words = {1: "higher", -1: "lower", 0: "not distinguishable"}
+    head = ["set", "comparison", "metric", f"Δ [{level:.0%}]", "bootstrap p", "Holm p", f"unadjusted {level:.0%}"]
+    table = Table([*head, f"Holm ({len(rows)} comparisons)", "interval over"])
+    for r in rows:
+        iv, sign = r["iv"], r["iv"].sign()
+        over = "problems only (one seed)" if r["one_seed"] else "problems and seeds"
+        cells = [f"`{r['name']}`", f"{r['arm']} − {r['base']}", r["metric"], iv.format(signed=True)]
+        cells += [f"{iv.p:.4f}", f"{r['p_holm']:.4f}", words[sign], words[sign if r["rejected"] else 0], over]
+        table.rows.append(cells)
+    return table
 
 
 def plot_panels(

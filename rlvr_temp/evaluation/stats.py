@@ -10,6 +10,10 @@ arms ran the same seeds (:func:`bootstrap_diff` with ``paired_seeds=True``: the 
 are resampled as one array); otherwise each arm's seeds are resampled on their own and averaged within the arm
 before the difference is taken.
 
+Every interval also carries the two-sided bootstrap p-value of "the quantity is 0" (:func:`bootstrap_terms`), which
+:func:`holm` adjusts over a report's family of comparisons; verdicts compare bounds to 0 with a floating-point
+tolerance (:data:`REL_TOL`, :meth:`Interval.sign`).
+
 The per-problem estimators come first: unbiased pass@k (Chen et al. 2021, arXiv 2107.03374), maj@k and the k
 reported. Runs wherever scores are summarized: the evaluation actor (rlvr_temp.evaluation.evaluate) and the
 ``compare`` command (rlvr_temp.evaluation.compare); pure Python and numpy. Left out: BCa and studentized intervals.
@@ -17,6 +21,7 @@ reported. Runs wherever scores are summarized: the evaluation actor (rlvr_temp.e
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -25,9 +30,12 @@ import numpy as np
 
 # ------------------------------------------------------------------------------------------------- estimators
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: ``1 - C(n-c, k) / C(n, k)``."""
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: ``1 - C(n-c, k) / C(n, k)``. pass@1 is
+    exactly ``c / n`` (the same float as avg@n for 0/1 scores, so the two columns get the same intervals)."""
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if k == 1:
+        return c / n
     if n - c < k:
         return 1.0
     prod = 1.0
@@ -61,28 +69,51 @@ def k_values(n: int) -> list[int]:
 N_BOOT = 2000  # default number of bootstrap replicates
 SEED = 0  # default RNG seed: a comparison gives the same intervals every time it is run
 _CHUNK_CELLS = 4_000_000  # replicates are drawn in chunks of at most this many (replicate x problem x metric) cells
+# A bound within REL_TOL x scale of zero is zero (scale: the magnitude of the scores it was computed from, 1 for
+# scores in [0, 1]; for a difference, both arms'). Rounding moves a replicate mean of P problems by at most about
+# P x 2.2e-16 x scale (4e-12 at P = 2e4): 1e-9 absorbs that, and lies far below both the bootstrap's own Monte-Carlo
+# error on a bound (~1e-3) and the smallest nonzero exact difference of avg@n means (1 / (n x P x seeds)).
+REL_TOL = 1e-9
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate (the mean on the data itself, not over replicates) and its percentile interval."""
+    """A point estimate (the mean on the data itself, not over replicates) and its percentile interval.
+
+    ``tol``: the floating-point tolerance of the bounds (``REL_TOL`` x the scores' magnitude; the default suits
+    scores in [0, 1]): a bound within ``tol`` of a value counts as equal to it. ``p``: the two-sided bootstrap
+    p-value of "the quantity is 0" (:func:`bootstrap_terms`; None for an interval built by hand)."""
 
     mean: float
     low: float
     high: float
     level: float = 0.95
+    tol: float = REL_TOL
+    p: float | None = None
 
     def includes(self, value: float = 0.0) -> bool:
-        return self.low <= value <= self.high
+        return self.low - self.tol <= value <= self.high + self.tol
 
     def sign(self) -> int:
-        """+1 if the interval lies above zero, -1 if below, 0 if it includes zero."""
-        return 1 if self.low > 0 else -1 if self.high < 0 else 0
+        """+1 if the interval lies above zero, -1 if below, 0 if it includes zero.
+
+        Decision rule: the interval excludes zero only if a bound is beyond zero by more than ``tol``
+        (``low > tol`` or ``high < -tol``); a bound within ``tol`` of zero — e.g. the -6.9e-18 that rounding
+        leaves where exact arithmetic gives 0 — counts as 0, so the interval contains 0. Floating-point noise can
+        therefore only keep a verdict at "includes zero", never flip it, and identical inputs give one verdict
+        whichever metric column they sit in."""
+        return 1 if self.low > self.tol else -1 if self.high < -self.tol else 0
 
     def format(self, digits: int = 3, signed: bool = False) -> str:
+        """``mean [low, high]`` rounded to ``digits``; a value that rounds to zero prints as 0 (no "-0.000") when
+        it is within ``tol`` of 0, and keeps its sign otherwise, so the printed bounds agree with :meth:`sign`."""
         f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
-        a, b, c = (f.format(round(v, digits) + 0.0) for v in (self.mean, self.low, self.high))  # no "-0.000"
-        return f"{a} [{b}, {c}]"
+
+        def show(v: float) -> str:
+            r = round(v, digits) + 0.0
+            return f.format(math.copysign(0.0, v) if r == 0.0 and abs(v) > self.tol else r)
+
+        return f"{show(self.mean)} [{show(self.low)}, {show(self.high)}]"
 
 
 def _as_3d(values: np.ndarray | list) -> tuple[np.ndarray, bool]:
@@ -110,10 +141,17 @@ def bootstrap_terms(
     n_boot: int = N_BOOT,
     rng_seed: int = SEED,
     level: float = 0.95,
+    scale: np.ndarray | None = None,
 ) -> list[Interval]:
     """Intervals of ``sum(sign * mean(x))`` over the terms ``(x, sign)``, each ``x`` of shape
     ``(seeds, problems, metrics)`` with the same problems (aligned) and metrics. Every replicate draws one problem
-    resample shared by all terms and one seed resample per term. One interval per metric."""
+    resample shared by all terms and one seed resample per term. One interval per metric.
+
+    Each interval's ``tol`` is ``REL_TOL * scale`` (``scale`` per metric; default: the sum over the terms of the
+    largest ``|x|``). Its ``p`` is the two-sided bootstrap p-value of "the quantity is 0", the one the percentile
+    interval implies (the interval at level ``1 - a`` excludes 0 about when ``p < a``), with Davison & Hinkley's
+    +1: ``p = min(1, 2 * (min(#{rep <= tol}, #{rep >= -tol}) + 1) / (n_boot + 1))`` — replicates within ``tol``
+    of 0 count on both sides, and ``p >= 2 / (n_boot + 1)``."""
     if not terms:
         raise ValueError("nothing to bootstrap")
     xs = [np.asarray(x, dtype=float) for x, _ in terms]
@@ -145,7 +183,15 @@ def bootstrap_terms(
     rep = np.concatenate(reps)
     alpha = (1.0 - level) / 2
     low, high = np.quantile(rep, [alpha, 1.0 - alpha], axis=0)
-    return [Interval(float(p), float(lo), float(hi), level) for p, lo, hi in zip(point, low, high)]
+    if scale is None:
+        scale = sum(abs(s) * np.abs(x).max(axis=(0, 1)) for x, s in zip(xs, signs))
+    tol = REL_TOL * np.broadcast_to(np.asarray(scale, dtype=float), (n_met,))
+    tail = np.minimum((rep <= tol).sum(axis=0), (rep >= -tol).sum(axis=0))
+    pval = np.minimum(1.0, 2.0 * (tail + 1) / (n_boot + 1))
+    return [
+        Interval(float(m), float(lo), float(hi), level, float(t), float(p))
+        for m, lo, hi, t, p in zip(point, low, high, tol, pval)
+    ]
 
 
 def bootstrap_mean(
@@ -181,8 +227,27 @@ def bootstrap_diff(
         terms = [(xa - xb, 1.0)]
     else:
         terms = [(xa, 1.0), (xb, -1.0)]
-    out = bootstrap_terms(terms, n_boot=n_boot, rng_seed=rng_seed, level=level)
+    scale = np.abs(xa).max(axis=(0, 1)) + np.abs(xb).max(axis=(0, 1))  # the arms' scores, not their differences
+    out = bootstrap_terms(terms, n_boot=n_boot, rng_seed=rng_seed, level=level, scale=scale)
     return out[0] if single else out
+
+
+def holm(pvalues: list[float], alpha: float = 0.05) -> tuple[list[float], list[bool]]:
+    """Holm–Bonferroni over one family of ``m`` tests: the adjusted p-values and which hypotheses are rejected at
+    family-wise error ``alpha``, in the order given. Sorted ascending, ``p_(1) <= ... <= p_(m)``; the adjusted
+    ``p~_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j))``; rejected iff ``p~ <= alpha`` — the same as rejecting
+    while ``p_(i) <= alpha / (m - i + 1)`` and stopping at the first that is not."""
+    p = np.asarray(pvalues, dtype=float)
+    m = p.size
+    if m == 0:
+        return [], []
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError(f"p-values must be in [0, 1], got {list(pvalues)}")
+    order = np.argsort(p, kind="stable")
+    adjusted_sorted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    adjusted = np.empty(m)
+    adjusted[order] = adjusted_sorted
+    return [float(a) for a in adjusted], [bool(a <= alpha) for a in adjusted]
 
 
 # ------------------------------------------------------------------------------------------------- per-problem scores
