@@ -147,7 +147,9 @@ def test_kill_9_of_the_driver_leaves_no_process(phase, tmp_path, tiny_model_path
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
         killed_at = time.monotonic()
-        token = _token(seen)
+        # from the driver's children: /proc/<driver>/environ is the environment it was started with (this test's,
+        # which may carry the token of a run an earlier test started in this process), not the one it set itself
+        token = _token(pid for pid in seen if pid != driver.pid)
         while time.monotonic() - killed_at < REAPED_WITHIN_S:
             left = _alive(seen) | _marked(token)
             if not left:
