@@ -9,8 +9,11 @@ Two halves, in two processes:
   its environment), their vLLM processes (``EngineCore``, ``Worker``), the verifier's pool. It then starts the
   reaper: this file run as a script, in a session of its own (a signal to the driver's process group does not
   reach it), with stdlib imports only and without the token itself;
-* the reaper (:func:`main`) blocks until the driver has exited, then SIGKILLs every process whose environment
-  carries the token (``/proc/<pid>/environ``) and every process under one of those, scanning again until none
+* the reaper (:func:`main`) waits until the driver has exited, noting once a second every process whose
+  environment carries the token (``/proc/<pid>/environ``) and every process under one of those (Ray's dashboard
+  and runtime-env agents carry none: raylet starts them with an environment of its own), with its start time;
+  then it SIGKILLs every noted process still alive (same pid, same start time: an agent whose raylet died first is
+  no longer under any token carrier) and every process carrying the token or under one, scanning again until none
   is left (raylet may start a worker while it dies), and exits. It calls nothing of Ray's, so it works whether or
   not Ray still answers. After a normal exit Ray has already stopped its processes and the reaper finds nothing;
   it prints nothing either way.
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 #: environment variable marking every process of one run (a fresh uuid per driver process)
 TOKEN_ENV = "RLVR_TEMP_RUN_TOKEN"
@@ -66,18 +70,19 @@ def start() -> str | None:
     return token
 
 
-def marked(token: str, exclude: int | None = None) -> list[int]:
-    """Pids of the live processes whose environment carries ``token``, and of every process under one of them
-    (Ray's dashboard and runtime-env agents: raylet starts them with an environment of its own); ``exclude``: a
-    pid left out."""
+def marked(token: str, exclude: int | None = None) -> dict[int, int]:
+    """{pid: start time} of the live processes whose environment carries ``token``, and of every process under one
+    of them (Ray's dashboard and runtime-env agents: raylet starts them with an environment of its own);
+    ``exclude``: a pid left out."""
     needle = f"{TOKEN_ENV}={token}".encode()
-    found, parent = set(), {}
+    found, parent, started = set(), {}, {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == exclude:
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as fh:
-                parent[int(name)] = int(fh.read().rsplit(b")", 1)[1].split()[1])
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            parent[int(name)], started[int(name)] = int(fields[1]), int(fields[19])
             with open(f"/proc/{name}/environ", "rb") as fh:
                 if needle in fh.read().split(b"\0"):
                     found.add(int(name))
@@ -88,16 +93,27 @@ def marked(token: str, exclude: int | None = None) -> list[int]:
         more = {pid for pid, ppid in parent.items() if ppid in found} - found
         found |= more
         grown = bool(more)
-    return sorted(found)
+    return {pid: started[pid] for pid in sorted(found)}
 
 
-def reap(token: str, rescan_s: float = RESCAN_S) -> int:
-    """SIGKILL every process carrying ``token`` (not this one), scanning again until none has shown up for a
+def start_time(pid: int) -> int | None:
+    """A live process's start time (clock ticks since boot), else None: with its pid, it names the process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def reap(token: str, rescan_s: float = RESCAN_S, known: dict[int, int] | None = None) -> int:
+    """SIGKILL every process carrying ``token`` or under one (not this one), and every process of ``known``
+    ({pid: start time}, noted while the driver lived) still alive, scanning again until none has shown up for a
     second (at most ``rescan_s``); returns how many were killed."""
     me, killed = os.getpid(), set()
     start = last_seen = time.monotonic()
     while True:
-        pids = marked(token, exclude=me)
+        still = [pid for pid, t in (known or {}).items() if pid != me and start_time(pid) == t]
+        pids = sorted(set(marked(token, exclude=me)) | set(still))
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -111,8 +127,8 @@ def reap(token: str, rescan_s: float = RESCAN_S) -> int:
         time.sleep(0.1)
 
 
-def wait_for_exit(pid: int) -> None:
-    """Block until process ``pid`` -- this process's parent -- has exited."""
+def wait_for_exit(pid: int, tick: Callable[[], None] = lambda: None, every_s: float = 1.0) -> None:
+    """Block until process ``pid`` -- this process's parent -- has exited, calling ``tick`` every ``every_s``."""
     if os.getppid() != pid:  # already gone: this process has been handed to init (or a subreaper)
         return
     try:
@@ -120,12 +136,14 @@ def wait_for_exit(pid: int) -> None:
     except (AttributeError, OSError):  # Linux < 5.3
         fd = None
     if fd is not None:
-        if os.getppid() == pid:  # the pidfd is the driver's (its pid cannot have been reused while it is our parent)
-            select.select([fd], [], [])
+        # the pidfd is the driver's: its pid cannot have been reused while it is our parent
+        while os.getppid() == pid and not select.select([fd], [], [], every_s)[0]:
+            tick()
         os.close(fd)
         return
     while os.getppid() == pid:
-        time.sleep(0.5)
+        tick()
+        time.sleep(every_s)
 
 
 def main(argv: list[str]) -> int:
@@ -133,8 +151,9 @@ def main(argv: list[str]) -> int:
     driver, token = int(argv[0]), argv[1]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the driver (started in its session) is not ours
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    wait_for_exit(driver)
-    reap(token)
+    known: dict[int, int] = {}
+    wait_for_exit(driver, lambda: known.update(marked(token, exclude=os.getpid())))
+    reap(token, known=known)
     return 0
 
 

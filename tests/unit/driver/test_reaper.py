@@ -46,7 +46,7 @@ def test_reap_kills_the_runs_processes_and_no_other():
         assert reaper.reap("run-a", rescan_s=1.0) == 2
         assert all(p.wait(timeout=5) == -signal.SIGKILL for p in mine)
         assert all(p.poll() is None for p in others)
-        assert reaper.marked("run-a") == []
+        assert reaper.marked("run-a") == {}
     finally:
         for p in mine + others:
             p.kill()
@@ -59,10 +59,13 @@ from rlvr_temp.driver import reaper
 token = reaper.start()
 assert reaper.start() == token  # once per process
 child = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])  # a tree, as Ray's and vLLM's are
+# raylet's agents: started by a process of the run with an environment of their own (no token)
+raylet = subprocess.Popen(["sh", "-c", "env -i sleep 60 & wait"])
 time.sleep(0.3)
-print(token, flush=True)
+print(token, raylet.pid, flush=True)
 if sys.argv[1] == "exit":
     child.kill()
+    raylet.kill()
     sys.exit(0)
 time.sleep(60)
 """
@@ -83,12 +86,16 @@ def _reaper_of(driver: int) -> int | None:
 def test_a_killed_drivers_processes_go_and_another_runs_stay():
     other = _sleep("another-run")
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, "kill"], stdout=subprocess.PIPE, text=True)
+    token = None
     try:
-        token = driver.stdout.readline().strip()
+        token, raylet = driver.stdout.readline().split()
         run = reaper.marked(token)
-        assert len(run) == 3  # sh and its two sleeps; not the reaper, not the driver (token set after its exec)
+        # two sh and three sleeps (the agent by descent); not the reaper, not the driver (token set after its exec)
+        assert len(run) == 5
         reaper_pid = _reaper_of(driver.pid)
         assert reaper_pid is not None and reaper_pid not in reaper.marked(token)
+        time.sleep(1.5)  # the reaper notes the run's processes once a second
+        os.kill(int(raylet), signal.SIGKILL)  # raylet dies first: its agent is no longer under a token carrier
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         assert all(_gone(pid) for pid in run), [pid for pid in run if not _gone(pid, 0)]
@@ -105,8 +112,8 @@ def test_a_killed_drivers_processes_go_and_another_runs_stay():
 
 def test_the_reaper_of_a_normally_exiting_driver_exits():
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, "exit"], stdout=subprocess.PIPE, text=True)
-    token = driver.stdout.readline().strip()
+    token = driver.stdout.readline().split()[0]
     reaper_pid = _reaper_of(driver.pid)
     assert driver.wait(timeout=30) == 0
     assert reaper_pid is not None and _gone(reaper_pid)
-    assert reaper.marked(token) == []
+    assert reaper.marked(token) == {}
