@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/rlvr-temp demo
 
 test: install
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=25 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
