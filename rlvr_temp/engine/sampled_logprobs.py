@@ -60,10 +60,9 @@ class SampledLogprobs:
         """Full-vocabulary rows held (at most one step's)."""
         return sum(p.logp.shape[0] for p in self.pending)
 
-    def settle(self, final: bool = False, again: set[tuple[str, int]] | None = None) -> None:
+    def settle(self, again: set[tuple[str, int]] | None = None) -> None:
         """Settle the held step: gather its rows' log-probs at their tokens, NaN where a token has not arrived,
-        except rows whose (uid, position) is in ``again`` (recorded again this step: dropped). ``final`` is
-        accepted for callers of the old interface; every call settles everything held."""
+        except rows whose (uid, position) is in ``again`` (recorded again this step: dropped)."""
         again = again or set()
         for step in self.pending:
             rows, uids, positions, tokens = [], [], [], []
@@ -97,7 +96,7 @@ class SampledLogprobs:
     def drain(self) -> dict[str, list[float]]:
         """Every request's log-probs by output position since the last call (one device-to-host copy); then forget
         them. A later record of a position replaces an earlier one."""
-        self.settle(final=True)
+        self.settle()
         if not self.done:
             return {}
         values = torch.cat([d[2] for d in self.done]).cpu().tolist()
