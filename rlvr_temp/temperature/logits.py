@@ -177,11 +177,13 @@ class _TokenLogprob(torch.autograd.Function):
         grad = torch.empty_like(logits)
         for i in range(0, logits.shape[0], step):
             t = temps[i : i + step, None]
-            g = grad_out[i : i + step, None].to(cdt)
-            p = torch.exp(logits[i : i + step].to(cdt) / t - lse[i : i + step, None])
-            chunk = -(g / t) * p
-            chunk.scatter_add_(1, token_ids[i : i + step, None], g / t)
-            grad[i : i + step] = chunk.to(grad.dtype)
+            g_t = grad_out[i : i + step, None].to(cdt) / t  # d log p / d z_v = (1[v = token] - p_v) / T
+            # one buffer, in place (log_softmax's backward makes as few passes): z / T - lse -> p -> -p g / T
+            p = torch.div(logits[i : i + step], t, out=grad[i : i + step] if grad.dtype == cdt else None)
+            p.sub_(lse[i : i + step, None]).exp_().mul_(-g_t)
+            p.scatter_add_(1, token_ids[i : i + step, None], g_t)
+            if p.data_ptr() != grad[i : i + step].data_ptr():
+                grad[i : i + step] = p.to(grad.dtype)
         return grad, None, None, None
 
 
