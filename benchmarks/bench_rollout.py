@@ -4,8 +4,11 @@ One :class:`rlvr_temp.engine.worker.RolloutWorker` (vLLM CPU or CUDA build; its 
 in training, or in this process with ``--in-process``) serves every arm, so the model, the KV cache, the thread
 count and the prompts are identical; only the sampling path differs:
 
-* ``plain``: ``worker.llm.generate`` with ``SamplingParams(temperature=1.0, logprobs=0)`` and no ``extra_args`` --
-  the processor sees the rows but passes them through. This is the baseline every ratio refers to;
+* ``plain``: the same requests as ``fixed`` (same prompts, ``max_tokens``, ``ignore_eos``, ``temperature=1.0``,
+  ``logprobs=None``) without ``extra_args``, submitted through the worker's own engine-level helper
+  (``RolloutWorker._generate_as_one_batch``: every request enqueued while the scheduler is paused, then one
+  wake-up), so the processor sees the rows but passes them through. This is plain vLLM doing the arms' work minus
+  the processor (no per-token temperatures, no records, no ``Rollout`` objects): the baseline of the ratios;
 * ``fixed``: ``worker.generate`` at one temperature (the processor divides each row by ``T_req`` and records it);
 * ``token global``: the entropy rule with one window of 100,000 entropies for the engine (the paper's setting);
 * ``token sequence``: the entropy rule with one window per response;
@@ -13,8 +16,10 @@ count and the prompts are identical; only the sampling path differs:
 
 ``worker.generate`` is timed as a caller sees it (engine + processor + drain of the per-token records + building
 the :class:`~rlvr_temp.engine.worker.Rollout` objects). Every response has exactly ``--tokens`` tokens
-(``ignore_eos``). The arms are interleaved, repetition by repetition, after a warm-up pass of each, and the
-reported figure is the median over repetitions (robust to a shared, busy machine).
+(``ignore_eos``). Ratios are reported against ``plain`` and, beside them, against ``fixed`` (the processor at one
+temperature: what the token rule and the mixture add on top of it). The arms are interleaved, repetition by
+repetition, after a warm-up pass of each, and the reported figure is the median over repetitions (robust to a
+shared, busy machine).
 
 The engine runs with ``--threads`` OpenMP / torch threads (default 1, like the demo's rollout actor with
 ``ray.rollout_cpus: 1``; on a shared 2-core machine more threads make spin-waiting OpenMP barriers dominate).
@@ -74,15 +79,30 @@ def make_prompts(n: int) -> list[str]:
     return [f"Q: {(7 * i) % 97 + 3}{ops[i % 3]}{(13 * i) % 89 + 2}\nA:" for i in range(n)]
 
 
-def _arm_runners(worker: Any, prompts: list[str], max_tokens: int) -> dict[str, Callable[[], int]]:
-    """One callable per arm; each generates and returns the number of tokens produced."""
+def plain_requests(
+    prompts: list[str], max_tokens: int, model_runner: str = "v1"
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The ``plain`` arm's requests and sampling parameters: what ``RolloutWorker.generate`` submits for the
+    ``fixed`` arm (one request per response, ``temperature=1.0``, ``ignore_eos``; no vLLM log-probs where the
+    processor records them, i.e. Model Runner V1, else ``logprobs=0`` as the worker asks) without the processor's
+    ``extra_args``."""
     from vllm import SamplingParams
 
+    logprobs = None if model_runner == "v1" else 0
+    requests = [{"prompt": p} for p in prompts]
+    params = [
+        SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs) for _ in prompts
+    ]
+    return requests, params
+
+
+def _arm_runners(worker: Any, prompts: list[str], max_tokens: int) -> dict[str, Callable[[], int]]:
+    """One callable per arm; each generates and returns the number of tokens produced."""
     n = len(prompts)
-    plain_params = SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0)
 
     def plain() -> int:
-        outs = worker.llm.generate(prompts, plain_params, use_tqdm=False)
+        # the worker's own submission path (paused enqueue, one wake-up, wait for completion)
+        outs = worker._generate_as_one_batch(*plain_requests(prompts, max_tokens, worker.model_runner))
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
     def ours(temps: list[list[float]], strategy: Any) -> Callable[[], int]:
@@ -177,7 +197,7 @@ def run(
             if tokens != n_prompts * max_tokens:
                 raise RuntimeError(f"{arm}: {tokens} tokens generated, expected {n_prompts * max_tokens}")
             samples[arm].append(tokens / dt)
-    base = statistics.median(samples["plain"])
+    base, fixed = statistics.median(samples["plain"]), statistics.median(samples["fixed"])
     rows = [
         {
             "arm": arm,
@@ -187,6 +207,7 @@ def run(
             "ratio": statistics.median(samples[arm]) / base,
             # ratio per repetition (each against the plain run of the same repetition), then the median
             "paired_ratio": statistics.median(a / b for a, b in zip(samples[arm], samples["plain"])),
+            "ratio_fixed": statistics.median(samples[arm]) / fixed,
         }
         for arm in ARMS
     ]
@@ -216,8 +237,9 @@ def run(
 
 def to_markdown(res: dict[str, Any]) -> str:
     lines = [
-        "| arm | tokens/s (median) | min–max | ratio vs plain | paired ratio | processor µs/step | processor share |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | tokens/s (median) | min–max | ratio vs plain | paired ratio | ratio vs fixed | processor µs/step "
+        "| processor share |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     proc = res.get("processor", {})
     for r in res["rows"]:
@@ -225,7 +247,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         cost = f"{p['us_per_call']:,.0f} | {100 * p['share']:.1f}%" if p else "– | –"
         lines.append(
             f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {r['min']:,.0f}–{r['max']:,.0f} | "
-            f"{r['ratio']:.3f} | {r['paired_ratio']:.3f} | {cost} |"
+            f"{r['ratio']:.3f} | {r['paired_ratio']:.3f} | {r.get('ratio_fixed', float('nan')):.3f} | {cost} |"
         )
     return "\n".join(lines)
 
