@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from rlvr_temp.checkpoint import rng_state, set_rng_state
 from rlvr_temp.utils import StaleActorError, atomic_write_text
@@ -112,16 +112,33 @@ def run_step(trainer: Any) -> dict[str, float]:
 
 
 def wait_alive(actors: list[Any], timeout_s: float) -> None:
-    """Wait until every actor answers (Ray refuses calls while it restarts one: ask again until the deadline)."""
+    """Wait until every actor answers (Ray refuses calls while it restarts one: ask again until the deadline);
+    past it, a one-line :class:`TimeoutError` (how many did not answer, and Ray's last word)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        refs = [a.ping.remote() for a in actors]
         try:
-            ray.get([a.ping.remote() for a in actors], timeout=max(1.0, deadline - time.monotonic()))
+            ray.get(refs, timeout=max(1.0, deadline - time.monotonic()))
             return
-        except ActorUnavailableError:
-            if time.monotonic() > deadline:
-                raise
+        except (ActorUnavailableError, GetTimeoutError) as exc:
+            if isinstance(exc, GetTimeoutError) or time.monotonic() > deadline:
+                late = _not_answering(refs)
+                raise TimeoutError(
+                    f"{late or '?'} of {len(actors)} actors did not answer within {timeout_s:g} s after a failure "
+                    f"(Ray may still be restarting them; last: {describe(exc)})"
+                ) from exc
             time.sleep(1.0)
+
+
+def _not_answering(refs: list[Any]) -> int:
+    """How many of ``refs`` fail or are not ready now (0: could not tell)."""
+    late = 0
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:
+            late += 1
+    return late
 
 
 def is_actor_failure(exc: BaseException) -> bool:

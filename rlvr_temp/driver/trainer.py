@@ -135,8 +135,7 @@ class Trainer:
         path = find_resume(self.run_dir, "auto")
         if path is not None:
             return self.restore(load_checkpoint(path))
-        if self.learner.identity()[1] != 0:  # updated since its start: fresh ranks are the start
-            self.learner.restart()
+        self.learner.to_start()  # fresh ranks (restarted if any has updated), in one process group
         self.stream.load_state_dict(self._start["stream"])
         set_rng_state(self._start["rng"])
         ray.get([w.reset_temperature_state.remote() for w in self.workers])

@@ -149,6 +149,15 @@ class LearnerGroup:
         self._ensure_joined()
         ray.get([r.read_part.remote(str(ckpt["path"])) for r in self.ranks])
 
+    def to_start(self) -> None:
+        """Every rank at its initial state, in one process group (a rewind to the run's start, without a checkpoint):
+        every rank is restarted fresh when any has updated -- each rank's count, not rank 0's alone: a restarted rank
+        0 counts 0 beside a trained rank 1 -- and otherwise the group is re-formed if a rank restarted."""
+        if any(n != 0 for _, n in ray.get([r.identity.remote() for r in self.ranks])):
+            self.restart()
+        else:
+            self._ensure_joined()
+
     def restart(self) -> None:
         """Restart every rank fresh (Ray re-runs their constructors: the initial weights), then re-form the group."""
         for r in self.ranks:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,10 +119,11 @@ def _group_alive(pgid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    temp_dir = tmp_path_factory.mktemp("ray")
-    if len(str(temp_dir)) > 40:  # Ray's unix sockets live under it, and their paths are limited to 107 bytes
-        pytest.skip(f"temp dir {temp_dir} too long for Ray's socket paths")
+def cluster():
+    # Ray's unix sockets live under the temp dir and their paths are limited to 107 bytes: pytest's basetemp (long
+    # on macOS and CI runners) would not do, so a short folder of its own under /tmp, removed afterwards
+    temp_dir = Path(tempfile.mkdtemp(prefix="rt2n_", dir="/tmp" if os.path.isdir("/tmp") else None))
+    assert len(str(temp_dir)) <= 40, f"temp dir {temp_dir} too long for Ray's socket paths"
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     env.update({"RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     env.update({"TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"})
@@ -132,6 +134,7 @@ def cluster(tmp_path_factory):
         yield nodes
     finally:
         nodes.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _ray(cluster: TwoNodes, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

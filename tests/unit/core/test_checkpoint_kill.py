@@ -74,6 +74,7 @@ def save(run_dir, i):
         "temperature": [{"window": [0.5 + 1e-4 * j for j in range(4096)], "step": step} for _ in range(2)],
         "metrics_rows": step,
     }
+    SAVES[0] = i
     t0 = time.perf_counter()
     save_checkpoint(run_dir, step, learner_state=learner, trainer_state=trainer, config=cfg, keep=2)
     say("saved", step, time.perf_counter() - t0)
@@ -81,13 +82,30 @@ def save(run_dir, i):
 def handler(signum, frame):
     raise KeyboardInterrupt  # the trainer's GracefulStop does this on a second SIGTERM
 
+def pause_in(n):
+    # block inside save n (after its first file is written and fsynced, in the hidden directory) until killed:
+    # a kill that lands inside a save for certain, however fast or slow the machine
+    import rlvr_temp.checkpoint as ck
+    real = ck._fsync
+    def fsync(path):
+        real(path)
+        if SAVES[0] == n:
+            say("paused")
+            while True:
+                time.sleep(1)
+    ck._fsync = fsync
+
+SAVES = [-1]
+
 say("ready")
 for line in sys.stdin:
-    run_dir, term, n = line.split()
+    run_dir, term, n, pause = line.split()
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
+            if int(pause) >= 0:
+                pause_in(int(pause))
             if term == "raise":
                 signal.signal(signal.SIGTERM, handler)
             for i in range(int(n)):
@@ -135,8 +153,9 @@ class Savers:
         assert parts[0] == word, (word, parts)
         return parts[1:]
 
-    def start(self, run_dir: Path, term: str, n: int) -> int:
-        self.proc.stdin.write(f"{run_dir} {term} {n}\n")
+    def start(self, run_dir: Path, term: str, n: int, pause: int = -1) -> int:
+        """A saver of ``n`` saves (``pause`` >= 0: blocked inside that save until killed); its pid."""
+        self.proc.stdin.write(f"{run_dir} {term} {n} {pause}\n")
         self.proc.stdin.flush()
         return int(self.expect("pid")[0])
 
@@ -183,13 +202,20 @@ def test_killed_saves_leave_a_loadable_latest(tmp_path, caplog):
         left_behind = 0
         resumed = []
         for sig, term in ((signal.SIGKILL, "default"), (signal.SIGTERM, "raise")):
-            for i in range(10):
+            # kills at delays spread over a save (where they land depends on the machine's speed), then two kills
+            # certain to land inside a save: the saver blocks there until killed (inside save 0, and inside save
+            # 3, which replaces step 3)
+            for i in range(12):
                 run_dir = tmp_path / f"{sig.name}-{i}"
-                before = i % 4  # saves left to finish before the one killed (save 3 replaces step 3)
+                pause = {10: 0, 11: 3}.get(i, -1)
+                before = pause if pause >= 0 else i % 4  # saves left to finish before the one killed
                 delay = save_time * (i + 0.5 if sig == signal.SIGKILL else i + 0.25) / 10
-                pid = savers.start(run_dir, term, 1000)
+                pid = savers.start(run_dir, term, 1000, pause)
                 saves_seen = [int(savers.expect("saved")[0]) for _ in range(before)]
-                time.sleep(delay)
+                if pause >= 0:
+                    assert savers.expect("paused") == []
+                else:
+                    time.sleep(delay)
                 os.kill(pid, sig)
                 while (parts := savers.next())[0] == "saved":  # a save may finish before the signal lands
                     saves_seen.append(int(parts[1]))
@@ -199,6 +225,8 @@ def test_killed_saves_leave_a_loadable_latest(tmp_path, caplog):
                 root = run_dir / "checkpoints"
                 hidden = [p.name for p in root.iterdir() if p.name.startswith(".")] if root.exists() else []
                 left_behind += bool(hidden)
+                if pause >= 0 and sig == signal.SIGKILL:  # killed inside a save: its hidden directory is left
+                    assert hidden, f"a kill inside save {pause} left nothing behind"
                 caplog.clear()
                 resumed.append(_assert_resumable(run_dir, saves_seen))
                 assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
@@ -212,7 +240,6 @@ def test_killed_saves_leave_a_loadable_latest(tmp_path, caplog):
                 )
                 assert sorted(p.name for p in root.iterdir() if p.name.startswith(".")) == []
                 assert find_resume(run_dir, "auto").name == f"step_{next_step:08d}"
-        assert left_behind >= 1, "no kill landed inside a save"
     finally:
         savers.close()
     elapsed = time.perf_counter() - t0

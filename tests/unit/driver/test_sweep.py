@@ -1,5 +1,6 @@
 """`rlvr-temp sweep`: planning, placement-group sizing, the manifest's command check, engine sharing; end to end, a
-2 recipes x 2 seeds sweep killed after its first run and run again trains only what was missing; the cluster path
+2 recipes x 2 seeds sweep killed after its first run and run again trains only what was missing, a run on the shared
+engine logging bitwise what it logs alone; the cluster path
 (placement group per run, capturing the run's actors; a failed run reported in one line) with a stand-in for
 ``train`` on a local Ray."""
 
@@ -93,8 +94,16 @@ def test_another_command_in_the_same_out_is_refused(tmp_path, capsys, error_line
 # ------------------------------------------------------------------------------------------------- end to end
 def _sweep_cmd(out: Path, model: str) -> list[str]:
     recipes = [str(DEMO / "fixed.yaml"), str(DEMO / "mixture.yaml")]
-    options = ["--seeds", "2", "--out", str(out), *SMALL, f"model.path={model}"]
+    options = ["--seeds", "2", "--out", str(out), *SMALL, "rollout.dump=true", f"model.path={model}"]
     return [sys.executable, "-m", "rlvr_temp.cli", "sweep", *recipes, *options]
+
+
+def _logged(run_dir: Path) -> tuple[list[dict], list[str]]:
+    """A run's metrics rows without their timings, and its rollout dumps (token ids, temperatures, log-probs,
+    rewards of every response)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in r.items() if k != "time" and not k.startswith("time/")} for r in rows]
+    return rows, [p.read_text() for p in sorted((run_dir / "rollouts").glob("step_*.jsonl"))]
 
 
 def _manifest(out: Path) -> dict:
@@ -149,6 +158,21 @@ def test_sweep_killed_after_its_first_run_resumes_only_what_is_missing(tmp_path,
         assert (Path(r["run_dir"]) / "checkpoints" / "step_00000002" / "manifest.json").is_file()
     compare = [line for line in again.stdout.splitlines() if line.startswith("compare: ")]
     assert compare and compare[0].endswith(f"--baseline fixed --out {out}/compare")
+
+    # a run on a shared engine logs what the same run logs alone (rlvr_temp.driver.local_runs): mixture/seed0 ran
+    # second on the engine that fixed/seed1 had just used; alone, it starts its own. Bitwise: every response's
+    # token ids and rewards, loss, grad norm, ... (timings aside)
+    alone = tmp_path / "alone"
+    overrides = [*SMALL, "rollout.dump=true", f"model.path={tiny_model_path}", "trainer.seed=0"]
+    overrides += [f"trainer.run_dir={alone}", "trainer.name=mixture"]
+    cmd = [sys.executable, "-m", "rlvr_temp.cli", "train", str(DEMO / "mixture.yaml"), *overrides]
+    single = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    rows, dumps = _logged(alone)
+    shared_rows, shared_dumps = _logged(out / "mixture" / "seed0")
+    assert len(dumps) == 2 and dumps == shared_dumps
+    assert [r["step"] for r in rows] == [0, 1] and "actor/grad_norm" in rows[0]
+    assert rows == shared_rows
 
 
 @pytest.mark.slow

@@ -68,6 +68,14 @@ def _cfg(tiny_model_path: str, mode: str, ranks: int) -> RunConfig:
     )
 
 
+#: relative difference of the trainable weights, 2 ranks vs 1, summation order only: (after one update, after the
+#: third, whose last mini-batch leaves a rank empty); about twice what was measured (lora 9.8e-7 / 1.2e-6, qlora
+#: 1.9e-6 / 3.3e-6, full 7.5e-7 / 3.3e-6, CPU, float32; the prints give them). METRIC_REL: the loss / grad norm
+#: (qlora measured 2.0e-5 after the third update)
+TOL = {"lora": (2e-6, 3e-6), "qlora": (4e-6, 7e-6), "full": (1.5e-6, 7e-6)}
+METRIC_REL = {"lora": 1e-5, "qlora": 5e-5, "full": 1e-5}
+
+
 def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     num = sum(float((a[k].double() - b[k].double()).norm() ** 2) for k in a) ** 0.5
     den = sum(float(a[k].double().norm() ** 2) for k in a) ** 0.5
@@ -75,7 +83,7 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["lora", "full"])
+@pytest.mark.parametrize("mode", ["lora", "qlora", "full"])
 def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path, tiny_model_path, mode):
     from rlvr_temp.driver.launch import start_learner
     from rlvr_temp.driver.placement import release
@@ -86,7 +94,6 @@ def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path,
     m1 = single.train_step(batch, 1.0)
     expected = single.trainable_state()
     one_rank = single.shard_bytes()
-    del single
 
     cfg = _cfg(tiny_model_path, mode, 2)
     cfg.trainer.run_dir = str(tmp_path / "run")
@@ -97,9 +104,10 @@ def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path,
         m2 = group.train_step(batch, 1.0, incarnation=token)
         got = ray_cluster.get(group.trainable_state.remote())
         assert set(got) == set(expected)
-        assert _rel(expected, got) <= 1e-6, _rel(expected, got)
+        print(f"{mode}: relative difference after one step {_rel(expected, got):.2e}")
+        assert _rel(expected, got) <= TOL[mode][0], _rel(expected, got)
         for key in ("actor/loss", "actor/grad_norm", "actor/updates"):
-            assert m2[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
+            assert m2[key] == pytest.approx(m1[key], rel=METRIC_REL[mode], abs=1e-7), key
         per_rank = ray_cluster.get([r.shard_bytes.remote() for r in group.ranks])
         if mode == "full":  # FSDP2: each rank holds a shard (about half) of the weights and of AdamW's state
             for b in per_rank:
@@ -123,7 +131,7 @@ def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path,
             sent = group.sync_weights(incarnation=token)
             assert sent["bytes"] == sum(v.numel() * v.element_size() for v in exported.values())
             assert sent["params"] == len(exported)
-        else:  # replicated: the ranks stay identical
+        else:  # replicated (lora, qlora: the NF4 base is quantised alike on every rank): the ranks stay identical
             assert per_rank == [one_rank, one_rank]
             rank1 = ray_cluster.get(group.ranks[1].trainable_state.remote())
             assert all(torch.equal(got[k], rank1[k]) for k in got)
@@ -146,6 +154,19 @@ def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path,
         group.train_step(batch, 1.0, incarnation=token)
         again = ray_cluster.get(group.trainable_state.remote())
         assert all(torch.equal(after[k], again[k]) for k in after)
+
+        # a rank with no response in a mini-batch: 5 responses in mini-batches of 4 and 1, so one rank gets none of
+        # the second (lora / qlora: it adds zeros to the all-reduce; full: it runs lock-step fillers); the single
+        # rank catches up first (the group made this step's update, restored it, and made it again)
+        single.train_step(batch, 1.0)
+        small = _batch(5, seed=1)
+        m1 = single.train_step(small, 1.0)
+        m2 = group.train_step(small, 1.0, incarnation=token)
+        got, expected = ray_cluster.get(group.trainable_state.remote()), single.trainable_state()
+        print(f"{mode}: relative difference after the step with an empty rank {_rel(expected, got):.2e}")
+        assert _rel(expected, got) <= TOL[mode][1], _rel(expected, got)
+        for key in ("actor/loss", "actor/grad_norm", "actor/updates"):
+            assert m2[key] == pytest.approx(m1[key], rel=METRIC_REL[mode], abs=1e-7), key
 
         one = _cfg(tiny_model_path, mode, 1)
         with pytest.raises(ResumeError, match=r"written by 2 learner rank\(s\), this run has 1") as err:

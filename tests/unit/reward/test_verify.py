@@ -218,15 +218,31 @@ def test_score_from_a_thread(verifier):
 
 
 def test_timeouts_are_bounded_and_counted():
+    """Both timeouts, each certain to be the one that fires (whatever the machine's load): the worker's budget (its
+    math-verify signal timeouts) is set apart from the parent's deadline, which the verifier derives from it."""
     slow = r"\boxed{9^{9^{9}}}"  # sympy would need ~370M digits
     with Verifier(num_workers=1, timeout_s=2.5) as v:
-        # math-verify's own signal timeout fires inside the worker (1 s), well before the 2.5 s deadline
+        real_run, budgets = v.pool.run, []
+
+        def run_with_budget(budget_s):
+            def run(fn, jobs, timeout_s):
+                budgets.extend(job[2] for job in jobs)
+                return real_run(fn, [(*job[:2], budget_s) for job in jobs], timeout_s)
+
+            return run
+
+        # math-verify's own signal timeout fires inside the worker (1 s budget), long before a 120 s deadline:
+        # counted as a timeout, the pool kept
+        v.pool.run, v.timeout_s = run_with_budget(1.0), 120.0
         assert v.score(slow, 1) == 0.0
         assert v.stats["timeouts"] == 1 and v.stats["restarts"] == 0
-        # now the parent's hard deadline fires first: the worker is killed and the pool rebuilt
-        v.timeout_s = 0.5
+        assert budgets == [0.75 * 120.0]  # the budget the verifier gives a worker: 3/4 of the deadline
+        # now the parent's hard deadline (0.5 s) fires first, the worker's own timeout an hour away: the worker is
+        # killed and the pool rebuilt
+        v.pool.run, v.timeout_s = run_with_budget(3600.0), 0.5
         assert v.score(slow, 1) == 0.0
         assert v.stats["timeouts"] == 2 and v.stats["restarts"] == 1
+        v.pool.run = real_run
         assert v.score(r"\boxed{2.0}", 2) == 1.0  # the rebuilt pool works
         assert v.pool.run(pow, [(2, 10)], v.timeout_s) == [("ok", 1024)]
     with pytest.raises(RuntimeError):

@@ -5,33 +5,41 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
 
+from rlvr_temp.reward import pool as pool_mod
 from rlvr_temp.reward.pool import MAX_IDLE_RESTARTS, WorkerPool
 from rlvr_temp.reward.verify import Verifier
 
 # distinct pairs (identical ones would be judged once), a third of them wrong
 ANSWERS = [
-    (f"\\boxed{{\\frac{{{i}}}{{{i + 1}}}}}", f"{i}/{i + 1}" if i % 3 else f"{i + 2}/{i + 1}") for i in range(3000)
+    (f"\\boxed{{\\frac{{{i}}}{{{i + 1}}}}}", f"{i}/{i + 1}" if i % 3 else f"{i + 2}/{i + 1}") for i in range(200)
 ]
 
 
-def test_a_worker_killed_mid_batch_changes_no_score():
-    responses, truths = zip(*ANSWERS)
+def test_a_worker_killed_mid_batch_changes_no_score(monkeypatch):
+    """The kill lands mid-batch for certain, however fast the machine: the parent's 30th wait for in-flight jobs
+    (at most two jobs are in flight, so a hundred and more are still pending) first kills a worker."""
+    responses, truths = (list(x) for x in zip(*ANSWERS))
     with Verifier(num_workers=2, timeout_s=5.0) as v:
-        reference = v.score_batch(list(responses), list(truths))
-        out: list[list[float]] = []
-        worker = threading.Thread(target=lambda: out.append(v.score_batch(list(responses), list(truths))))
-        worker.start()
-        time.sleep(0.3)
-        pids = v.pool.pids()  # the live pool's workers
-        os.kill(pids[0], signal.SIGKILL)
-        worker.join(timeout=120)
-        assert v.stats["restarts"] >= 1, "the kill landed after the batch: make the batch longer"
-    assert out == [reference]
+        reference = v.score_batch(responses, truths)
+        assert v.stats["restarts"] == 0
+        real_wait, calls, killed = pool_mod.wait, [0], []
+
+        def wait_after_a_kill(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 30:
+                killed.append(v.pool.pids()[0])
+                os.kill(killed[0], signal.SIGKILL)
+            return real_wait(*args, **kwargs)
+
+        monkeypatch.setattr(pool_mod, "wait", wait_after_a_kill)
+        out = v.score_batch(responses, truths)
+        assert killed and calls[0] > 30, calls  # the kill came before the batch's end
+        assert v.stats["restarts"] >= 1 and killed[0] not in v.pool.pids()
+    assert out == reference
     assert sum(reference) > 0 and sum(reference) < len(reference)
 
 
