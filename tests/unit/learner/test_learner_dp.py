@@ -83,7 +83,8 @@ def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["lora", "qlora", "full"])
+# lora runs the same replicated path as qlora (qlora adds the 4-bit base), so qlora stands for both: CI time
+@pytest.mark.parametrize("mode", ["qlora", "full"])
 def test_two_ranks_match_one_rank_and_checkpoint_per_rank(ray_cluster, tmp_path, tiny_model_path, mode):
     from rlvr_temp.driver.launch import start_learner
     from rlvr_temp.driver.placement import release
