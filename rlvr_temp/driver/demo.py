@@ -46,12 +46,19 @@ def run_demo(
         cfg = load_config(recipe, overrides)
         runs.append(SweepRun(str(recipe), arm, cfg.trainer.seed, cfg.trainer.run_dir, cfg.hash(), cfg=cfg))
 
+    started: dict[str, float] = {}
+
     def before(run: SweepRun) -> None:
         if Path(run.run_dir).exists():
             shutil.rmtree(run.run_dir)
+        started[run.arm] = time.perf_counter()
         print(f"== arm {run.arm}: {run.cfg.trainer.total_steps} steps, temperature.mode={run.cfg.temperature.mode}")
 
-    if train_in_turn(runs, before, lambda run, error: None, keep_going=False) == EXIT_INTERRUPTED:
+    def after(run: SweepRun, error: Exception | None) -> None:
+        if error is None:  # benchmarks/bench_demo.py splits the demo's time at these lines
+            print(f"== arm {run.arm} done in {time.perf_counter() - started[run.arm]:.0f} s")
+
+    if train_in_turn(runs, before, after, keep_going=False) == EXIT_INTERRUPTED:
         raise KeyboardInterrupt  # an arm stopped on a signal after its checkpoint: `rlvr-temp` exits 130
     paths = compare_runs([Path(r.run_dir) for r in runs], out, smooth=3)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
