@@ -99,13 +99,21 @@ class LearnerConfig(PolicyConfig):
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping (paper: 1.0).")
     mini_batch_size: int = Field(64, ge=1, description="Responses per optimizer step (paper: 64-128 prompts).")
     micro_batch_size: int = Field(
-        16, ge=1, description="Responses per forward/backward; gradients accumulate exactly over a mini-batch."
-    )
-    micro_batch_tokens: int | None = Field(
-        None,
+        16,
         ge=1,
-        description="Form micro-batches by a padded-token budget instead of `micro_batch_size` (verl's dynamic "
-        "batch size): responses sorted by length and packed; the gradient is the same (exact accumulation).",
+        description="Responses per forward/backward of the no-grad log-prob passes, and of the update when "
+        "`micro_batch_tokens` is null; gradients accumulate exactly over a mini-batch.",
+    )
+    micro_batch_tokens: Literal["auto"] | int | None = Field(
+        "auto",
+        description="Micro-batches of the update by a padded-token budget (verl's dynamic batch size): responses "
+        "sorted by length and packed into micro-batches of at most this many padded tokens (response tokens with "
+        "`share_prompts`); the gradient is the same as with `micro_batch_size` (exact accumulation). `auto` "
+        "(default): sized once at start-up from the device and the model (rlvr_temp/learner/budget.py: on CPU 512 "
+        "tokens per torch thread, the fastest measured; on CUDA what 80% of the memory left after weights, "
+        "gradients, optimizer state and colocated engines holds, in [256, 32768]); the learner logs it and reports "
+        "it as `actor/micro_batch_tokens`. A number: that budget (e.g. the planned one of a GPU recipe, "
+        "`rlvr-temp plan`). `null`: `micro_batch_size` responses per micro-batch, padded to the longest.",
     )
     share_prompts: bool = Field(
         True,
@@ -113,6 +121,13 @@ class LearnerConfig(PolicyConfig):
         "keys / values (the gradient is the same, summed over the group; docs/loop.md). Off: every response "
         "recomputes its prompt. Not used with a learned-temperature head, FSDP2 or gradient checkpointing.",
     )
+
+    @field_validator("micro_batch_tokens", mode="before")
+    @classmethod
+    def _budget(cls, value: object) -> object:
+        if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("expected auto, a token count >= 1, or null")
 
 
 class TrainerBase(Section):

@@ -6,7 +6,9 @@ Placement mirrors rlvr_temp.driver.placement: bundles fill nodes by ``resources.
 SPREAD round-robin); in a bundle engines then the learner rank take GPUs first-fit; engine TP rank k its k-th GPU.
 
 Memory, per process (GiB = 2^30 bytes; ``b`` = bytes of ``model.dtype``, T = the learner's micro-batch tokens:
-``learner.micro_batch_tokens``, else ``micro_batch_size`` x the longest sequence):
+``learner.micro_batch_tokens``; ``auto`` the learner's own rule, rlvr_temp.learner.budget.auto_micro_batch_tokens,
+for what the busiest learner GPU has left beyond the learner's static memory and its engines while it learns;
+``null`` ``micro_batch_size`` x the longest sequence):
 
 * engine (per TP rank): its share ``gpu_memory_utilization x GPU``, plus a CUDA context outside it. In the share:
   weights ``params x b / TP``; activations ``max(16,384 batched tokens x (3 I + 4 h) x b, max_num_seqs x V x 4 x 3)``
@@ -18,10 +20,11 @@ Memory, per process (GiB = 2^30 bytes; ``b`` = bytes of ``model.dtype``, T = the
   + LoRA params, grads and AdamW in fp32 (16 bytes per LoRA param at ``lora_r`` on ``lora_targets``); ``lora`` the
   base at ``b`` + the same LoRA; ``full`` 18 bytes per param (bf16 weights, fp32 master, fp32 grads, AdamW), /N
   under FSDP2 (N ranks). Plus a CUDA context, and NCCL buffers with N > 1.
-* learner peak = static + ``3 x T x V x 4`` (fp32 logits, their grad, the temperature-scaled log-softmax: they
-  dominate) + activations: with gradient checkpointing the layer inputs ``T x h x a x layers`` and one layer's
-  recompute ``T x (3 I + 4 h + (heads + 2 kv_heads) head_dim) x a``, without it that layer term x layers; ``a`` = 4
-  for ``qlora`` (fp32 residual stream after prepare), else ``b``.
+* learner peak = static + T x ``budget.activation_bytes_per_token``: ``3 x V x 4`` (fp32 logits, their grad, the
+  temperature-scaled log-softmax: they dominate) + activations: with gradient checkpointing the layer inputs ``h x a
+  x layers`` and one layer's recompute ``(3 I + 4 h + (heads + 2 kv_heads) head_dim) x a``, without it that layer
+  term x layers (x 2 with ``share_prompts``: a chunk's prompts); ``a`` = 4 for ``qlora`` (fp32 residual stream
+  after prepare), else ``b``.
 
 A GPU needs the larger of two phases (sleep level 2: an asleep engine holds only its context): generating = engine
 shares + learner static (assumes the learner frees its cache after each update); learning = learner peak + engines
@@ -38,15 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from rlvr_temp.config.schema import RunConfig
+from rlvr_temp.learner import budget
+from rlvr_temp.learner.budget import CUDA_CONTEXT_GIB, DTYPE_BYTES, GIB
 
-GIB = 1 << 30
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-CUDA_CONTEXT_GIB = 0.5  # per process on a GPU, outside vLLM's share
 ENGINE_NON_TORCH_GIB = 0.5  # cuBLAS / NCCL buffers vLLM's profile charges to its share
 CUDA_GRAPHS_GIB = 0.5  # enforce_eager: false
 LEARNER_NCCL_GIB = 0.5  # the data-parallel communicator, with more than one rank
 VLLM_BATCH_TOKENS = 16384  # vLLM's max_num_batched_tokens for LLM() on >= 70 GiB GPUs (engine/arg_utils.py)
-NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / "model_configs"
 
 
@@ -299,7 +300,8 @@ def _groups(cfg: RunConfig, procs: list[Proc], backend: str) -> list[Group]:
     return groups
 
 
-def _memory(cfg: RunConfig, m: ModelShape, gpu_mem_gib: float) -> Memory:
+def _memory(cfg: RunConfig, m: ModelShape, gpu_mem_gib: float, engines_gib: float = 0.0) -> Memory:
+    """``engines_gib``: what the engines on the busiest learner GPU hold while it learns."""
     ec, lc, ro = cfg.rollout.engine, cfg.learner, cfg.rollout
     b, tp = DTYPE_BYTES[cfg.model.dtype], ec.tensor_parallel_size
     share = ec.gpu_memory_utilization * gpu_mem_gib
@@ -310,19 +312,12 @@ def _memory(cfg: RunConfig, m: ModelShape, gpu_mem_gib: float) -> Memory:
     per_tok = m.kv_bytes_per_token(b, tp)
     longest = cfg.model.max_model_len or m.max_positions
     seqs = min(ec.max_num_seqs, -(-ro.prompts_per_step // ro.num_workers) * ro.group_size)
-    tokens = lc.micro_batch_tokens or lc.micro_batch_size * longest
-    a = 4 if lc.mode == "qlora" else b
-    lora = m.lora_params(lc.lora_r, lc.lora_targets) * 16
-    if lc.mode == "qlora":
-        static = m.linear_params * NF4_BYTES + (m.params - m.linear_params) * 4 + lora
-    elif lc.mode == "lora":
-        static = m.params * b + lora
-    else:
-        static = m.params * 18 / (cfg.resources.learner_ranks if cfg.resources.learner_ranks > 1 else 1)
-    static = static / GIB + CUDA_CONTEXT_GIB + (LEARNER_NCCL_GIB if cfg.resources.learner_ranks > 1 else 0.0)
-    layer = tokens * (3 * m.intermediate + 4 * m.hidden + (m.heads + 2 * m.kv_heads) * m.head_dim) * a
-    acts = tokens * m.hidden * a * m.layers + layer if lc.gradient_checkpointing else layer * m.layers
-    peak = static + (3 * tokens * m.vocab * 4 + acts) / GIB
+    ranks, lora = cfg.resources.learner_ranks, m.lora_params(lc.lora_r, lc.lora_targets)
+    static = budget.learner_static_bytes(lora, m.linear_params, m.params, lc, cfg.model.dtype, ranks)
+    static = static / GIB + (LEARNER_NCCL_GIB if ranks > 1 else 0.0)
+    free = budget.Device("cuda", free_bytes=max(0.0, gpu_mem_gib - static - engines_gib) * GIB)
+    tokens = budget.resolve_micro_batch_tokens(m, lc, cfg.model.dtype, free) or lc.micro_batch_size * longest
+    peak = static + tokens * budget.activation_bytes_per_token(m, lc, cfg.model.dtype) / GIB
     kv_tokens = max(0, int(kv * GIB // per_tok))
     return Memory(share, weights, act, kv, per_tok, kv_tokens, seqs * longest, tokens, static, peak)
 
@@ -347,7 +342,9 @@ def plan_cluster(cfg: RunConfig, node_gpus: list[int], gpu_mem_gib: float | None
     if gpu_mem_gib is None:
         return plan
     m = plan.model = model_shape(cfg.model.path)
-    mem = plan.memory = _memory(cfg, m, gpu_mem_gib)
+    learning = [sum(q.role == "engine" for q in procs if q.gpu == p.gpu) for p in procs if p.role == "learner"]
+    engines = max(budget.engines_learning_bytes(cfg, gpu_mem_gib * GIB, n) for n in learning) / GIB if learning else 0.0
+    mem = plan.memory = _memory(cfg, m, gpu_mem_gib, engines)
     plan.sync_bytes = m.params * DTYPE_BYTES[cfg.model.dtype]
     plan.host_bytes_per_step = 0 if backend in ("ipc", "nccl") else plan.sync_bytes * cfg.rollout.num_workers
     host = "none" + (" (sleep level 2 discards weights and KV cache)" if sleep else "")

@@ -31,6 +31,7 @@ from transformers import AutoTokenizer
 from rlvr_temp.batch import TrainBatch, collate, micro_batches, token_budget_batches
 from rlvr_temp.config.schema import RunConfig
 from rlvr_temp.learner import parallel as dp
+from rlvr_temp.learner.budget import learner_micro_batch_tokens
 from rlvr_temp.learner.logprobs import policy_logprobs
 from rlvr_temp.learner.policy import DTYPES, load_policy
 from rlvr_temp.learner.precision import apply_precision, compute_precision, set_autocast
@@ -86,6 +87,8 @@ class Learner(WeightSyncEnd):
         params = self._trainable()
         if not params:
             raise RuntimeError("the policy has no trainable parameters")
+        # learner.micro_batch_tokens "auto", sized once from the device and the model (logged; in the metrics)
+        self.auto_tokens = learner_micro_batch_tokens(cfg, self.model, sum(p.nbytes for p in params), self.device)
         # fused: one kernel over all parameters per step, not a dozen element-wise passes (as TRL's default
         # adamw_torch_fused); the FSDP2 path builds its own over the sharded parameters (join)
         self.optimizer = torch.optim.AdamW(params, lr=self.lc.lr, weight_decay=self.lc.weight_decay, fused=True)
@@ -104,6 +107,10 @@ class Learner(WeightSyncEnd):
         self.rank, self.world = 0, 1  # data-parallel position (join)
         self.sharded = False  # FSDP2: learner.mode=full over more than one rank (join)
         self._incarnation = new_incarnation()
+
+    def _tokens(self) -> int | None:
+        """``learner.micro_batch_tokens`` resolved (``auto``: at start-up, rlvr_temp.learner.budget); None: none."""
+        return self.auto_tokens if self.lc.micro_batch_tokens == "auto" else self.lc.micro_batch_tokens
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -190,7 +197,7 @@ class Learner(WeightSyncEnd):
         mine = mini if local is None else local
         share = self._shares_prompts()
         # a chunk's prompts stay in memory with their graph: at most one micro-batch's worth of prompt tokens
-        cap = self.lc.micro_batch_tokens or self.lc.micro_batch_size * max(len(batch.prompt_ids[i]) for i in mine)
+        cap = self._tokens() or self.lc.micro_batch_size * max(len(batch.prompt_ids[i]) for i in mine)
         for part in prompt_chunks(batch, mine, cap) if share else [mine]:
             stats = self._accumulate_part(batch, part, extra, base_t, record, mini_tokens, len(mini), share)
             for k, v in stats.items():
@@ -220,7 +227,7 @@ class Learner(WeightSyncEnd):
         lengths = batch.response_lengths()
         stats_sum: dict[str, float] = {}
         archer, want_ent = self.ac.archer, self.ac.entropy_coef > 0
-        budget = self.lc.micro_batch_tokens
+        budget = self._tokens()
         prompts = SharedPrompts(self.model, batch, part, self.pad_id, self.device) if share else None
         if budget:  # with shared prompts a micro-batch holds response tokens only
             chunks = token_budget_batches(batch, part, budget, with_prompts=not share)
@@ -319,12 +326,15 @@ class Learner(WeightSyncEnd):
         self.step += 1
         if self.world > 1:  # the whole batch's statistics: every rank's shares summed
             stats_sum = dp.sum_dicts(stats_sum)
-        metrics = dp.mismatch(seen, batch.rollout_logprobs, mine, self.world > 1)
+        metrics = dp.mismatch(
+            seen, batch.rollout_logprobs, mine, self.world > 1, batch.response_ids, batch.token_temperatures
+        )
         metrics["logprob/old_from_update"] = float(single)
         metrics.update({k: v / max(1, len(grad_norms)) for k, v in stats_sum.items()})
         metrics["actor/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["actor/updates"] = len(grad_norms)
+        metrics["actor/micro_batch_tokens"] = float(self._tokens() or 0)  # 0: micro_batch_size responses
         if self.device.type == "cuda" and self.cfg.engines_sleep():
             torch.cuda.empty_cache()  # the engines wake next on this GPU: hand them the update's cached peak
         return metrics

@@ -237,13 +237,20 @@ def gather(obj: object) -> list[object]:
 
 
 def mismatch(
-    old: Sequence[torch.Tensor], rollout: Sequence[Sequence[float]], index: Sequence[int], across: bool
+    old: Sequence[torch.Tensor],
+    rollout: Sequence[Sequence[float]],
+    index: Sequence[int],
+    across: bool,
+    tokens: Sequence[Sequence[int]] | None = None,
+    temperatures: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """Mean and max |learner old log-prob - rollout log-prob| over the tokens of the responses ``index`` (with
-    ``across``: over every rank's ``index``, i.e. the whole batch). A NaN or infinite log-prob on either side raises
+    ``across``: over every rank's ``index``, i.e. the whole batch), and where the max is: ``mismatch_worst_*``
+    (response index, token position, both log-probs; with ``tokens`` / ``temperatures``, the responses' token ids
+    and per-token temperatures, the token's id and temperature too). A NaN or infinite log-prob on either side raises
     ``ValueError`` naming the response, on every rank (after the gather, so no rank is left waiting in it): the
     metric never turns NaN silently."""
-    diffs, bad = [], ""
+    diffs, bad, worst = [], "", (0.0, -1, -1, 0.0, 0.0, -1, 0.0)
     for i in index:
         theirs = torch.tensor(rollout[i], dtype=torch.float32)
         for side, values in (("rollout", theirs), ("learner", old[i])):
@@ -255,12 +262,22 @@ def mismatch(
                 )
         if not bad:
             diffs.append((old[i] - theirs).abs())
+            if diffs[-1].numel() and float(diffs[-1].max()) > worst[0]:
+                p = int(diffs[-1].argmax())
+                token = tokens[i][p] if tokens is not None else -1
+                temp = temperatures[i][p] if temperatures is not None else 0.0
+                worst = (float(diffs[-1][p]), i, p, float(theirs[p]), float(old[i][p]), token, temp)
     total, count = float(sum(d.sum() for d in diffs)), sum(d.numel() for d in diffs)
-    top = max((float(d.max()) for d in diffs if d.numel()), default=0.0)
     if across:
-        parts = gather((total, count, top, bad))
-        total, count, top = sum(p[0] for p in parts), sum(p[1] for p in parts), max(p[2] for p in parts)
+        parts = gather((total, count, worst, bad))
+        total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        worst = max((p[2] for p in parts), key=lambda w: w[0])
         bad = next((p[3] for p in parts if p[3]), "")
     if bad:
         raise ValueError(bad)
-    return {"logprob/mismatch_mean": total / max(1, count), "logprob/mismatch_max": top}
+    names = ("response", "position", "rollout", "learner", "token", "temperature")
+    return {
+        "logprob/mismatch_mean": total / max(1, count),
+        "logprob/mismatch_max": worst[0],
+        **{f"logprob/mismatch_worst_{k}": float(v) for k, v in zip(names, worst[1:])},
+    }

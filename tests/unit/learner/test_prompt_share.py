@@ -12,12 +12,15 @@ from rlvr_temp.config.schema import RunConfig
 from rlvr_temp.learner.learner import Learner
 from rlvr_temp.learner.prompt_share import prompt_chunks
 
+# micro-batches by count (micro_batch_tokens null, not the default auto budget) unless a test sets a budget
+COUNTED = {"mini_batch_size": 12, "micro_batch_size": 5, "micro_batch_tokens": None}
+
 
 def _config(tiny_model_path: str, mode: str, **learner: object) -> RunConfig:
     return RunConfig.model_validate(
         {
             "model": {"path": tiny_model_path},
-            "learner": {"mode": mode, "mini_batch_size": 12, "micro_batch_size": 5, "warmup_steps": 0, **learner},
+            "learner": {"mode": mode, **COUNTED, "warmup_steps": 0, **learner},
             "rollout": {"max_response_len": 24},
             "algorithm": {"entropy_coef": 0.01},  # the entropy's gradient goes through the shared prompts too
         }
