@@ -55,7 +55,7 @@ SETTINGS["gpu"]["capped"], SETTINGS["small"]["capped"] = (64, 4, 96), (16, 2, 24
 RULE = dict(t_low=0.8, t_high=1.2, hot_fraction=0.2, window=100_000, scope="global")  # benchmarks/bench_rollout.py's
 HOT_TOLERANCE = 0.05
 # max |vLLM - transformers| of per-token log-probs: fp32 on the CPU; bf16 engine against an fp32 reference on CUDA
-LOGPROB_TOL = {"cpu": 1e-3, "cuda": 0.1}
+LOGPROB_TOL = {"cpu": 1e-5, "cuda": 0.1}  # cpu: fp32 round-off (measured max ~1.4e-6)
 # greedy after an update: equal tokens, or (bf16 on CUDA) every engine token within this of transformers' best logit
 GREEDY_GAP_TOL = {"cpu": 0.0, "cuda": 0.05}
 THROUGHPUT_TARGET = {"cpu": 0.9, "cuda": 0.97}

@@ -49,3 +49,14 @@ def policy_settings(mode: str, lora_r: int = 8) -> Any:
         lora_targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         gradient_checkpointing=False,
     )
+
+
+def worst_token(m: dict[str, float]) -> str:
+    """Where a step's largest rollout/learner log-prob gap is (the learner's ``logprob/mismatch_worst_*`` metrics),
+    for an assertion's message."""
+    w = {k.rsplit("_", 1)[-1]: v for k, v in m.items() if k.startswith("logprob/mismatch_worst_")}
+    return (
+        f"mean {m.get('logprob/mismatch_mean')}, max {m.get('logprob/mismatch_max')} at response "
+        f"{w.get('response', -1):.0f} token {w.get('position', -1):.0f} (id {w.get('token', -1):.0f}, "
+        f"T={w.get('temperature', 0.0)}): rollout {w.get('rollout')} vs learner {w.get('learner')}"
+    )

@@ -13,6 +13,8 @@ import os
 
 import pytest
 
+from tests.helpers import worst_token
+
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["Q: 12+7\nA:", "Q: 47+38\nA:", "Q: 3*4\nA:", "Q: 83-47\nA:"]
@@ -122,7 +124,8 @@ def test_tp2_trains_end_to_end(ray_cluster, tmp_path, tiny_model_path):
     assert [r["step"] for r in rows] == [0, 1]
     # step 1 sampled with the weights step 0's update streamed (gloo) into both TP ranks: the learner recomputes
     # the engine's log-probs
-    assert rows[1]["sync/bytes"] > 0 and rows[1]["logprob/mismatch_mean"] < 1e-4
+    assert rows[1]["sync/bytes"] > 0
+    assert rows[1]["logprob/mismatch_mean"] <= 2e-6 and rows[1]["logprob/mismatch_max"] <= 1e-4, worst_token(rows[1])
     engines = json.loads((run / "engines.json").read_text())
     assert engines[0]["tensor_parallel_size"] == 2 and len(engines[0]["ranks"]) == 2
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlvr_temp.config.schema import load_config
+from tests.helpers import worst_token
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +48,13 @@ def test_learned_mode_records_trains_and_matches(tmp_path, tiny_model_path):
         assert temps and all(lo - 1e-5 <= t <= hi + 1e-5 for t in temps)
         assert len({round(t, 7) for t in temps}) > 1  # the head's output varies across tokens
         m = trainer.train_step()
-        assert m["logprob/mismatch_mean"] <= 1e-5 and m["logprob/mismatch_max"] <= 1e-3, m
+        assert m["logprob/mismatch_mean"] <= 2e-6 and m["logprob/mismatch_max"] <= 1e-4, worst_token(m)
         assert m["actor/grad_norm"] > 0, json.dumps(m)
         head_after = {k: v for k, v in ray.get(trainer.learner.trainable_state.remote()).items() if "ttm" in k}
         assert head_before.keys() == head_after.keys() and head_before
         assert any(not torch.equal(head_before[k], head_after[k]) for k in head_before)
         m2 = trainer.train_step()  # the engines received the new head: still on-policy
-        assert m2["logprob/mismatch_mean"] <= 1e-5 and m2["logprob/mismatch_max"] <= 1e-3
+        assert m2["logprob/mismatch_mean"] <= 2e-6 and m2["logprob/mismatch_max"] <= 1e-4, worst_token(m2)
     finally:
         trainer.close()
         ray.shutdown()

@@ -12,6 +12,7 @@ import torch
 
 from rlvr_temp.config.schema import load_config
 from rlvr_temp.temperature import make_strategy
+from tests.helpers import worst_token
 
 pytestmark = pytest.mark.slow
 
@@ -59,10 +60,8 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
         assert updated, "no step produced an update"
         for r in updated:
             assert math.isfinite(r["actor/grad_norm"]) and math.isfinite(r["actor/loss"])
-            # on-policy: float32 agreement, against > 1e-2 off-policy (below). Some runs (here and in CI) have one
-            # token at 1.45e-3 with everything else at ~1e-6: not yet explained (the learner alone is bitwise
-            # repeatable across processes and thread counts), hence the margins
-            assert r["logprob/mismatch_mean"] <= 5e-5 and r["logprob/mismatch_max"] <= 5e-3
+            # on-policy: float32 round-off (measured: mean ~4e-7, max ~1e-5), against > 1e-2 off-policy (below)
+            assert r["logprob/mismatch_mean"] <= 2e-6 and r["logprob/mismatch_max"] <= 1e-4, worst_token(r)
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert changed, "no trainable weight changed"
         assert versions_before == [1] * len(trainer.workers)  # the initial sync of the learner's NF4 weights
@@ -84,7 +83,7 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
             trainer.strategy = make_strategy(trainer.cfg.temperature)
             trainer.cfg.algorithm.dynamic_sampling = False
             m = trainer.train_step()
-            assert m["logprob/mismatch_mean"] <= 1e-5 and m["logprob/mismatch_max"] <= 1e-3, (mode, m)
+            assert m["logprob/mismatch_mean"] <= 2e-6 and m["logprob/mismatch_max"] <= 1e-4, (mode, worst_token(m))
             if "token" in mode:
                 assert 0.0 < m["rollout/hot_token_share"] < 1.0
             if "mixture" in mode:
@@ -160,7 +159,10 @@ def test_two_rollout_workers_share_the_batch_and_each_keep_their_window(ray_clus
         assert len(trainer.workers) == 2
         trainer.run()
         rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert len(rows) == 1 and rows[0]["logprob/mismatch_mean"] <= 1e-5 and rows[0]["logprob/mismatch_max"] <= 1e-3
+        assert len(rows) == 1, rows
+        assert rows[0]["logprob/mismatch_mean"] <= 2e-6 and rows[0]["logprob/mismatch_max"] <= 1e-4, worst_token(
+            rows[0]
+        )
         assert 0.0 < rows[0]["rollout/hot_token_share"] < 1.0
         assert ray_cluster.get([w.version.remote() for w in trainer.workers]) == [2, 2]  # initial sync + update
         states = torch.load(trainer.run_dir / "checkpoints" / "step_00000001" / "trainer.pt", weights_only=False)
@@ -213,7 +215,9 @@ def test_a_new_temperature_mode_is_one_registered_class(ray_cluster, tmp_path, t
             rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
             assert len(rows) == 1
             assert {k for k in rows[0] if k.startswith("acc/T=")} == {"acc/T=0.7", "acc/T=1.3"}
-            assert rows[0]["logprob/mismatch_mean"] <= 1e-5 and rows[0]["logprob/mismatch_max"] <= 1e-3
+            assert rows[0]["logprob/mismatch_mean"] <= 2e-6 and rows[0]["logprob/mismatch_max"] <= 1e-4, worst_token(
+                rows[0]
+            )
             assert "actor/grad_norm" in rows[0]
         finally:
             trainer.close()

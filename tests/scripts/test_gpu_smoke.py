@@ -117,7 +117,7 @@ def test_gpu_smoke_vllm_group_small_on_the_cpu(tmp_path: Path) -> None:
     rec = checks["records_aligned"]["metrics"]
     assert abs(rec["hot_share"] - rec["hot_share_target"]) <= 0.05 and rec["temperature_values"] == [0.8, 1.2]
     lp = checks["rollout_vs_transformers_logprobs"]["metrics"]
-    assert lp["tokens"] > 0 and lp["max_abs_diff"] <= lp["tolerance"] == 1e-3
+    assert lp["tokens"] > 0 and lp["max_abs_diff"] <= lp["tolerance"] == 1e-5
     tput = checks["rollout_throughput"]["metrics"]
     assert tput["plain_tokens_per_s"] > 0 and tput["token_tokens_per_s"] > 0 and tput["target"] == 0.9
     assert tput["ratio"] == pytest.approx(tput["token_tokens_per_s"] / tput["plain_tokens_per_s"])

@@ -13,6 +13,7 @@ import pytest
 
 from rlvr_temp.config.schema import load_config
 from rlvr_temp.driver.placement import PlacementError, Slot, plan
+from tests.helpers import worst_token
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "recipes/demo/base.yaml"
@@ -127,7 +128,10 @@ def test_colocated_run_trains_and_records_each_actor_in_its_bundle(ray_cluster, 
         assert engine[0] is not None and engine == learner == (engine[0], "2")
         trainer.run()
         rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert len(rows) == 1 and rows[0]["actor/updates"] >= 1 and rows[0]["logprob/mismatch_mean"] <= 1e-5
+        assert len(rows) == 1 and rows[0]["actor/updates"] >= 1
+        assert rows[0]["logprob/mismatch_mean"] <= 2e-6 and rows[0]["logprob/mismatch_max"] <= 1e-4, worst_token(
+            rows[0]
+        )
         assert (trainer.run_dir / "checkpoints" / "step_00000001" / "manifest.json").is_file()
     finally:
         trainer.close()

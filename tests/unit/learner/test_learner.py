@@ -137,16 +137,53 @@ def test_collate_pads_each_micro_batch_to_its_own_length():
         TrainBatch(**{**batch.__dict__, "advantages": [0.0]})
 
 
+def _reference_logits(model_path: str, batch: TrainBatch) -> list[torch.Tensor]:
+    """Each response's next-token logits ``[L, V]`` from a plain transformers forward of its prompt + response
+    alone (no padding, no batching, none of the learner's code)."""
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for p, r in zip(batch.prompt_ids, batch.response_ids):
+            logits = model(torch.tensor([p + r])).logits[0].float()
+            out.append(logits[len(p) - 1 : len(p) + len(r) - 1])
+    return out
+
+
+def _logprobs_at(logits: torch.Tensor, tokens: list[int], temps: list[float]) -> torch.Tensor:
+    """log_softmax(logits / T) of each token, at its own temperature ``T``."""
+    scaled = torch.log_softmax(logits / torch.tensor(temps)[:, None], dim=-1)
+    return scaled.gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
+
+
 def test_train_step_updates_weights_and_reports_the_mismatch(tiny_model_path: str):
+    """The rollout's log-probs come from an independent reference (a transformers forward, per-token temperatures
+    applied here); two recording errors are planted, and the mismatch metric reports exactly their gaps."""
     cfg = _config(tiny_model_path, learner={"mini_batch_size": 4, "micro_batch_size": 2})
     learner = Learner(tiny_model_path, cfg, num_threads=2)
     batch = _batch()
-    learner.model.eval()
-    current = learner._logprobs(batch, 1.0)
-    batch.rollout_logprobs = [c.tolist() for c in current]  # as an on-policy rollout would have recorded them
+    logits = _reference_logits(tiny_model_path, batch)
+    ref = [_logprobs_at(x, r, t) for x, r, t in zip(logits, batch.response_ids, batch.token_temperatures)]
+    batch.rollout_logprobs = [x.tolist() for x in ref]  # as an on-policy rollout would have recorded them
+    # planted: response 1's log-prob at token 5 recorded 3.0 too high; response 3's temperature at token 2 recorded
+    # as 2.0 (the learner recomputes that token at 2.0, the rollout's log-prob was at the true temperature)
+    batch.rollout_logprobs[1][5] += 3.0
+    true_t = batch.token_temperatures[3][2]
+    batch.token_temperatures[3][2] = 2.0
+    temps = list(batch.token_temperatures[3])
+    t_gap = float((_logprobs_at(logits[3], batch.response_ids[3], temps)[2] - ref[3][2]).abs())
+    assert true_t != 2.0 and t_gap > 0.01 and abs(t_gap - 3.0) > 0.01
+    (gap, (i, p)), rollout = max((3.0, (1, 5)), (t_gap, (3, 2))), batch.rollout_logprobs
+    count = sum(len(r) for r in batch.response_ids)
     before = {k: v.clone() for k, v in learner.trainable_state().items()}
     m = learner.train_step(batch, 1.0)
-    assert m["logprob/mismatch_mean"] == 0.0 and m["logprob/mismatch_max"] == 0.0
+    assert m["logprob/mismatch_max"] == pytest.approx(gap, abs=1e-4)
+    assert (m["logprob/mismatch_worst_response"], m["logprob/mismatch_worst_position"]) == (i, p)
+    assert m["logprob/mismatch_worst_rollout"] == pytest.approx(rollout[i][p], abs=1e-6)
+    assert m["logprob/mismatch_worst_temperature"] == pytest.approx(batch.token_temperatures[i][p])
+    # the mean: the two planted gaps over every token, the others agreeing with the reference to fp32 rounding
+    assert m["logprob/mismatch_mean"] == pytest.approx((3.0 + t_gap) / count, abs=1e-5)
     assert m["actor/updates"] == 2  # 8 responses in mini-batches of 4
     assert m["actor/grad_norm"] > 0 and m["actor/lr"] == pytest.approx(1e-3)
     after = learner.trainable_state()
