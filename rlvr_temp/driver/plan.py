@@ -42,7 +42,7 @@ from typing import Any
 
 from rlvr_temp.config.schema import RunConfig
 from rlvr_temp.learner import budget
-from rlvr_temp.learner.budget import CUDA_CONTEXT_GIB, DTYPE_BYTES, GIB
+from rlvr_temp.learner.budget import CUDA_CONTEXT_GIB, DTYPE_BYTES, GIB, ModelDims
 
 ENGINE_NON_TORCH_GIB = 0.5  # cuBLAS / NCCL buffers vLLM's profile charges to its share
 CUDA_GRAPHS_GIB = 0.5  # enforce_eager: false
@@ -56,18 +56,11 @@ class PlanError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    """What the planner reads from a ``config.json``."""
+class ModelShape(ModelDims):
+    """What the planner reads from a ``config.json``: the learner budget's :class:`ModelDims` and the rest."""
 
     name: str
     source: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
     tied: bool
     max_positions: int
     qkv_bias: bool
@@ -76,10 +69,11 @@ class ModelShape:
     def from_config(cls, name: str, source: str, c: dict[str, Any]) -> ModelShape:
         h, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
         return cls(
-            name, source, h, int(c["num_hidden_layers"]), heads, int(c.get("num_key_value_heads") or heads),
-            int(c.get("head_dim") or h // heads), int(c["intermediate_size"]), int(c["vocab_size"]),
-            bool(c.get("tie_word_embeddings", False)), int(c.get("max_position_embeddings") or 0),
-            bool(c.get("attention_bias", c.get("model_type") == "qwen2")),
+            hidden=h, layers=int(c["num_hidden_layers"]), heads=heads,
+            kv_heads=int(c.get("num_key_value_heads") or heads), head_dim=int(c.get("head_dim") or h // heads),
+            intermediate=int(c["intermediate_size"]), vocab=int(c["vocab_size"]), name=name, source=source,
+            tied=bool(c.get("tie_word_embeddings", False)), max_positions=int(c.get("max_position_embeddings") or 0),
+            qkv_bias=bool(c.get("attention_bias", c.get("model_type") == "qwen2")),
         )  # fmt: skip
 
     def linears(self) -> dict[str, tuple[int, int]]:

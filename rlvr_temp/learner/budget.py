@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from rlvr_temp.config.schema import RunConfig
 from rlvr_temp.config.training import LearnerConfig
@@ -33,20 +33,10 @@ TOKENS_FLOOR, TOKENS_CEILING = 256, 32768  # never fewer (a budget below one seq
 TOKENS_STEP = 256  # budgets are multiples of this
 
 
-class Dims(Protocol):
-    """The model's shape the estimates read (``rlvr_temp.driver.plan.ModelShape``, :class:`ModelDims`)."""
-
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-
-
 @dataclass(frozen=True)
 class ModelDims:
+    """The model's shape the estimates read (the planner's ``rlvr_temp.driver.plan.ModelShape`` extends it)."""
+
     hidden: int
     layers: int
     heads: int
@@ -76,7 +66,7 @@ class Device:
     free_bytes: float = 0.0
 
 
-def activation_bytes_per_token(m: Dims, lc: LearnerConfig, dtype: str) -> int:
+def activation_bytes_per_token(m: ModelDims, lc: LearnerConfig, dtype: str) -> int:
     """Bytes one padded micro-batch token costs at the update's peak: ``3 x V x 4`` (fp32 logits, their gradient,
     the temperature-scaled log-softmax: they dominate for large vocabularies) plus the layers' saved activations,
     ``a`` bytes each (4 for ``qlora``: fp32 residual stream after ``prepare_model_for_kbit_training``, else
@@ -90,7 +80,7 @@ def activation_bytes_per_token(m: Dims, lc: LearnerConfig, dtype: str) -> int:
     return 3 * m.vocab * 4 + layer * m.layers * (2 if lc.share_prompts else 1)
 
 
-def auto_micro_batch_tokens(m: Dims, lc: LearnerConfig, dtype: str, device: Device) -> int:
+def auto_micro_batch_tokens(m: ModelDims, lc: LearnerConfig, dtype: str, device: Device) -> int:
     """The micro-batch token budget ``learner.micro_batch_tokens: auto`` resolves to: padded tokens per micro-batch
     (response tokens with ``share_prompts``), a multiple of 256 in [256, 32,768].
 
@@ -111,7 +101,7 @@ def auto_micro_batch_tokens(m: Dims, lc: LearnerConfig, dtype: str, device: Devi
     return max(TOKENS_FLOOR, min(TOKENS_CEILING, tokens))
 
 
-def resolve_micro_batch_tokens(m: Dims, lc: LearnerConfig, dtype: str, device: Device) -> int | None:
+def resolve_micro_batch_tokens(m: ModelDims, lc: LearnerConfig, dtype: str, device: Device) -> int | None:
     """``learner.micro_batch_tokens`` as the learner uses it: ``auto`` sized by :func:`auto_micro_batch_tokens`, a
     number as given, ``None`` (micro-batches of ``micro_batch_size`` responses) as ``None``."""
     if lc.micro_batch_tokens == "auto":
