@@ -71,9 +71,10 @@ def _cfg(tiny_model_path: str, mode: str, ranks: int) -> RunConfig:
 #: relative difference of the trainable weights, 2 ranks vs 1, summation order only: (after one update, after the
 #: third, whose last mini-batch leaves a rank empty); about twice what was measured (lora 9.8e-7 / 1.2e-6, qlora
 #: 1.9e-6 / 3.3e-6, full 7.5e-7 / 3.3e-6, CPU, float32; the prints give them). METRIC_REL: the loss / grad norm
-#: (qlora measured 2.0e-5 after the third update)
+#: (measured after the third update: qlora 2.0e-5; full 1.8e-5 on the loss, 5.4e-5 on the grad norm, FSDP2's
+#: reduce-scatter summing in another order than one rank)
 TOL = {"lora": (2e-6, 3e-6), "qlora": (4e-6, 7e-6), "full": (1.5e-6, 7e-6)}
-METRIC_REL = {"lora": 1e-5, "qlora": 5e-5, "full": 1e-5}
+METRIC_REL = {"lora": 1e-5, "qlora": 5e-5, "full": 1.5e-4}
 
 
 def _rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
