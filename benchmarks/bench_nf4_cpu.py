@@ -52,11 +52,12 @@ def lora_grads(learner: Any, batch: Any) -> Any:
     import torch
 
     from rlvr_temp.batch import collate
+    from rlvr_temp.learner.logprobs import policy_logprobs
 
     learner.model.train()
     learner.optimizer.zero_grad(set_to_none=True)
     mb = collate(batch, list(range(learner.lc.micro_batch_size)), learner.pad_id, learner.device)
-    logprobs, _, _ = learner._forward(mb, 1.0)
+    logprobs, _, _ = policy_logprobs(learner.model, mb, 1.0, learner.strategy, learner.ttm_head)
     (logprobs * mb.mask).sum().backward()
     return torch.cat([p.grad.flatten() for p in learner._trainable() if p.grad is not None])
 

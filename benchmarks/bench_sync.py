@@ -34,8 +34,8 @@ from benchmarks.common import write_json
 
 def run(reps: int) -> dict[str, Any]:
     import ray
-    import trl_grpo
 
+    from benchmarks import trl_grpo
     from rlvr_temp.config.schema import load_config
     from rlvr_temp.driver.launch import remote_learner
     from rlvr_temp.engine.worker import remote_worker

@@ -15,7 +15,7 @@ Benchmarks (each script also runs on its own; see its docstring):
 Every figure is a median over interleaved repetitions, and every comparison is a ratio against a baseline measured
 in the same process, in the same run: on a shared machine the absolute figures move, the ratios much less.
 
-    python -m benchmarks.run_all --out docs/benchmarks.md            # what `make bench` runs (~6-8 min, 2 cores)
+    python -m benchmarks.run_all --out docs/benchmarks.md            # what `make bench` runs (~30 min, 2 cores)
     python -m benchmarks.run_all --out /tmp/bench.md --quick         # a few minutes
     python -m benchmarks.run_all --out /tmp/bench.md --only window rollout
     python -m benchmarks.run_all --out docs/benchmarks.md --skip-trl  # all but the TRL comparison
