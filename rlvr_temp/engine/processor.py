@@ -11,12 +11,13 @@ Method, per decode step, for the participating rows of the batch at once (no per
 1. logits are sanitised (NaN/inf clamped, the TGR seed's ClampLogits),
 2. the entropy at temperature 1 is computed (docs/temperature.md, "The token rule"),
 3. rows without a token rule get ``T = T_req``; rows with one get ``T_t`` from the rule's entropy window, which
-   is keyed by the window settings alone and shared by all rows (scope ``global``) or kept per response
-   (``sequence``, released when the response finishes); ``learned`` rows get the TTM head's output mapped into
-   their range, plus ``T_req - base``. ``global`` windows live on the logits' device on CUDA
-   (:class:`~rlvr_temp.temperature.window.DeviceEntropyWindow`, the rule's exact threshold, written back into the
-   rule by :meth:`ProcessorCore.state_dict`); elsewhere, and for scope ``sequence``, the rule's own windows are
-   stepped (which make small blocking copies on CUDA),
+   is keyed by ``(scope, window, warmup_tokens)`` alone and shared by all rows (scope ``global``) or kept per
+   response (``sequence``, released when the response finishes); a request's ``hot_fraction`` sets its window's
+   rank as the request joins the batch, the contents stay (:meth:`ProcessorCore._set_hot_fraction`); ``learned``
+   rows get the TTM head's output mapped into their range, plus ``T_req - base``. ``global`` windows live on the
+   logits' device on CUDA (:class:`~rlvr_temp.temperature.window.DeviceEntropyWindow`, the rule's exact threshold,
+   written back into the rule by :meth:`ProcessorCore.state_dict`); elsewhere, and for scope ``sequence``, the
+   rule's own windows are stepped (which make small blocking copies on CUDA),
 4. the rows are divided by their ``T`` (clamped ``>= MIN_TEMPERATURE``): vLLM samples from
    ``log_softmax(logits / T_t)``, exactly what the learner recomputes on-policy; the spec's top-p / top-k then
    truncate the tempered distribution,
@@ -36,6 +37,7 @@ per request is assumed).
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -146,12 +148,35 @@ class ProcessorCore:
 
     # ------------------------------------------------------------------------------------------ requests
     def _entry(self, spec: dict[str, Any], outputs: list[int] | None = None) -> Entry:
-        """The entry of a parsed spec; its rule's window is made on first use of its window key."""
+        """The entry of a parsed spec; its rule's window is made on first use of its window key, and takes the
+        request's hot fraction (:meth:`_set_hot_fraction`)."""
         entry = Entry.of(spec)
         entry.outputs = outputs
-        if entry.key is not None and entry.key not in self.rules:
-            self.rules[entry.key] = TokenTemperatureRule(**entry.rule)  # type: ignore[arg-type]
+        if entry.key is not None:
+            if entry.key not in self.rules:
+                self.rules[entry.key] = TokenTemperatureRule(**entry.rule)  # type: ignore[arg-type]
+            else:
+                self._set_hot_fraction(entry.key, entry.hot_fraction)  # type: ignore[arg-type]
         return entry
+
+    def _set_hot_fraction(self, key: tuple, p: float) -> None:
+        """Give the window ``key`` (its rule, its device copy) the hot fraction ``p`` of a request joining the batch;
+        the window's contents stay. One rank per window: where live requests of the window ask for another, the
+        last added wins for all its rows (warned; a controller changes it only between steps)."""
+        rule = self.rules[key]
+        if rule.hot_fraction == p:
+            return
+        if any(e.key == key and e.hot_fraction != p for e in self.entries.values()):
+            warnings.warn(
+                f"rlvr_temp: requests of one batch ask the entropy window {key} for hot fractions "
+                f"{rule.hot_fraction} and {p}: {p} (the last added) now applies to all its rows",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        rule.set_hot_fraction(p)
+        win = self._dev.get(key)
+        if win is not None:
+            win.set_hot_fraction(p)
 
     def _pop(self, index: int) -> Entry | None:
         return self.entries.pop(index, None)

@@ -13,9 +13,11 @@ Written only through this module: a temperature strategy's ``request_spec`` buil
 :func:`request_spec`, :func:`token_rule_spec` and :func:`learned_spec`; the rollout worker adds the truncation
 (:func:`with_truncation`), checks it once (:func:`check_spec`) and wraps it per request (:func:`extra_args`).
 Read only through it: the processors validate with :func:`parse_request` and hold :class:`RequestSettings`. Entropy
-windows are keyed by the window settings alone (:func:`window_key`: never by temperatures, so one window serves a
-whole run whatever its schedule or mixture does). The processors' checkpoint (:func:`rules_state`,
-:func:`load_rules`) is one format for V1 and V2, so a checkpoint written by one loads into the other.
+windows are keyed by ``(scope, window, warmup_tokens)`` alone (:func:`window_key`: never by temperatures nor by the
+hot fraction, so one window serves a whole run whatever its schedule, mixture or a controller of ``t_high`` /
+``hot_fraction`` does; a request's ``hot_fraction`` sets its window's quantile rank, the window's contents stay). The
+processors' checkpoint (:func:`rules_state`, :func:`load_rules`) is one format for V1 and V2, so a checkpoint written
+by one loads into the other; it carries each window's current hot fraction.
 
 Left out: versioning the format (the driver and the engines always run the same checkout).
 """
@@ -53,7 +55,8 @@ EXTRA_KEY = "rlvr_temp"
 """The key of ``SamplingParams.extra_args`` that holds a request's spec."""
 RULE_KEYS = frozenset({"t_low", "t_high", "hot_fraction", "window", "scope", "base_temperature", "warmup_tokens"})
 LEARNED_KEYS = frozenset({"t_low", "t_high", "t_min", "t_max", "base"})
-_WINDOW_KEYS = ("scope", "window", "hot_fraction", "warmup_tokens")  # what an entropy window depends on
+# what an entropy window's identity depends on (its hot fraction is settable: TokenTemperatureRule.set_hot_fraction)
+_WINDOW_KEYS = ("scope", "window", "warmup_tokens")
 _RULE_DEFAULTS = {k: p.default for k, p in inspect.signature(TokenTemperatureRule).parameters.items()}
 # token rules already validated (keys carry the value types, so that e.g. window=True never matches window=1):
 # vLLM's validate_params and the processors parse every request, and building a rule allocates its whole window
@@ -172,8 +175,10 @@ def parse_request(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def window_key(rule: dict[str, Any]) -> tuple:
-    """The key of a token rule's entropy window: its window settings, not its temperatures."""
-    return tuple((k, rule.get(k)) for k in _WINDOW_KEYS)
+    """The key of a token rule's entropy window: ``(scope, window, warmup_tokens)`` (the rule's defaults where the
+    spec omits one), neither its temperatures nor its hot fraction (which sets the window's rank:
+    ``RequestSettings.hot_fraction``)."""
+    return tuple((k, rule.get(k, _RULE_DEFAULTS[k])) for k in _WINDOW_KEYS)
 
 
 def rule_temperatures(rule: dict[str, Any]) -> tuple[float, float, float]:
@@ -190,6 +195,7 @@ class RequestSettings:
     rule: dict[str, Any] | None = None  # the token rule's kwargs
     key: tuple | None = None  # window_key(rule): the entropy window the rule steps
     rule_temps: tuple[float, float, float] | None = None  # rule_temperatures(rule)
+    hot_fraction: float | None = None  # the rule's hot fraction: the rank its window takes while the request runs
     top_p: float = 1.0  # nucleus / top-k truncation of the tempered distribution
     top_k: int = -1
     learned: tuple[float, float, float, float, float] | None = None  # t_low, t_high, t_min, t_max, T_req - base
@@ -201,6 +207,7 @@ class RequestSettings:
         rule = spec.get("token_rule")
         if rule:  # an empty rule is no rule
             out.rule, out.key, out.rule_temps = rule, window_key(rule), rule_temperatures(rule)
+            out.hot_fraction = float(rule.get("hot_fraction", _RULE_DEFAULTS["hot_fraction"]))
         lv = spec.get("learned")
         if lv is not None:
             out.learned = (lv["t_low"], lv["t_high"], lv["t_min"], lv["t_max"], t_req - lv["base"])
@@ -214,7 +221,8 @@ def rules_state(rules: dict[tuple, TokenTemperatureRule]) -> dict[str, Any]:
 
 
 def load_rules(state: dict[str, Any]) -> dict[tuple, TokenTemperatureRule]:
-    """The rules of a :func:`rules_state`, keyed by window key."""
+    """The rules of a :func:`rules_state`, keyed by window key, each with its saved hot fraction. (A checkpoint written
+    when windows were also keyed by hot fraction may hold several rules of one key: the last one wins.)"""
     out = {}
     for kwargs, rule_state in state.get("rules", {}).values():
         rule = TokenTemperatureRule(**kwargs)

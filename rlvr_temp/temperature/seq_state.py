@@ -1,10 +1,11 @@
-"""Checkpointing of :class:`~rlvr_temp.temperature.seq_window.SequenceEntropyWindows`: its windows out and back in.
+"""Checkpointing of :class:`~rlvr_temp.temperature.seq_window.SequenceEntropyWindows`: its windows out and back in,
+and its hot fraction, which may move between steps (:meth:`SequenceWindowsState.set_hot_fraction`).
 
 The (de)serialisation half of the per-sequence windows, mixed into the class (it reads and writes the class's
 storage: the ring and sorted rows, the per-slot counts, the id -> slot map). A window is read from its ring row
 in arrival order, oldest first (the ring wraps once a window is full); loading writes each window back from column
 0 and sorts it once. The state holds plain tensors and Python types (``torch.save``-able), so a resumed run
-continues with the same windows.
+continues with the same windows; it carries the current hot fraction, and loading it sets the windows'.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .window import check_window_state
+from .window import check_hot_fraction, check_window_state
 
 __all__ = ["SequenceWindowsState"]
 
 
 class SequenceWindowsState:
-    """``values``, ``state_dict`` and ``load_state_dict`` of :class:`SequenceEntropyWindows`."""
+    """``values``, ``state_dict``, ``load_state_dict`` and ``set_hot_fraction`` of :class:`SequenceEntropyWindows`."""
 
     # what this half uses of the class's storage (set by SequenceEntropyWindows.__init__ and its storage methods,
     # with clear, _slots and _ensure_storage)
@@ -34,6 +35,15 @@ class SequenceWindowsState:
     _count: np.ndarray
     _ring: torch.Tensor | None
     _sorted: torch.Tensor | None
+    _rank_table: np.ndarray
+
+    def set_hot_fraction(self, hot_fraction: float) -> None:
+        """Move every window's threshold rank to ``hot_fraction`` (0 < p < 1; the same p: a no-op); the windows'
+        contents stay (the sorted rows serve any rank: only the rank table is rebuilt, on the next threshold)."""
+        p = check_hot_fraction(hot_fraction)
+        if p != self.hot_fraction:
+            self.hot_fraction = p
+            self._rank_table = np.zeros(0, dtype=np.int64)
 
     def values(self, seq_id: Hashable) -> torch.Tensor:
         """One sequence's window in arrival order (oldest first); empty for an unknown id."""
@@ -59,8 +69,10 @@ class SequenceWindowsState:
         }
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Restore every window from :meth:`state_dict`; with ``strict``, the configuration must match."""
-        check_window_state(state, "sequence", self.capacity, self.hot_fraction, strict)
+        """Restore every window (and the hot fraction) from :meth:`state_dict`; with ``strict``, the capacity must
+        match."""
+        check_window_state(state, "sequence", self.capacity, strict)
+        self.set_hot_fraction(state.get("hot_fraction", self.hot_fraction))
         self.clear()
         ids, values = list(state["ids"]), list(state["values"])
         if len(ids) != len(values):

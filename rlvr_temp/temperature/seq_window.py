@@ -8,8 +8,8 @@ buffers on the CPU, torch ops elsewhere). The slots of an unchanged id list are 
 does a decode step in one call. The slot cache and the row-update kernels live in ``seq_rows.py``.
 
 NaN entropies are sanitised to 0.0 on entry; ``values``, ``state_dict`` and ``load_state_dict`` (plain tensors and
-Python types, so a resumed run continues with the same windows) live in ``seq_state.py``. An empty window's threshold
-is ``nan``.
+Python types, so a resumed run continues with the same windows) and ``set_hot_fraction`` (the rank may move between
+steps; the windows stay) live in ``seq_state.py``. An empty window's threshold is ``nan``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class SequenceEntropyWindows(SequenceWindowsState):
 
     Args:
         capacity: Per-sequence window length (paper: 2 x max_response_len).
-        hot_fraction: Share of the window at or above the threshold (paper: 0.2).
+        hot_fraction: Share of the window at or above the threshold (paper: 0.2); see ``set_hot_fraction``.
         device: Where the buffers live; ``None`` = the device of the first pushed tensor.
         dtype: Storage dtype (float32 by default: entropies are computed in fp32, so storage is exact).
     """

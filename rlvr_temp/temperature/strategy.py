@@ -150,8 +150,8 @@ class TokenTemperature(TemperatureStrategy):
     def request_spec(self, temperature: float) -> dict[str, Any]:
         t = self.cfg.token
         # The rule's own temperatures stay at their configured values; the request temperature carries the
-        # schedule's and the mixture's shift. The processor keys entropy windows by (scope, window, hot_fraction,
-        # warmup_tokens) only, so one window lives through a whole run whatever the schedule does.
+        # schedule's and the mixture's shift. The processor keys entropy windows by (scope, window, warmup_tokens)
+        # only, so one window lives through a whole run whatever the schedule does; hot_fraction sets its rank.
         rule = request.token_rule_spec(
             t_low=t.t_low,
             t_high=t.t_high,

@@ -15,6 +15,10 @@ window holds, which always includes the current step's entropies. For scope ``se
 dozen tokens is advisable: with a one-token window every token is its own threshold, so the first tokens are
 all hot.
 
+``hot_fraction`` may change between steps (:meth:`TokenTemperatureRule.set_hot_fraction`, e.g. by a temperature
+controller): the window(s) keep their contents and the next threshold is the new quantile's; a rule's state carries
+its current hot fraction, and loading a state sets it.
+
 The logits helpers the rollout and the learner share (sanitising, entropies, log-probs, truncation) live in
 ``logits.py``; :data:`~rlvr_temp.temperature.logits.MIN_TEMPERATURE` is the clamp.
 """
@@ -30,7 +34,7 @@ import torch
 
 from .logits import MIN_TEMPERATURE
 from .seq_window import SequenceEntropyWindows
-from .window import GlobalEntropyWindow
+from .window import GlobalEntropyWindow, check_hot_fraction
 
 __all__ = ["TokenTemperatureRule"]
 
@@ -41,7 +45,8 @@ class TokenTemperatureRule:
     Args:
         t_low: temperature of cold (low-entropy, knowledge) tokens (paper: 1.2).
         t_high: temperature of hot (high-entropy, reasoning) tokens (paper: 1.6).
-        hot_fraction: share of the window at or above the threshold (paper: 0.2, "top 20%").
+        hot_fraction: share of the window at or above the threshold (paper: 0.2, "top 20%"); settable between
+            steps (:meth:`set_hot_fraction`).
         window: window capacity (paper: 100,000 for scope ``global``; 2 x max_response_len for ``sequence``).
         scope: ``"global"`` (one window per engine, the paper's default) or ``"sequence"`` (one per sequence).
         base_temperature: the request temperature at which ``t_low`` / ``t_high`` apply as is (paper: 1.0).
@@ -67,8 +72,7 @@ class TokenTemperatureRule:
         for name, value in (("t_low", t_low), ("t_high", t_high), ("base_temperature", base_temperature)):
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not isinstance(hot_fraction, (int, float)) or not 0.0 < hot_fraction < 1.0:
-            raise ValueError(f"hot_fraction must lie strictly between 0 and 1, got {hot_fraction!r}")
+        check_hot_fraction(hot_fraction)
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         if scope not in ("global", "sequence"):
@@ -110,6 +114,12 @@ class TokenTemperatureRule:
             "base_temperature": self.base_temperature,
             "warmup_tokens": self.warmup_tokens,
         }
+
+    def set_hot_fraction(self, hot_fraction: float) -> None:
+        """Move the window's threshold to the ``hot_fraction`` quantile (0 < p < 1; the same p: a no-op); the
+        window's contents stay. Nothing else of the rule depends on it."""
+        self.window.set_hot_fraction(hot_fraction)
+        self.hot_fraction = self.window.hot_fraction
 
     def step(
         self,
@@ -225,7 +235,14 @@ class TokenTemperatureRule:
         return {"config": self.config(), "window": self.window.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Restore from :meth:`state_dict`; with ``strict``, the configuration must match this rule's."""
-        if strict and state.get("config") != self.config():
+        """Restore from :meth:`state_dict`, hot fraction included; with ``strict``, the rest of the configuration
+        must match this rule's (the hot fraction may have moved since the rule was made)."""
+        if strict and _fixed(state.get("config") or {}) != _fixed(self.config()):
             raise ValueError(f"token rule state has config {state.get('config')}; this rule: {self.config()}")
-        self.window.load_state_dict(state["window"], strict=strict)
+        self.window.load_state_dict(state["window"], strict=strict)  # sets the window's hot fraction
+        self.hot_fraction = self.window.hot_fraction
+
+
+def _fixed(config: dict[str, Any]) -> dict[str, Any]:
+    """A rule's configuration without what may change during a run (the hot fraction)."""
+    return {k: v for k, v in config.items() if k != "hot_fraction"}

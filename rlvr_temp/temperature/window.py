@@ -25,7 +25,9 @@ re-sorting the window:
 
 Both windows sanitise NaN entropies to 0.0 on entry, expose ``state_dict`` / ``load_state_dict`` (plain
 tensors and Python types, ``torch.save``-able) so that a resumed run continues with the same window, and
-``__len__``. An empty window's threshold is ``nan``.
+``__len__``. An empty window's threshold is ``nan``. Every window's hot fraction may change between steps
+(``set_hot_fraction``, e.g. by a temperature controller): the contents stay, the next threshold is the new rank's,
+exactly; a saved state carries the current hot fraction and loading it sets it.
 """
 
 from __future__ import annotations
@@ -49,22 +51,26 @@ def quantile_index(length: int, hot_fraction: float) -> int:
     return int((1.0 - hot_fraction) * (length - 1))
 
 
+def check_hot_fraction(hot_fraction: float) -> float:
+    """``hot_fraction`` as a float; ValueError unless it is a number strictly between 0 and 1."""
+    if not (isinstance(hot_fraction, (int, float)) and 0.0 < float(hot_fraction) < 1.0):  # bools fail too
+        raise ValueError(f"hot_fraction must lie strictly between 0 and 1, got {hot_fraction!r}")
+    return float(hot_fraction)
+
+
 def _check_args(capacity: int, hot_fraction: float) -> None:
     if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) or capacity < 1:
         raise ValueError(f"window capacity must be an integer >= 1, got {capacity!r}")
-    if not (isinstance(hot_fraction, (int, float)) and 0.0 < float(hot_fraction) < 1.0):
-        raise ValueError(f"hot_fraction must lie strictly between 0 and 1, got {hot_fraction!r}")
+    check_hot_fraction(hot_fraction)
 
 
-def check_window_state(state: dict[str, Any], scope: str, capacity: int, hot_fraction: float, strict: bool) -> None:
-    """Refuse a saved window state of another scope, or (``strict``) of another capacity / hot fraction."""
+def check_window_state(state: dict[str, Any], scope: str, capacity: int, strict: bool) -> None:
+    """Refuse a saved window state of another scope, or (``strict``) of another capacity. The hot fraction is not
+    checked: it may move during a run, and loading a state sets the windows' to the state's."""
     if state.get("scope", scope) != scope:
         raise ValueError(f"cannot load a {state.get('scope')!r}-scope window state into {scope}-scope windows")
-    if strict and (int(state["capacity"]) != capacity or float(state["hot_fraction"]) != hot_fraction):
-        raise ValueError(
-            f"window state has capacity={state['capacity']}, hot_fraction={state['hot_fraction']}; "
-            f"these windows have capacity={capacity}, hot_fraction={hot_fraction}"
-        )
+    if strict and int(state["capacity"]) != capacity:
+        raise ValueError(f"window state has capacity={state['capacity']}; these windows have capacity={capacity}")
 
 
 class GlobalEntropyWindow:
@@ -96,6 +102,7 @@ class GlobalEntropyWindow:
         self._half = self.band_half_width  # current half width, adapted to how fast the distribution drifts
         self._pushes_since_rebuild = 0
         self._ar = np.arange(1024)
+        self._moved = False  # the hot fraction moved since the last threshold
         self._invalidate()
 
     # ------------------------------------------------------------------ state
@@ -116,6 +123,15 @@ class GlobalEntropyWindow:
 
     def __len__(self) -> int:
         return self._size
+
+    def set_hot_fraction(self, hot_fraction: float) -> None:
+        """Move the threshold's rank to ``hot_fraction`` (0 < p < 1; the same p: a no-op); the contents stay. The
+        band (every value in ``[lo, hi]``, whatever the rank) serves the next :meth:`threshold` if the new rank lies
+        in it; otherwise that threshold re-selects it around the new rank (not taken for drift: no widening)."""
+        p = check_hot_fraction(hot_fraction)
+        if p != self.hot_fraction:
+            self.hot_fraction = p
+            self._moved = True
 
     def clear(self) -> None:
         """Empty the window."""
@@ -282,9 +298,10 @@ class GlobalEntropyWindow:
         if self._dirty or self._band.size > self._max_band:
             self._rebuild(k)
         elif k < self._below:
-            self._rebuild(k, -1)
+            self._rebuild(k, 0 if self._moved else -1)
         elif k >= self._below + self._band.size:
-            self._rebuild(k, +1)
+            self._rebuild(k, 0 if self._moved else +1)
+        self._moved = False
         return float(self._band[k - self._below])
 
     # ------------------------------------------------------------------ checkpointing
@@ -298,8 +315,10 @@ class GlobalEntropyWindow:
         }
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Restore the window from :meth:`state_dict`; with ``strict``, the configuration must match."""
-        check_window_state(state, "global", self.capacity, self.hot_fraction, strict)
+        """Restore the window (and its hot fraction) from :meth:`state_dict`; with ``strict``, the capacity must
+        match."""
+        check_window_state(state, "global", self.capacity, strict)
+        self.set_hot_fraction(state.get("hot_fraction", self.hot_fraction))
         self.clear()
         self.push(torch.as_tensor(state["values"], dtype=torch.float64))
 
@@ -331,6 +350,10 @@ class DeviceEntropyWindow:
     def __len__(self) -> int:
         return self.size
 
+    def set_hot_fraction(self, hot_fraction: float) -> None:
+        """Move the threshold's rank to ``hot_fraction`` (0 < p < 1); the window's contents stay."""
+        self.hot_fraction = check_hot_fraction(hot_fraction)
+
     def push(self, h: torch.Tensor) -> None:
         """Append one step's entropies (fp32 ``[B]``, NaN already replaced) in row order."""
         m, cap = h.shape[0], self.capacity
@@ -350,8 +373,15 @@ class DeviceEntropyWindow:
         self.push(h)
         if self.size < self.warmup:
             return torch.zeros_like(h, dtype=torch.bool)
+        return h >= self.threshold()
+
+    def threshold(self) -> torch.Tensor:
+        """``sorted(Q)[int((1 - hot_fraction) * (len(Q) - 1))]`` as a 0-d fp32 tensor on the window's device (``nan``
+        for an empty window); not read on the host."""
+        if self.size == 0:
+            return torch.full((), math.nan, dtype=torch.float32, device=self.buf.device)
         vals = self.buf if self.size == self.capacity else self.buf[: self.size]
-        return h >= torch.kthvalue(vals, quantile_index(self.size, self.hot_fraction) + 1).values
+        return torch.kthvalue(vals, quantile_index(self.size, self.hot_fraction) + 1).values
 
     def values(self) -> torch.Tensor:
         """The window in arrival order (oldest first), on its device."""

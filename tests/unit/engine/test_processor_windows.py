@@ -1,8 +1,13 @@
 """Entropy windows in the vLLM processor: one window per window setting for a whole run (a schedule or a mixture
-moves temperatures, never the window), and no per-sequence window outlives its request."""
+moves temperatures, a controller moves the hot fraction, never the window), and no per-sequence window outlives its
+request."""
 
 from __future__ import annotations
 
+import warnings
+from collections import deque
+
+import numpy as np
 import pytest
 import torch
 from vllm import SamplingParams
@@ -11,7 +16,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from rlvr_temp.config.schema import TemperatureConfig
 from rlvr_temp.engine.processor_v1 import TemperatureProcessor
 from rlvr_temp.temperature import make_strategy
-from rlvr_temp.temperature.request import EXTRA_KEY
+from rlvr_temp.temperature.request import EXTRA_KEY, window_key
 
 
 def _proc() -> TemperatureProcessor:
@@ -85,6 +90,116 @@ def test_rules_with_other_temperatures_share_the_window_and_keep_their_own_tempe
     assert len(proc.rules) == 1
     assert {round(x, 5) for x in rec["a"][0]} == {0.8, 1.4}
     assert {round(x, 5) for x in rec["b"][0]} == {0.5, 2.0}
+
+
+def _with_hot_fraction(spec: dict, p: float) -> dict:
+    return {**spec, "token_rule": {**spec["token_rule"], "hot_fraction": p}}
+
+
+def test_the_window_key_leaves_out_temperatures_and_the_hot_fraction():
+    rule = _token_strategy().request_spec(1.0)["token_rule"]
+    key = window_key(rule)
+    assert key == (("scope", "global"), ("window", 1000), ("warmup_tokens", 0))
+    assert window_key({**rule, "hot_fraction": 0.6, "t_high": 2.0}) == key
+    assert window_key({k: v for k, v in rule.items() if k != "warmup_tokens"}) == key  # the rule's default
+    assert window_key({**rule, "warmup_tokens": 5}) != key
+
+
+def _run_steps(proc: TemperatureProcessor, strategy, hot_fractions: list[float], logits: torch.Tensor) -> list:
+    """One "training step" per hot fraction: 2 requests of it join, decode 6 tokens, finish. The records."""
+    out = []
+    for step, p in enumerate(hot_fractions):
+        outs: list[list[int]] = [[], []]
+        spec = _with_hot_fraction(strategy.request_spec(1.0), p)
+        added = [(i, _params(f"s{step}r{i}", spec), [1], outs[i]) for i in range(2)]
+        proc.update_state(BatchUpdate(2, [], added, []))
+        for j in range(6):
+            proc.apply(logits[step, j].clone())
+            for o in outs:
+                o.append(1)
+        out.append(proc.drain())
+        proc.update_state(BatchUpdate(2, [0, 1], [], []))
+    return out
+
+
+@pytest.mark.parametrize("device_windows", [False, True])
+def test_a_moving_hot_fraction_keeps_one_window_and_its_contents(device_windows):
+    """A controller moves hot_fraction between steps: one window and its contents for the whole run, and each row is
+    hot iff its entropy is at or above the new rank's threshold of the whole window (a brute-force sorted())."""
+    strategy = _token_strategy()
+    proc = _proc()
+    proc.device_windows = device_windows  # the CUDA path (DeviceEntropyWindow), on the CPU
+    hot_fractions = [0.25, 0.1, 0.6, 0.6, 0.33]
+    logits = torch.randn(len(hot_fractions), 6, 2, 16, generator=torch.Generator().manual_seed(2)) * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one hot fraction per step: no conflict warning
+        records = _run_steps(proc, strategy, hot_fractions, logits)
+    ref: list[float] = []
+    for step, (p, rec) in enumerate(zip(hot_fractions, records, strict=True)):
+        for j in range(6):
+            h = [rec[f"s{step}r{i}"][1][j] for i in range(2)]
+            ref.extend(h)  # the rows' entropies, pushed in row order
+            th = sorted(ref)[int((1 - p) * (len(ref) - 1))]
+            for i in range(2):
+                expected = float(np.float32(1.4 if h[i] >= th else 0.8))
+                assert rec[f"s{step}r{i}"][0][j] == expected, (step, j, i)
+    assert len(proc.rules) == 1 and len(proc._dev) == int(device_windows)
+    state = proc.state_dict()  # copies a device window back into its rule
+    ((config, rule_state),) = state["rules"].values()
+    assert config["hot_fraction"] == rule_state["window"]["hot_fraction"] == 0.33
+    assert rule_state["window"]["values"].tolist() == ref  # every step's entropies, in order: the window was kept
+    (rule,) = proc.rules.values()
+    assert rule.hot_fraction == rule.window.hot_fraction == 0.33
+
+
+@pytest.mark.parametrize("device_windows", [False, True])
+def test_state_round_trip_after_a_hot_fraction_change(device_windows):
+    strategy = _token_strategy()
+    logits = torch.randn(4, 6, 2, 16, generator=torch.Generator().manual_seed(3)) * 3
+    a = _proc()
+    a.device_windows = device_windows
+    _run_steps(a, strategy, [0.25, 0.4], logits[:2])
+    state = a.state_dict()
+    b = _proc()
+    b.device_windows = device_windows
+    b.load_state_dict(state)
+    (rule_a,), (rule_b,) = a.rules.values(), b.rules.values()
+    assert rule_b.hot_fraction == rule_b.window.hot_fraction == 0.4
+    assert torch.equal(rule_b.window.values(), rule_a.window.values())
+    # both go on with the controller's next values: the same windows, the same temperatures
+    assert _run_steps(a, strategy, [0.15, 0.7], logits[2:]) == _run_steps(b, strategy, [0.15, 0.7], logits[2:])
+    assert len(b.rules) == 1 and _same_state(b.state_dict(), a.state_dict())
+
+
+def _same_state(x: dict, y: dict) -> bool:
+    ((cx, sx),), ((cy, sy),) = x["rules"].values(), y["rules"].values()
+    return cx == cy and torch.equal(sx["window"]["values"], sy["window"]["values"])
+
+
+def test_requests_of_one_batch_with_other_hot_fractions_share_the_window_and_the_last_wins():
+    """The controller changes hot_fraction between steps only; should live requests of one window disagree, the
+    last one added sets the rank for all its rows, with a warning."""
+    strategy = _token_strategy(scope="sequence")
+    proc = _proc()
+    outs: list[list[int]] = [[], []]
+    specs = [_with_hot_fraction(strategy.request_spec(1.0), p) for p in (0.25, 0.5)]
+    added = [(i, _params(u, specs[i]), [1], outs[i]) for i, u in enumerate("ab")]
+    with pytest.warns(RuntimeWarning, match=r"hot fractions 0\.25 and 0\.5: 0\.5 \(the last added\)"):
+        proc.update_state(BatchUpdate(2, [], added, []))
+    (rule,) = proc.rules.values()
+    assert len(proc.rules) == 1 and rule.hot_fraction == rule.window.hot_fraction == 0.5
+    refs = {u: deque() for u in "ab"}
+    torch.manual_seed(4)
+    for _ in range(8):
+        proc.apply(torch.randn(2, 16) * 3)
+        for o in outs:
+            o.append(1)
+    rec = proc.drain()
+    for u in "ab":  # both requests' rows use 0.5
+        for t, h in zip(*rec[u], strict=True):
+            refs[u].append(h)
+            th = sorted(refs[u])[int(0.5 * (len(refs[u]) - 1))]
+            assert t == float(np.float32(1.4 if h >= th else 0.8))
 
 
 def test_a_one_way_move_onto_an_occupied_row_releases_its_window():

@@ -120,6 +120,15 @@ SPECS = {
     "mixture_rule_temps": lambda i: {"temperature": 1.1, "token_rule": {**GLOBAL, "t_low": [0.7, 0.5][i % 2]}},
     "top_p": lambda i: {"temperature": 1.2, "top_p": [0.9, 1.0, 0.6][i % 3], "top_k": [-1, 5, 0][i % 3]},
     "token_top_p": lambda i: {"temperature": 1.0, "token_rule": GLOBAL, "top_p": 0.8},
+    # one window whose hot fraction each joining request moves (the last added wins; the device window follows)
+    "hot_fraction_global": lambda i: {
+        "temperature": 1.0,
+        "token_rule": {**GLOBAL, "hot_fraction": [0.25, 0.6, 0.1][i % 3]},
+    },
+    "hot_fraction_sequence": lambda i: {
+        "temperature": 1.0,
+        "token_rule": {**SEQUENCE, "hot_fraction": [0.3, 0.7][i % 2]},
+    },
     "learned": lambda i: {"temperature": [1.0, 1.2][i % 2], "learned": {**LEARNED, "t_high": [1.4, 1.8][i % 2]}},
 }
 
@@ -173,6 +182,7 @@ def _assert_same_state(a: object, b: object) -> None:
 
 @pytest.mark.parametrize("device_windows", [False, True])
 @pytest.mark.parametrize("kind", list(SPECS))
+@pytest.mark.filterwarnings("ignore:rlvr_temp. requests of one batch:RuntimeWarning")
 def test_same_temperatures_and_logits_as_v1(kind, device_windows, monkeypatch):
     monkeypatch.setitem(ttm_vllm.LAST, "t", None)
     twin = _Twin(device_windows)
@@ -280,7 +290,10 @@ class _NoHostSync(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("kind", ["fixed", "token_global", "mixture_global", "mixture_rule_temps", "top_p", "learned"])
+@pytest.mark.parametrize(
+    "kind", ["fixed", "token_global", "mixture_global", "mixture_rule_temps", "top_p", "learned", "hot_fraction_global"]
+)
+@pytest.mark.filterwarnings("ignore:rlvr_temp. requests of one batch:RuntimeWarning")
 def test_per_step_path_never_reads_tensors_on_the_host(kind, monkeypatch):
     """A CPU stand-in for "no GPU->CPU sync": with device windows and an unchanged batch layout, apply() makes none of
     the calls that would block on CUDA (scope ``sequence`` steps the shared rule's windows and is not covered)."""

@@ -26,6 +26,7 @@ from rlvr_temp.temperature import (
     token_entropies,
     token_logprobs,
 )
+from rlvr_temp.temperature.window import DeviceEntropyWindow
 
 
 # ------------------------------------------------------------------------------------------ references
@@ -216,6 +217,128 @@ def test_sequence_windows_fast_path_matches_uncached_reference():
         assert all(_bits(o) == _bits(outs[0]) for o in outs)
 
 
+# ------------------------------------------------------------------------------------------ a moving hot fraction
+def _next_p(rng: np.random.Generator) -> float:
+    """A new hot fraction: extremes, tiny and large moves, repeats (a no-op) and random ones."""
+    return float(rng.choice([0.01, 0.05, 0.2, 0.2000001, 0.25, 0.5, 0.73, 0.95, 0.999, rng.uniform(0.01, 0.99)]))
+
+
+@pytest.mark.parametrize(("capacity", "band"), [(600, 4), (3000, 256), (64, 1), (7, 2), (1, 1)])
+def test_global_window_set_hot_fraction_matches_sorted_reference(capacity, band):
+    """p changes between pushes (sometimes twice before a read, sometimes with pushes between reads): every
+    threshold equals sorted(Q)[int((1-p)(len-1))] bit for bit, and the contents are never touched."""
+    rng = np.random.default_rng(7 * capacity + band)
+    win = GlobalEntropyWindow(capacity, 0.2, band_half_width=band)
+    ref: deque = deque(maxlen=capacity)
+    p = 0.4
+    win.set_hot_fraction(p)  # on an empty window
+    assert math.isnan(win.threshold())
+    for step in range(400):
+        if step % 5 == 2:
+            for _ in range(1 + step % 2):
+                p = _next_p(rng)
+                win.set_hot_fraction(p)
+            assert win.hot_fraction == p
+            assert win.threshold() == ref_threshold(ref, p), step
+        b = int(rng.integers(1, 60)) if step % 11 else capacity + 3
+        x = entropy_trace(rng, b, ties=step % 2 == 0)
+        if step > 250:
+            x = x * (1 + step / 100)  # drift on top of the rank moves
+        win.push(torch.from_numpy(x))
+        ref.extend(x.tolist())
+        if step % 4 != 1:
+            assert win.threshold() == ref_threshold(ref, p), step
+    assert win.values().tolist() == list(ref)
+
+
+def test_global_window_set_hot_fraction_keeps_the_band_when_it_can():
+    rng = np.random.default_rng(9)
+    win = GlobalEntropyWindow(5000, 0.2, band_half_width=256)
+    x = rng.gamma(2.0, size=5000)
+    win.push(x)
+    ref = x.tolist()
+    assert win.threshold() == ref_threshold(ref, 0.2)
+    n = win.rebuilds
+    win.set_hot_fraction(0.2)  # unchanged: a no-op
+    assert win.threshold() == ref_threshold(ref, 0.2) and win.rebuilds == n
+    win.set_hot_fraction(0.21)  # the rank moves by 50, inside the band: kept
+    assert win.threshold() == ref_threshold(ref, 0.21) and win.rebuilds == n
+    win.set_hot_fraction(0.6)  # far outside: re-selected once, around the new rank
+    assert win.threshold() == ref_threshold(ref, 0.6) and win.rebuilds == n + 1
+    assert win._half == win.band_half_width  # a rank move is not taken for drift (no widening)
+    win.set_hot_fraction(0.05)
+    win.set_hot_fraction(0.6)  # there and back before a read: the band still serves
+    assert win.threshold() == ref_threshold(ref, 0.6) and win.rebuilds == n + 1
+
+
+@pytest.mark.parametrize("windows", [SequenceEntropyWindows, "uncached"])
+def test_sequence_windows_set_hot_fraction_match_sorted_reference(windows):
+    """The numpy fast path and the torch / uncached path: thresholds read right after a change, and fused push +
+    threshold (with a warm-up) after it, equal each sequence's sorted() reference."""
+    rng = np.random.default_rng(21)
+    capacity = 11
+    wins = (
+        SequenceEntropyWindows(capacity, 0.2) if windows is SequenceEntropyWindows else _UncachedWindows(capacity, 0.2)
+    )
+    queues: dict = {}
+    ids: list = [f"s{i}" for i in range(5)] + [7, 8]
+    p = 0.2
+    for step in range(240):
+        if step % 6 == 3:
+            p = _next_p(rng)
+            wins.set_hot_fraction(p)
+            expected = [ref_threshold(queues[s], p) if s in queues else math.nan for s in ids]
+            assert _bits(wins.thresholds(ids)) == _bits(torch.tensor(expected, dtype=torch.float32)), step
+        if step % 17 == 16:  # a sequence restarts
+            sid = ids[int(rng.integers(len(ids)))]
+            wins.release(sid)
+            queues.pop(sid, None)
+        x = entropy_trace(rng, len(ids), ties=step % 2 == 0)
+        min_length = 3 if step % 3 == 0 else 0
+        th = wins.push_and_thresholds(ids, torch.from_numpy(x), min_length=min_length)
+        for sid, v in zip(ids, x.tolist(), strict=True):
+            queues.setdefault(sid, deque(maxlen=capacity)).append(v)
+        expected = [ref_threshold(queues[s], p) if len(queues[s]) >= min_length else math.nan for s in ids]
+        assert _bits(th) == _bits(torch.tensor(expected, dtype=torch.float32)), step
+    for sid in ids:
+        assert wins.values(sid).tolist() == list(queues[sid])
+
+
+def test_device_window_set_hot_fraction_matches_sorted_reference():
+    rng = np.random.default_rng(4)
+    capacity, warm = 50, 5
+    win = DeviceEntropyWindow(capacity, 0.2, warm, torch.zeros(0))
+    assert math.isnan(win.threshold().item())
+    ref: deque = deque(maxlen=capacity)
+    p = 0.2
+    for step in range(200):
+        if step % 4 == 1:
+            p = _next_p(rng)
+            win.set_hot_fraction(p)
+            assert win.threshold().item() == ref_threshold(ref, p), step
+        x = entropy_trace(rng, int(rng.integers(1, 20)) if step % 13 else capacity + 2, ties=step % 2 == 0)
+        hot = win.hot(torch.from_numpy(x))
+        ref.extend(x.tolist())
+        th = ref_threshold(ref, p)
+        assert win.threshold().item() == th, step
+        assert hot.tolist() == ([v >= th for v in x.tolist()] if len(ref) >= warm else [False] * len(x)), step
+    assert win.values().tolist() == list(ref)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 0.0, 1.0, -0.1, 1.5, math.nan, True, "0.2", None])
+def test_set_hot_fraction_validation(bad):
+    for obj in (
+        GlobalEntropyWindow(10),
+        SequenceEntropyWindows(10),
+        DeviceEntropyWindow(10, 0.2, 0, torch.zeros(0)),
+        TokenTemperatureRule(window=10),
+        TokenTemperatureRule(window=10, scope="sequence"),
+    ):
+        with pytest.raises(ValueError, match="hot_fraction"):
+            obj.set_hot_fraction(bad)
+        assert obj.hot_fraction == 0.2
+
+
 # ------------------------------------------------------------------------------------------ token rule
 @pytest.mark.parametrize(("scope", "warmup"), [("global", 0), ("global", 300), ("sequence", 0), ("sequence", 5)])
 def test_token_rule_matches_reference(scope, warmup):
@@ -351,6 +474,72 @@ def test_state_round_trip_continues_identically(scope):
         TokenTemperatureRule(window=301 if scope == "global" else 13, scope=scope, warmup_tokens=3).load_state_dict(
             a.state_dict()
         )
+
+
+@pytest.mark.parametrize("scope", ["global", "sequence"])
+def test_rule_hot_fraction_moves_and_its_state_carries_it(scope):
+    """A rule's hot fraction moves between steps (thresholds: the sorted() reference of the kept window); a state
+    saved after a move loads (strictly) into a rule made with another hot fraction, takes the saved one and
+    continues identically."""
+    rng = np.random.default_rng(12)
+    kwargs = {"window": 200 if scope == "global" else 12, "scope": scope, "warmup_tokens": 2}
+    a = TokenTemperatureRule(hot_fraction=0.2, **kwargs)
+    ids = ["a", "b", "c"]
+    gref: deque = deque(maxlen=kwargs["window"])
+    sref: dict = {sid: deque(maxlen=kwargs["window"]) for sid in ids}
+    p = 0.2
+    for step in range(60):
+        if step % 10 == 5:
+            p = _next_p(rng)
+            a.set_hot_fraction(p)
+            assert a.hot_fraction == a.window.hot_fraction == a.config()["hot_fraction"] == p
+        x = entropy_trace(rng, 3, ties=step % 2 == 0)
+        a.step(torch.from_numpy(x), 1.0, seq_ids=ids)
+        if scope == "global":
+            gref.extend(x.tolist())
+            expected = [ref_threshold(gref, p) if len(gref) >= 2 else math.nan] * 3
+        else:
+            expected = []
+            for sid, v in zip(ids, x.tolist(), strict=True):
+                sref[sid].append(v)
+                expected.append(ref_threshold(sref[sid], p) if len(sref[sid]) >= 2 else math.nan)
+        assert np.array_equal(a.last_threshold.double().numpy(), np.array(expected), equal_nan=True), step
+    a.set_hot_fraction(0.45)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = TokenTemperatureRule(hot_fraction=0.2, **kwargs)
+    b.load_state_dict(torch.load(buf, weights_only=True))  # strict: only the hot fraction differs
+    assert b.hot_fraction == b.window.hot_fraction == 0.45 and b.config() == a.config()
+    for step in range(40):
+        if step % 7 == 3:
+            p = _next_p(rng)
+            a.set_hot_fraction(p)
+            b.set_hot_fraction(p)
+        x = torch.from_numpy(entropy_trace(rng, 3, ties=True))
+        assert torch.equal(a.step(x, 1.1, seq_ids=ids), b.step(x, 1.1, seq_ids=ids))
+        assert np.array_equal(a.last_threshold.numpy(), b.last_threshold.numpy(), equal_nan=True)
+    with pytest.raises(ValueError, match="config"):  # anything else of the configuration must still match
+        TokenTemperatureRule(hot_fraction=0.45, **{**kwargs, "warmup_tokens": 3}).load_state_dict(a.state_dict())
+
+
+def test_window_state_sets_the_hot_fraction_and_checks_the_capacity():
+    rng = np.random.default_rng(6)
+    g, s = GlobalEntropyWindow(100, 0.3), SequenceEntropyWindows(10, 0.3)
+    g.push(torch.from_numpy(entropy_trace(rng, 40, ties=True)))
+    s.push([0, 1], torch.from_numpy(entropy_trace(rng, 2, ties=False)))
+    g.set_hot_fraction(0.6)
+    s.set_hot_fraction(0.6)
+    g2, s2 = GlobalEntropyWindow(100, 0.1), SequenceEntropyWindows(10, 0.1)
+    g2.load_state_dict(g.state_dict())
+    s2.load_state_dict(s.state_dict())
+    assert g2.hot_fraction == s2.hot_fraction == 0.6
+    assert g2.threshold() == g.threshold() == ref_threshold(g.values().tolist(), 0.6)
+    assert torch.equal(s2.thresholds([0, 1]), s.thresholds([0, 1]))
+    with pytest.raises(ValueError, match="capacity"):
+        GlobalEntropyWindow(99, 0.6).load_state_dict(g.state_dict())
+    with pytest.raises(ValueError, match="capacity"):
+        SequenceEntropyWindows(11, 0.6).load_state_dict(s.state_dict())
 
 
 def test_window_state_round_trip_full_wrapping_window():
