@@ -10,6 +10,11 @@ Registries (verl style) map a recipe name to a function, so a new estimator or l
   per-token log-probs under the current and the old policy, per-token advantages and a response mask, and returns
   the loss and its statistics. Optional dual-clip (Ye et al. 2020) and the Archer dual-token constraint
   (arXiv 2507.15778: per response, tokens under the 80th entropy percentile get a tighter clip and a KL term).
+* Rollout correction (verl's ``rollout_is`` / ``rollout_rs``, TRL's ``vllm_importance_sampling_correction``):
+  :func:`rollout_correction` turns the learner's old and the rollout engine's log-probs into truncated (TIS) or
+  masked (MIS) importance weights, per token or per response, which :func:`policy_loss` multiplies into its
+  policy-gradient term (``is_weights``); :func:`resolve_correction` resolves ``algorithm.rollout_correction.mode``
+  ``auto``. :func:`merge_stats` folds micro-batch statistics (``*_max`` keys by max).
 
 All tensors are ``[batch, response_len]`` with a 0/1 ``mask`` of real response tokens.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -121,6 +127,78 @@ def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return (torch.exp(log_ratio) - log_ratio - 1).clamp(-10, 10)
 
 
+# --------------------------------------------------------------------------------------------------- correction
+def resolve_correction(cfg: Any) -> str:
+    """``algorithm.rollout_correction.mode`` of the run config ``cfg`` resolved to ``none`` / ``tis`` / ``mis``:
+    ``auto`` is ``tis`` when the rollouts are off-policy (``trainer.off_policy_steps >= 1``) or the model does not
+    run in ``float32`` (the engine's bf16/fp16 kernels and the learner's differ), otherwise ``none``."""
+    mode = cfg.algorithm.rollout_correction.mode
+    if mode != "auto":
+        return mode
+    return "tis" if cfg.trainer.off_policy_steps >= 1 or cfg.model.dtype != "float32" else "none"
+
+
+def rollout_correction(
+    old_logp: torch.Tensor,
+    rollout_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    mode: str,
+    level: str,
+    threshold: float,
+    lower: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Importance weights correcting for the rollout engine's policy differing from the learner's old one.
+
+    Both log-probs are ``[B, L]`` at the per-token temperatures the tokens were sampled at, so the ratio is the
+    target-over-behaviour ratio of the distributions actually sampled. ``token`` level: ``d_t = old - rollout``;
+    ``sequence`` level: ``D_i = sum_t mask * d_t``, one ratio per response for all its tokens; log-ratios are
+    clamped to [-20, 20] before ``exp``. ``tis``: ``w = min(ratio, threshold)``; ``mis``: ``w = 1`` where
+    ``lower <= ratio <= threshold`` (``lower`` defaults to ``1 / threshold``), else 0 (the token, or the whole
+    response). Returns the weights (detached, 0 at padding) and ``correction/*`` statistics: ``ratio_mean`` /
+    ``ratio_max`` over the real tokens' ratios (``sequence``: over the responses' ratios), ``weight_mean`` and
+    ``clipped_frac`` (tis: tokens whose weight was truncated) or ``masked_frac`` (mis: tokens of weight 0) per token.
+    """
+    if mode not in ("tis", "mis") or level not in ("token", "sequence"):
+        raise ValueError(f"unknown rollout correction {mode!r} at level {level!r}: tis / mis, token / sequence")
+    with torch.no_grad():
+        real = mask > 0
+        d = torch.where(real, old_logp.float() - rollout_logp.float(), 0.0)
+        if level == "sequence":
+            seq_ratio = torch.exp(d.sum(-1).clamp(-20, 20))
+            ratio = seq_ratio.unsqueeze(-1).expand_as(d)
+            shown = seq_ratio[real.any(-1)]  # the responses' ratios (rows with a real token)
+        else:
+            ratio = torch.exp(d.clamp(-20, 20))
+            shown = ratio[real]
+        if mode == "tis":
+            w, cut = ratio.clamp(max=threshold), ratio > threshold
+        else:
+            low = 1.0 / threshold if lower is None else lower
+            cut = (ratio < low) | (ratio > threshold)
+            w = (~cut).float()
+        w = torch.where(real, w, 0.0)
+        n = real.sum().clamp(min=1)
+        stats = {
+            "correction/ratio_mean": float(shown.mean()) if shown.numel() else 1.0,
+            "correction/ratio_max": float(shown.max()) if shown.numel() else 1.0,
+            "correction/weight_mean": float(w.sum() / n),
+            f"correction/{'clipped' if mode == 'tis' else 'masked'}_frac": float((cut & real).sum() / n),
+        }
+    return w, stats
+
+
+def merge_stats(total: dict[str, float], stats: dict[str, float], weight: float = 1.0) -> dict[str, float]:
+    """Fold one part's ``stats`` into ``total`` (in place; returned): keys ending in ``_max`` by max,
+    ``actor/loss`` (already its part of a sum) summed, the others summed times ``weight`` (the part's token share)."""
+    for k, v in stats.items():
+        if k.endswith("_max"):
+            total[k] = max(total.get(k, v), v)
+        else:
+            total[k] = total.get(k, 0.0) + (v if k == "actor/loss" else v * weight)
+    return total
+
+
 # --------------------------------------------------------------------------------------------------- losses
 @dataclass
 class ClipSettings:
@@ -160,13 +238,16 @@ def policy_loss(
     num_tokens: float | None = None,
     num_seqs: float | None = None,
     norm_len: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped policy-gradient loss with optional KL, entropy bonus and Archer's dual-token constraint.
 
     ``advantages`` is ``[B]`` (one per response) or ``[B, L]``. ``archer_entropy`` (the rollout's per-token
     entropies) switches Archer on: tokens under their response's 80th entropy percentile get clip 0.2 and KL
     weight 0.001 (ref log-probs required), the others clip 0.5 and no KL. ``num_tokens`` / ``num_seqs`` /
-    ``norm_len`` are :func:`aggregate`'s normalisers.
+    ``norm_len`` are :func:`aggregate`'s normalisers. ``is_weights`` (``[B, L]``, :func:`rollout_correction`)
+    multiply the per-token policy-gradient term only, not the KL or entropy terms (as verl); the normalisers stay
+    the same (a masked token still counts), so gradient accumulation stays exact.
     """
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand_as(logp)
@@ -181,6 +262,8 @@ def policy_loss(
         eps_high = eps_low
         kl_weight = torch.where(low, 0.001, 0.0) + kl_coef
     loss_tok, ratio, is_clipped = _ppo_token_loss(logp, old_logp, advantages, eps_low, eps_high, clip.dual_clip_c)
+    if is_weights is not None:
+        loss_tok = loss_tok * is_weights.detach().to(loss_tok.dtype)
     stats: dict[str, float] = {}
     if ref_logp is not None and (archer_entropy is not None or kl_coef > 0):
         kl = low_var_kl(logp, ref_logp)

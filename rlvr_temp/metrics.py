@@ -23,7 +23,8 @@ def rollout_metrics(
     base_temperature: float = 1.0,
 ) -> dict[str, float]:
     """Reward, accuracy, length and entropy overall and per rollout temperature; with ``hot_bounds`` (the cold and hot
-    temperature of a response at ``base_temperature``, per-token modes) the hot-token share.
+    temperature of a response at ``base_temperature``, per-token modes) the hot-token share and the hot tokens' mean
+    entropy.
 
     A token is *hot* when its recorded temperature, minus its response's rollout shift, is nearer the hot bound
     than the cold one.
@@ -56,11 +57,16 @@ def rollout_metrics(
     if hot_bounds is not None:
         mid = (hot_bounds[0] + hot_bounds[1]) / 2
         hot = total = 0
+        hot_ents: list[float] = []
         for r in flat:
             shift = r.temperature - base_temperature
-            hot += sum((t - shift) >= mid for t in r.token_temperatures)
+            is_hot = [(t - shift) >= mid for t in r.token_temperatures]
+            hot += sum(is_hot)
             total += len(r.token_temperatures)
+            hot_ents += [h for h, x in zip(r.token_entropies, is_hot) if x and not math.isnan(h)]
         out["rollout/hot_token_share"] = hot / max(1, total)
+        if hot_ents:  # the mean entropy (T = 1) of the tokens sampled hot: temperature.control's `hot_entropy`
+            out["rollout/hot_entropy_mean"] = sum(hot_ents) / len(hot_ents)
     temps = [t for r in flat for t in r.token_temperatures]
     if temps:
         mean = sum(temps) / len(temps)

@@ -13,9 +13,11 @@ from pydantic import Field, field_validator, model_validator
 
 from rlvr_temp.config.cluster import EngineConfig
 from rlvr_temp.config.recipe import Section
+from rlvr_temp.temperature.control import CONTROLLERS, KNOBS, initial_knob, knob_bounds
 from rlvr_temp.temperature.strategy import MODES
 
 __all__ = [
+    "ControlConfig",
     "LearnedConfig",
     "MixtureConfig",
     "RolloutConfig",
@@ -97,6 +99,52 @@ class LearnedConfig(Section):
         return self
 
 
+class ControlConfig(Section):
+    target: Literal["entropy", "informative_groups", "hot_entropy"] | None = Field(
+        None,
+        description='What the closed loop holds (docs/temperature.md, "Closed-loop control"): `entropy`, the mean '
+        "entropy at T = 1 of the sampled tokens (`rollout/entropy_mean`); `informative_groups`, the share of groups "
+        "whose rewards are not all equal (`train/informative_share`); `hot_entropy`, the mean entropy of the tokens "
+        "sampled hot (token modes). None: no control, every temperature as configured.",
+    )
+    setpoint: float | None = Field(
+        None, gt=0, description="The target's value; None: the first step's measurement (hold where the run starts)."
+    )
+    knob: Literal["base", "t_high", "hot_fraction", "mixture_spread"] = Field(
+        "base",
+        description="What the controller moves: `base`, the step's base temperature (every mode; it shifts the "
+        "token rule's temperatures and a mixture's centre with it, and replaces the schedule); `t_high` or "
+        "`hot_fraction`, the token rule's (token modes); `mixture_spread`, the offsets' increment d (mixture modes).",
+    )
+    controller: str = Field("pi", description="A controller registered in `rlvr_temp.temperature.control`.")
+    kp: float = Field(
+        0.2, ge=0, description="Proportional gain: knob units per unit of relative error (demo-tuned, docs)."
+    )
+    ki: float = Field(
+        0.5, ge=0, description="Integral gain: knob units per unit of summed relative error (demo-tuned, docs)."
+    )
+    increasing: bool = Field(
+        True, description="Whether the target rises with the knob (true for every target with `base` or `t_high`)."
+    )
+    min: float | None = Field(
+        None,
+        gt=0,
+        description="Lower bound of the knob (None: base 0.3, t_high its t_low, hot_fraction 0.05, spread 0).",
+    )
+    max: float | None = Field(
+        None, gt=0, description="Upper bound of the knob (None: base 2.0, t_high 3.0, hot_fraction 0.95, spread 0.5)."
+    )
+    max_change: float = Field(0.05, gt=0, description="Rate limit: the most the knob moves in one step.")
+    warmup_steps: int = Field(0, ge=0, description="Steps measured before the controller acts.")
+
+    @field_validator("controller")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in CONTROLLERS:
+            raise ValueError(f"unknown temperature controller {name!r}; registered: {', '.join(sorted(CONTROLLERS))}")
+        return name
+
+
 class TemperatureConfig(Section):
     mode: str = Field(
         "fixed",
@@ -114,6 +162,7 @@ class TemperatureConfig(Section):
     mixture: MixtureConfig = Field(default_factory=MixtureConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     learned: LearnedConfig = Field(default_factory=LearnedConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
 
     @field_validator("mode")
     @classmethod
@@ -121,3 +170,30 @@ class TemperatureConfig(Section):
         if mode not in MODES:
             raise ValueError(f"unknown temperature mode {mode!r}; registered: {', '.join(sorted(MODES))}")
         return mode
+
+    @model_validator(mode="after")
+    def _control(self) -> TemperatureConfig:
+        c = self.control
+        if c.target is None:
+            return self
+        modes = KNOBS[c.knob]
+        if modes is not None and self.mode not in modes:
+            raise ValueError(f"control.knob {c.knob} needs temperature.mode in {modes}, not {self.mode!r}")
+        if c.target == "hot_entropy" and self.mode not in ("token", "token+mixture"):
+            raise ValueError(f"control.target hot_entropy needs a token mode, not {self.mode!r}")
+        if c.knob == "base" and self.schedule.kind != "constant":
+            raise ValueError("control.knob base replaces the schedule: set temperature.schedule.kind constant")
+        if c.knob == "mixture_spread" and self.mixture.kind != "offsets":
+            raise ValueError(
+                "control.knob mixture_spread moves the offsets' step: set temperature.mixture.kind offsets"
+            )
+        lo, hi = knob_bounds(self)
+        if c.knob == "t_high" and lo < self.token.t_low:
+            raise ValueError(f"control.min ({lo}) must be >= token.t_low ({self.token.t_low}) for knob t_high")
+        if c.knob == "hot_fraction" and not 0 < lo <= hi < 1:
+            raise ValueError("control.min / max of hot_fraction must lie in (0, 1)")
+        if not lo <= hi:
+            raise ValueError(f"control.min ({lo}) must be <= control.max ({hi})")
+        if not lo <= initial_knob(self) <= hi:
+            raise ValueError(f"the knob's configured value {initial_knob(self)} lies outside [{lo}, {hi}]")
+        return self

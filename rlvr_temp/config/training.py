@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rlvr_temp.config.recipe import RUN_ROOT_ENV, Section, resolve_run_dir
 
@@ -23,6 +23,7 @@ __all__ = [
     "OverlongConfig",
     "PolicyConfig",
     "RewardConfig",
+    "RolloutCorrectionConfig",
     "TrainerBase",
     "TrainerConfig",
 ]
@@ -34,7 +35,42 @@ class OverlongConfig(Section):
     penalty: float = Field(1.0, ge=0, description="Penalty at the maximum length.")
 
 
+class RolloutCorrectionConfig(Section):
+    """Importance correction of the rollout engine's policy against the learner's (docs/loop.md, "Importance
+    correction"; verl's rollout correction, TRL's ``vllm_importance_sampling_correction``)."""
+
+    mode: Literal["auto", "none", "tis", "mis"] = Field(
+        "auto",
+        description="Importance correction of the rollout/learner mismatch, both log-probs at the per-token "
+        "temperatures sampled (docs/loop.md, importance correction). `tis`: truncated weights min(ratio, "
+        "`threshold`); `mis`: masked, weight 0 outside [`lower`, `threshold`]; `none`: off. `auto`: `tis` (at "
+        "`level`, by default token) when `trainer.off_policy_steps` >= 1 or `model.dtype` is not float32 (the "
+        "engine's and the learner's kernels differ), else `none`.",
+    )
+    level: Literal["token", "sequence"] = Field(
+        "token",
+        description="`token`: one ratio per token; `sequence`: one per response (the product of its tokens' "
+        "ratios), truncating or masking the whole response.",
+    )
+    threshold: float = Field(
+        2.0, gt=1, description="Upper cap C of the ratio: truncated to it (tis), or masked above it (mis)."
+    )
+    lower: float | None = Field(
+        None, gt=0, description="mis: mask ratios below this; null = 1 / `threshold`. Unused by tis."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RolloutCorrectionConfig:
+        if self.lower is not None and self.lower >= self.threshold:
+            raise ValueError("rollout_correction.lower must be below rollout_correction.threshold")
+        return self
+
+
 class AlgorithmConfig(Section):
+    """The policy update: advantages, loss, clipping, regularisers, DAPO's dynamic sampling and overlong shaping,
+    and importance correction of the rollout/learner mismatch (``rollout_correction``: TIS / MIS, per token or per
+    response; docs/loop.md)."""
+
     advantage: Literal["grpo", "drgrpo"] = Field(
         "grpo", description="`grpo`: (r - mean) / (std + eps); `drgrpo`: r - mean (Liu et al. 2025)."
     )
@@ -53,6 +89,10 @@ class AlgorithmConfig(Section):
     max_refill_rounds: int = Field(2, ge=0, description="Bound on extra generation rounds per step.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each step's batch.")
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+    rollout_correction: RolloutCorrectionConfig = Field(
+        default_factory=RolloutCorrectionConfig,
+        description="Truncated / masked importance sampling of the rollout/learner mismatch (docs/loop.md).",
+    )
 
 
 class RewardConfig(Section):
@@ -156,6 +196,13 @@ class TrainerConfig(TrainerBase):
     resume: str = Field("auto", description="`auto` (newest complete checkpoint), `never`, or a path.")
     max_retries: int = Field(
         2, ge=0, description="Retries of a step after a rollout worker or the learner died (docs/loop.md, faults)."
+    )
+    off_policy_steps: Literal[0, 1] = Field(
+        0,
+        description="1: generate step k+1's rollouts while the learner updates on step k (verl's one-step-off "
+        "pipelining), then sync; the rollouts are one policy version stale (`train/staleness`) and importance "
+        "correction (`algorithm.rollout_correction`) accounts for it. `split` layout only: a `colocated` run "
+        "falls back to 0 with one line saying why. 0: synchronous (docs/loop.md).",
     )
 
 

@@ -54,6 +54,7 @@ class Boundary:
     rng: dict[str, Any]
     windows: list[dict[str, Any]]
     learner: tuple[str, int]  # the learner's incarnation and update count
+    loop: dict[str, Any]  # the controller's state, the policy version, the rollouts collected ahead
 
 
 def snapshot(trainer: Any) -> Boundary:
@@ -64,6 +65,7 @@ def snapshot(trainer: Any) -> Boundary:
         rng=rng_state(),
         windows=ray.get([w.temperature_state.remote() for w in trainer.workers]),
         learner=tuple(ray.get(trainer.learner.identity.remote())),
+        loop=trainer.loop_state(),
     )
 
 
@@ -77,6 +79,7 @@ def recover(trainer: Any, boundary: Boundary, timeout_s: float = 600.0) -> str:
         trainer.stream.load_state_dict(boundary.stream)
         set_rng_state(boundary.rng)
         ray.get([w.load_temperature_state.remote(s) for w, s in zip(trainer.workers, boundary.windows)])
+        trainer.set_loop_state(boundary.loop)
         how = "step"
     else:
         trainer.rewind()

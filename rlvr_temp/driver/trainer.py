@@ -14,12 +14,18 @@ phase by phase (each phase is a method, timed under its name in the ``time/*`` m
 4. ``sync``: the learner's merged plain-dtype weights go to every rollout worker (in place, no engine restart);
 5. metrics go to ``metrics.jsonl`` / TensorBoard, a progress bar shows reward and ETA; checkpoints as configured.
 
-Left out on purpose: no buffer of surplus groups between steps (verl's DAPO recipe drops them too), no asynchronous
-(off-by-one-step) rollouts. docs/loop.md walks through a step with the files involved.
+With ``temperature.control`` a controller moves one temperature knob after each step's rollouts are measured
+(rlvr_temp.temperature.control). With ``trainer.off_policy_steps: 1`` (split layout) phases 1-2 of step k+1 run
+while the learner updates on step k (:meth:`Trainer.train_step`); the rollouts carry the policy version they came
+from, and a checkpoint holds the one collected ahead.
+
+Left out on purpose: no buffer of surplus groups between steps (verl's DAPO recipe drops them too), no staleness
+beyond one step. docs/loop.md walks through a step with the files involved.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoTokenizer
 
-from rlvr_temp.batch import Groups, TrainBatch, select_groups, set_rewards, write_rollout_dump
+from rlvr_temp.batch import Groups, TrainBatch, set_rewards
 from rlvr_temp.checkpoint import (
     check_compatible,
     find_resume,
@@ -42,13 +48,15 @@ from rlvr_temp.config.schema import RunConfig, save_config
 from rlvr_temp.data.models import resolve_model
 from rlvr_temp.data.prompts import PromptStream, load_train_prompts
 from rlvr_temp.driver import recovery
+from rlvr_temp.driver.collect import Collected, collect
 from rlvr_temp.driver.launch import init_ray, record_engines, start_learner, start_workers
 from rlvr_temp.driver.placement import release
 from rlvr_temp.driver.plan import PlanError, check_ray_cluster
 from rlvr_temp.evaluation.evaluate import evaluate_run
-from rlvr_temp.metrics import MetricsLogger, rollout_metrics, truncate_metrics
+from rlvr_temp.metrics import MetricsLogger, truncate_metrics
 from rlvr_temp.reward.verify import Verifier
-from rlvr_temp.temperature import make_strategy
+from rlvr_temp.temperature import TemperatureStrategy, make_strategy
+from rlvr_temp.temperature.control import make_controller
 from rlvr_temp.utils import GracefulStop, derive_seed, timed
 from rlvr_temp.weights.sync import EngineSync
 
@@ -73,6 +81,15 @@ class Trainer:
         save_config(cfg, self.run_dir)
         torch.manual_seed(derive_seed(cfg.trainer.seed, "driver"))
         self.strategy = make_strategy(cfg.temperature)
+        self.controller = make_controller(cfg.temperature)  # None without temperature.control
+        self.overlap = cfg.trainer.off_policy_steps == 1 and cfg.resources.layout == "split"
+        if cfg.trainer.off_policy_steps and not self.overlap:
+            log.warning(
+                "trainer.off_policy_steps 1 runs synchronously: in the colocated layout engines and learner share "
+                "their devices (and sleep in turn), so generation cannot overlap the update (resources.layout split)"
+            )
+        self.version = 0  # learner updates synced to the engines (the policy version of new rollouts)
+        self.pending: Collected | None = None  # off-policy: the next step's rollouts, collected during this one
         self.model_path = resolve_model(cfg.model.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         rows, self.prompts = load_train_prompts(cfg, self.tokenizer)
@@ -94,7 +111,7 @@ class Trainer:
             ray.get([w.reset_temperature_state.remote() for w in self.workers])
         self.learner: Any = None  # a LearnerGroup once the engines are up
         self.step, self.retries = 0, 0
-        self._start = {"stream": self.stream.state_dict(), "rng": rng_state()}
+        self._start = {"stream": self.stream.state_dict(), "rng": rng_state(), "loop": self.loop_state()}
         try:
             if cfg.uses_gpus():
                 # the engines are up before the learner starts: vLLM sizes its KV cache from the GPU memory it
@@ -127,8 +144,26 @@ class Trainer:
         self.stream.load_state_dict(ts["stream"])
         set_rng_state(ts["rng"])
         ray.get([w.load_temperature_state.remote(t) for w, t in zip(self.workers, temps)])
+        self.set_loop_state(ts.get("loop", self._start["loop"]))
         self.step = int(ts["step"])
         truncate_metrics(self.run_dir, self.step)
+
+    def loop_state(self) -> dict[str, Any]:
+        """The driver's own loop state besides step, stream and RNG: the controller's state, the policy version and
+        the rollouts collected ahead (off-policy), copied."""
+        return copy.deepcopy(
+            {
+                "control": self.controller.state_dict() if self.controller else None,
+                "version": self.version,
+                "pending": self.pending,
+            }
+        )
+
+    def set_loop_state(self, state: dict[str, Any]) -> None:
+        state = copy.deepcopy(state)
+        if self.controller is not None and state["control"] is not None:
+            self.controller.load_state_dict(state["control"])
+        self.version, self.pending = int(state["version"]), state["pending"]
 
     def rewind(self) -> None:
         """Back to the newest checkpoint, or to the run's start: what a resume would do, in-process (recovery.py)."""
@@ -139,6 +174,7 @@ class Trainer:
         self.stream.load_state_dict(self._start["stream"])
         set_rng_state(self._start["rng"])
         ray.get([w.reset_temperature_state.remote() for w in self.workers])
+        self.set_loop_state(self._start["loop"])
         self.step = 0
         truncate_metrics(self.run_dir, 0)
 
@@ -149,6 +185,7 @@ class Trainer:
             "stream": self.stream.state_dict(),
             "rng": rng_state(),
             "temperature": ray.get([w.temperature_state.remote() for w in self.workers]),
+            "loop": self.loop_state(),  # off-policy: the rollouts collected ahead are saved, not regenerated
             "metrics_rows": self.step,
         }
         return save_checkpoint(
@@ -161,10 +198,13 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------------------ phases
-    def generate(self, rows: list[dict[str, Any]], base_t: float, seed: int) -> Groups:
+    def generate(
+        self, rows: list[dict[str, Any]], base_t: float, seed: int, strategy: TemperatureStrategy | None = None
+    ) -> Groups:
         """Rollout workers (in parallel, prompts split round-robin) sample each row's ``G`` responses at the
-        strategy's rollout temperatures around ``base_t``. Returns one group of :class:`Rollout` per row."""
-        temps = self.strategy.group_temperatures(base_t, self.cfg.rollout.group_size)
+        strategy's (default: the run's) rollout temperatures around ``base_t``. Returns one group per row."""
+        strategy = strategy or self.strategy
+        temps = strategy.group_temperatures(base_t, self.cfg.rollout.group_size)
         n_w = len(self.workers)
         shards = [rows[i::n_w] for i in range(n_w)]
         futures = [
@@ -173,7 +213,7 @@ class Trainer:
                 [temps] * len(shard),
                 prompt_ids=[r["id"] for r in shard],
                 max_tokens=self.cfg.rollout.max_response_len,
-                strategy=self.strategy,
+                strategy=strategy,
                 top_p=self.cfg.rollout.top_p,
                 top_k=self.cfg.rollout.top_k,
                 incarnation=self.worker_ids[k],
@@ -198,11 +238,12 @@ class Trainer:
         after = self.verifier.stats
         return {f"verify/{k}": after[k] - before[k] for k in ("timeouts", "no_boxed")}
 
-    def learn(self, groups: Groups, base_t: float) -> dict[str, float]:
-        """Advantages within each group, then one learner update on the resulting batch (learner actor)."""
+    def learn(self, groups: Groups, base_t: float) -> Any:
+        """Advantages within each group, then one learner update on the resulting batch (learner actor); returns
+        the update's metrics as a Ray object reference (the driver may collect the next step meanwhile)."""
         batch = TrainBatch.from_groups(groups, self.cfg.algorithm.advantage)
         self.engine_sync.release()  # colocated GPUs: the engines' memory to the learner (vLLM sleep mode)
-        return ray.get(self.learner.train_step.remote(batch, base_t, incarnation=self.learner_id))
+        return self.learner.train_step.remote(batch, base_t, incarnation=self.learner_id)
 
     def sync_weights(self) -> dict[str, float]:
         """The learner's weights to every engine (rlvr_temp.weights.sync: vLLM's weight-transfer engines);
@@ -211,37 +252,30 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ one step
     def train_step(self) -> dict[str, float]:
-        """One training step (driver): generate + verify (with dynamic sampling), learn, sync; returns metrics."""
-        cfg, ac = self.cfg, self.cfg.algorithm
-        base_t = self.strategy.base_temperature(self.step)
-        metrics: dict[str, float] = {"temperature/base": base_t}
+        """One training step (driver): collect (or take the rollouts collected ahead), learn, sync; returns metrics.
+
+        Off-policy (``trainer.off_policy_steps: 1``, split layout): the learner's update of step k is started, step
+        k+1 is collected meanwhile with the engines' weights of the step before, and then the new weights are synced:
+        each step learns from rollouts one policy version old (``train/staleness``)."""
         timing: dict[str, float] = {}
-
-        def next_round(k: int) -> Groups:
-            rows = next(self.stream)
-            with timed(timing, "generate"):
-                groups = self.generate(rows, base_t, seed=derive_seed(cfg.trainer.seed, "rollout", self.step, k))
-            with timed(timing, "verify"):
-                for key, v in self.score(groups, {r["id"]: r["ground_truth"] for r in rows}).items():
-                    metrics[key] = metrics.get(key, 0.0) + v
-            return groups
-
         with timed(timing, "step"):
-            kept, seen, rounds = select_groups(
-                next_round, cfg.rollout.prompts_per_step, ac.dynamic_sampling, ac.max_refill_rounds
-            )
-            metrics.update(rollout_metrics(seen, hot_bounds=self.strategy.hot_bounds(base_t), base_temperature=base_t))
-            metrics.update({"train/groups_generated": len(seen), "train/groups_used": len(kept)})
-            if cfg.rollout.dump:
-                write_rollout_dump(self.run_dir / "rollouts" / f"step_{self.step:06d}.jsonl", seen, self.step)
-            if kept:
+            cur = self.pending if self.pending is not None else collect(self, self.step)
+            assert cur.step == self.step, f"rollouts of step {cur.step} collected for step {self.step}"
+            self.pending = None
+            metrics = dict(cur.metrics) | {"train/staleness": float(self.version - cur.policy_version)}
+            ahead = self.overlap and self.step + 1 < self.cfg.trainer.total_steps
+            if cur.kept:
                 with timed(timing, "learn"):
-                    metrics.update(self.learn(kept, base_t))
+                    update = self.learn(cur.kept, cur.base_t)
+                    if ahead:  # generation of the next step overlaps the update (the engines' weights are older)
+                        with timed(timing, "collect_ahead"):
+                            self.pending = collect(self, self.step + 1)
+                    metrics.update(ray.get(update))
                 with timed(timing, "sync"):
                     metrics.update(self.sync_weights())
-            else:
-                log.warning("step %d: no informative group after %d rounds; update skipped", self.step, rounds)
-                metrics["train/skipped"] = 1.0
+                self.version += 1
+            elif ahead:
+                self.pending = collect(self, self.step + 1)
         metrics.update({f"time/{k}": v for k, v in timing.items()})
         self.step += 1
         return metrics

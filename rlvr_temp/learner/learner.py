@@ -45,7 +45,7 @@ from rlvr_temp.learner.state import (
     write_rank_part,
 )
 from rlvr_temp.learner.transfer import WeightSyncEnd
-from rlvr_temp.losses import ClipSettings, get_policy_loss
+from rlvr_temp.losses import ClipSettings, get_policy_loss, merge_stats, resolve_correction, rollout_correction
 from rlvr_temp.temperature import TemperatureStrategy, TokenTemperatureHead, make_strategy, temperature_regularization
 from rlvr_temp.utils import check_incarnation, derive_seed, lr_factor, new_incarnation
 
@@ -103,6 +103,9 @@ class Learner(WeightSyncEnd):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.loss_fn = get_policy_loss(self.ac.loss)
         self.clip = ClipSettings(self.ac.clip_eps_low, self.ac.clip_eps_high, self.ac.dual_clip_c)
+        rc, mode = self.ac.rollout_correction, resolve_correction(cfg)  # importance weights (docs/loop.md)
+        kw = dict(mode=mode, level=rc.level, threshold=rc.threshold, lower=rc.lower)
+        self.correct = functools.partial(rollout_correction, **kw) if mode != "none" else None
         self.step = 0
         self.rank, self.world = 0, 1  # data-parallel position (join)
         self.sharded = False  # FSDP2: learner.mode=full over more than one rank (join)
@@ -190,7 +193,7 @@ class Learner(WeightSyncEnd):
         Every micro-batch loss is normalised by the mini-batch's token / response count and its constant length
         (``losses.aggregate``), so the gradients sum to the mini-batch's whatever ``micro_batch_size`` is.
         Without ``extra["old"]`` the old log-probs are this forward's, detached, and ``record`` receives them per
-        response. Returns the micro-batches' statistics weighted by their token share."""
+        response. Returns the micro-batches' statistics weighted by their token share (``*_max``: their max)."""
         lengths = batch.response_lengths()
         mini_tokens = max(1, sum(lengths[i] for i in mini))
         stats_sum: dict[str, float] = {}
@@ -200,8 +203,7 @@ class Learner(WeightSyncEnd):
         cap = self._tokens() or self.lc.micro_batch_size * max(len(batch.prompt_ids[i]) for i in mine)
         for part in prompt_chunks(batch, mine, cap) if share else [mine]:
             stats = self._accumulate_part(batch, part, extra, base_t, record, mini_tokens, len(mini), share)
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v
+            merge_stats(stats_sum, stats)
         return stats_sum
 
     def _shares_prompts(self) -> bool:
@@ -247,9 +249,11 @@ class Learner(WeightSyncEnd):
             if record is not None:
                 for row, i in enumerate(idx):
                     record[i] = logp[row, : lengths[i]].detach().float().cpu()
+            old = mb.extra["old"] if "old" in mb.extra else logp.detach()
+            is_w, corr = self.correct(old, mb.rollout_logprobs, mb.mask) if self.correct else (None, {})
             loss, stats = self.loss_fn(
                 logp,
-                mb.extra["old"] if "old" in mb.extra else logp.detach(),
+                old,
                 mb.advantages,
                 mb.mask,
                 agg=self.ac.loss_agg,
@@ -262,7 +266,9 @@ class Learner(WeightSyncEnd):
                 num_tokens=mini_tokens,
                 num_seqs=mini_seqs,
                 norm_len=self.cfg.rollout.max_response_len,
+                is_weights=is_w,
             )
+            stats.update(corr)
             weight = mb.num_tokens / mini_tokens
             if head_t is not None:
                 lc = self.cfg.temperature.learned
@@ -277,9 +283,8 @@ class Learner(WeightSyncEnd):
                 raise FloatingPointError(f"non-finite loss at learner step {self.step}")
             loss.backward()
             stats["actor/loss"] = loss.item()
-            for k, v in stats.items():
-                # the loss is already this micro-batch's part of the mini-batch loss: sum it; average the rest
-                stats_sum[k] = stats_sum.get(k, 0.0) + (v if k == "actor/loss" else v * weight)
+            # the loss is already this micro-batch's part of the mini-batch loss: sum it; maxima: max; average the rest
+            merge_stats(stats_sum, stats, weight)
         if prompts is not None:
             prompts.backward()
         return stats_sum
@@ -318,19 +323,18 @@ class Learner(WeightSyncEnd):
         for mini, part in plan:
             self.optimizer.zero_grad(set_to_none=True)
             record = seen if single else None
-            for k, v in self.accumulate(batch, mini, extra, base_temperature, record, local=part).items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v
+            merge_stats(stats_sum, self.accumulate(batch, mini, extra, base_temperature, record, local=part))
             grad_norms.append(dp.reduce_and_clip(self._trainable(), self.world, self.lc.grad_clip))
             self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        if self.world > 1:  # the whole batch's statistics: every rank's shares summed
-            stats_sum = dp.sum_dicts(stats_sum)
+        if self.world > 1:  # the whole batch's statistics: every rank's shares summed (maxima: the max)
+            stats_sum = functools.reduce(merge_stats, dp.gather(stats_sum), {})
         metrics = dp.mismatch(
             seen, batch.rollout_logprobs, mine, self.world > 1, batch.response_ids, batch.token_temperatures
         )
         metrics["logprob/old_from_update"] = float(single)
-        metrics.update({k: v / max(1, len(grad_norms)) for k, v in stats_sum.items()})
+        metrics.update({k: v if k.endswith("_max") else v / max(1, len(grad_norms)) for k, v in stats_sum.items()})
         metrics["actor/grad_norm"] = sum(grad_norms) / max(1, len(grad_norms))
         metrics["actor/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["actor/updates"] = len(grad_norms)

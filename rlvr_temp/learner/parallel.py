@@ -220,15 +220,6 @@ def reshard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                 )
 
 
-def sum_dicts(local: dict[str, float]) -> dict[str, float]:
-    """Key-wise sum of every rank's ``local`` (keys a rank lacks count as 0)."""
-    out: dict[str, float] = {}
-    for part in gather(local):
-        for k, v in part.items():  # type: ignore[attr-defined]
-            out[k] = out.get(k, 0.0) + v
-    return out
-
-
 def gather(obj: object) -> list[object]:
     """Every rank's ``obj``, in rank order."""
     out: list[object] = [None] * dist.get_world_size()
