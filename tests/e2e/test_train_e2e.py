@@ -10,8 +10,10 @@ import math
 import pytest
 import torch
 
+from rlvr_temp.config.sampling import ControlConfig
 from rlvr_temp.config.schema import load_config
 from rlvr_temp.temperature import make_strategy
+from rlvr_temp.temperature.control import make_controller
 from tests.helpers import worst_token
 
 pytestmark = pytest.mark.slow
@@ -88,6 +90,20 @@ def test_three_steps_then_every_mode_on_policy(ray_cluster, tmp_path, tiny_model
                 assert 0.0 < m["rollout/hot_token_share"] < 1.0
             if "mixture" in mode:
                 assert any(k.startswith("acc/T=") for k in m)
+
+        # temperature.control moving the hot fraction, then the mixture spread (token+mixture): the engines sample
+        # with the moved knob (the learner, at the recorded temperatures, still matches them)
+        for knob in ("hot_fraction", "mixture_spread"):
+            control = {"target": "entropy", "setpoint": 1.0, "knob": knob}  # far above: the rate limit each step
+            trainer.cfg.temperature.control = ControlConfig(**control)
+            trainer.controller = make_controller(trainer.cfg.temperature)
+            first, second = trainer.train_step(), trainer.train_step()
+            assert second["control/knob"] == pytest.approx(first["control/knob"] + 0.05)
+            for m in (first, second):
+                assert m["logprob/mismatch_max"] <= 1e-4 and m["control/saturated"] == 1.0, (knob, worst_token(m))
+            if knob == "mixture_spread":
+                spread = sorted(float(k[len("acc/T=") :]) for k in second if k.startswith("acc/T="))
+                assert spread[-1] - spread[0] == pytest.approx(2 * (first["control/knob"] + 0.05), abs=1e-3)  # G = 4
     finally:
         trainer.close()
 
