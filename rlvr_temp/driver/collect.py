@@ -22,7 +22,7 @@ from rlvr_temp.utils import derive_seed, timed
 
 log = logging.getLogger("rlvr_temp.driver.collect")
 
-__all__ = ["Collected", "collect", "sampling"]
+__all__ = ["Collected", "collect", "overlaps", "sampling"]
 
 
 @dataclass
@@ -34,6 +34,18 @@ class Collected:
     kept: Groups
     policy_version: int  # learner updates the engines held when these were sampled
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def overlaps(cfg: Any) -> bool:
+    """Whether step k+1 is collected while the learner updates on step k: ``trainer.off_policy_steps: 1`` in the
+    ``split`` layout. A ``colocated`` run goes synchronously, and says so in one line."""
+    if cfg.trainer.off_policy_steps and cfg.resources.layout != "split":
+        log.warning(
+            "trainer.off_policy_steps 1 runs synchronously: in the colocated layout engines and learner share "
+            "their devices (and sleep in turn), so generation cannot overlap the update (resources.layout split)"
+        )
+        return False
+    return cfg.trainer.off_policy_steps == 1
 
 
 def sampling(trainer: Any, step: int) -> tuple[float, TemperatureStrategy]:

@@ -48,7 +48,7 @@ from rlvr_temp.config.schema import RunConfig, save_config
 from rlvr_temp.data.models import resolve_model
 from rlvr_temp.data.prompts import PromptStream, load_train_prompts
 from rlvr_temp.driver import recovery
-from rlvr_temp.driver.collect import Collected, collect
+from rlvr_temp.driver.collect import Collected, collect, overlaps
 from rlvr_temp.driver.launch import init_ray, record_engines, start_learner, start_workers
 from rlvr_temp.driver.placement import release
 from rlvr_temp.driver.plan import PlanError, check_ray_cluster
@@ -82,12 +82,7 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.trainer.seed, "driver"))
         self.strategy = make_strategy(cfg.temperature)
         self.controller = make_controller(cfg.temperature)  # None without temperature.control
-        self.overlap = cfg.trainer.off_policy_steps == 1 and cfg.resources.layout == "split"
-        if cfg.trainer.off_policy_steps and not self.overlap:
-            log.warning(
-                "trainer.off_policy_steps 1 runs synchronously: in the colocated layout engines and learner share "
-                "their devices (and sleep in turn), so generation cannot overlap the update (resources.layout split)"
-            )
+        self.overlap = overlaps(cfg)  # off-policy pipelining, where the layout allows it
         self.version = 0  # learner updates synced to the engines (the policy version of new rollouts)
         self.pending: Collected | None = None  # off-policy: the next step's rollouts, collected during this one
         self.model_path = resolve_model(cfg.model.path)
