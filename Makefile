@@ -53,9 +53,9 @@ gpu-bundle: install
 .PHONY: study
 # The demo arms x 3 seeds as ordinary runs under runs/study (rerunning resumes what is unfinished), then compared.
 study: install
-	$(BIN)/rlvr-temp sweep $(foreach a,fixed token mixture token_mixture learned,recipes/demo/$(a).yaml) \
+	$(BIN)/rlvr-temp sweep $(foreach a,fixed token mixture token_mixture learned controlled,recipes/demo/$(a).yaml) \
 	  --seeds 3 --out runs/study
-	$(BIN)/rlvr-temp compare $(foreach a,fixed token mixture token_mixture learned,$(foreach k,0 1 2,runs/study/$(a)/seed$(k))) \
+	$(BIN)/rlvr-temp compare $(foreach a,fixed token mixture token_mixture learned controlled,$(foreach k,0 1 2,runs/study/$(a)/seed$(k))) \
 	  --baseline fixed --out runs/study/compare
 
 # TRL for benchmarks/trl_grpo.py (the `bench` extra of pyproject.toml), without its dependencies (already installed;

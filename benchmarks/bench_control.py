@@ -15,7 +15,7 @@ more; the informative share within ±0.1. Not a timing benchmark: these are cont
 load does not change them (a run is deterministic given its seed).
 
     python -m benchmarks.bench_control              # 3 x 40 steps (about 6 minutes on 2 cores)
-    python -m benchmarks.bench_control --steps 10   # a quick look
+    python -m benchmarks.bench_control --quick      # 10 steps per run, a quick look
 """
 
 from __future__ import annotations
@@ -118,15 +118,17 @@ def markdown_section(res: dict[str, Any], context: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="steps per run (the issue: 40)")
+    parser.add_argument("--quick", action="store_true", help="10 steps per run")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     from rlvr_temp.data.tiny_model import ensure_tiny_model
 
     ensure_tiny_model()
+    steps = 10 if args.quick else args.steps
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rlvr_bench_control_") as tmp:
-        runs = {arm: train(arm, Path(tmp) / arm, args.steps) for arm in ARMS}
-    res = summarize(runs, last=min(20, args.steps // 2)) | {"steps": args.steps, "wall_s": time.perf_counter() - t0}
+        runs = {arm: train(arm, Path(tmp) / arm, steps) for arm in ARMS}
+    res = summarize(runs, last=min(20, steps // 2)) | {"steps": steps, "wall_s": time.perf_counter() - t0}
     print("\n".join(markdown_section(res, f"wall time {res['wall_s']:.0f} s")))
     if args.json:
         write_json(args.json, res)

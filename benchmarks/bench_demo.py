@@ -126,15 +126,21 @@ def to_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int) -> str:
+    words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    return words[n] if n < len(words) else str(n)
+
+
 def markdown_section(res: dict[str, Any], context: str) -> list[str]:
     """The docs/benchmarks.md section (``context``: run_all's wall-time and load line)."""
     out = [HEADING, ""]
     steps = "the recipes' steps" if res["steps"] is None else f"{res['steps']} steps per arm (`--quick`)"
     out += [
         f"`python -m rlvr_temp.cli demo` (what `make demo` runs once installed), {steps}, the tiny model already "
-        f"cached (building it took {res['model_build_s']:.1f} s in this run, not counted). The five arms train in "
-        "turn on one vLLM engine (one rollout worker, one learner actor per arm); the wall time is split with "
-        "each arm's `time/step` and `time/eval` metrics. 1-min load average while it ran: mean "
+        f"cached (building it took {res['model_build_s']:.1f} s in this run, not counted). The "
+        f"{_count(len(res['arms']))} arms train in turn on one vLLM engine (one rollout worker, one learner actor per "
+        "arm); the wall time is split with each arm's `time/step` and `time/eval` metrics. 1-min load average while "
+        "it ran: mean "
         f"{res['load_mean']:.1f}, max {res['load_max']:.1f} (2 cores: above 2 something else was running).",
         "",
         to_markdown(res),

@@ -8,6 +8,10 @@ Benchmarks (each script also runs on its own; see its docstring):
 * ``bench_nf4_cpu.py``: bitsandbytes' own CPU 4-bit path against the learner's workaround (AVX512-BF16 CPUs);
 * ``bench_step.py``: one demo GRPO step by phase (generate / verify / learn / sync), and start-up;
 * ``bench_sync.py``: weight sync per step through vLLM's weight-transfer engine (gloo) against Ray's object store;
+* ``bench_offpolicy.py``: one-step off-policy pipelining (``trainer.off_policy_steps: 1``) against synchronous steps,
+  the same work, ``split`` layout;
+* ``bench_control.py``: closed-loop temperature control on the tiny model (40 steps: fixed, entropy target,
+  informative-groups target), the issue's acceptance figures;
 * ``bench_demo.py``: ``make demo`` end to end (the tiny model cached), split into start-up, arms and comparison;
 * ``trl_grpo.py``: rlvr_temp's GRPO step against TRL's ``GRPOTrainer`` (needs ``pip install -e .[bench]``; a
   SKIP line without TRL; ``--skip-trl`` leaves it out, and a run without it keeps the page's previous section).
@@ -15,7 +19,7 @@ Benchmarks (each script also runs on its own; see its docstring):
 Every figure is a median over interleaved repetitions, and every comparison is a ratio against a baseline measured
 in the same process, in the same run: on a shared machine the absolute figures move, the ratios much less.
 
-    python -m benchmarks.run_all --out docs/benchmarks.md            # what `make bench` runs (~30 min, 2 cores)
+    python -m benchmarks.run_all --out docs/benchmarks.md            # what `make bench` runs (~40 min, 2 cores)
     python -m benchmarks.run_all --out /tmp/bench.md --quick         # a few minutes
     python -m benchmarks.run_all --out /tmp/bench.md --only window rollout
     python -m benchmarks.run_all --out docs/benchmarks.md --skip-trl  # all but the TRL comparison
@@ -34,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    bench_control,
     bench_demo,
     bench_learner,
     bench_nf4_cpu,
+    bench_offpolicy,
     bench_rollout,
     bench_step,
     bench_sync,
@@ -48,7 +54,7 @@ from benchmarks.common import machine
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-BENCHMARKS = ("window", "rollout", "learner", "nf4", "step", "sync", "trl", "demo")
+BENCHMARKS = ("window", "rollout", "learner", "nf4", "step", "sync", "offpolicy", "control", "trl", "demo")
 MODULES = {"trl": "trl_grpo", "nf4": "bench_nf4_cpu"}  # the others are benchmarks.bench_<name>
 WINDOW_TARGET_US = 50.0  # the issue: <= 50 µs per decode step for 256 sequences at window 100,000
 _NOISE = (" INFO ", " WARNING ", "Warning", "warn(", "Loading ", "it/s]", "\x1b[36m", "Triton", "kernels-community")
@@ -159,6 +165,8 @@ def render(
     lines += _nf4_section(results.get("nf4"))
     lines += _step_section(results.get("step"))
     lines += _sync_section(results.get("sync"))
+    lines += _offpolicy_section(results.get("offpolicy"))
+    lines += _control_section(results.get("control"))
     lines += _trl_section(results.get("trl"), mach, previous)
     lines += _demo_section(results.get("demo"))
     lines += _gpu_section(gpu)
@@ -388,6 +396,22 @@ def _trl_section(r: dict[str, Any] | None, mach: dict[str, Any], previous: str) 
     return trl_grpo.markdown_section(r["data"], where, _context(r))
 
 
+def _offpolicy_section(r: dict[str, Any] | None) -> list[str]:
+    if r is None:
+        return []
+    if "data" not in r:
+        return [bench_offpolicy.HEADING, "", *_failed("bench_offpolicy", r)]
+    return bench_offpolicy.markdown_section(r["data"], _context(r))
+
+
+def _control_section(r: dict[str, Any] | None) -> list[str]:
+    if r is None:
+        return []
+    if "data" not in r:
+        return [bench_control.HEADING, "", *_failed("bench_control", r)]
+    return bench_control.markdown_section(r["data"], _context(r))
+
+
 def _demo_section(r: dict[str, Any] | None) -> list[str]:
     if r is None:
         return []
@@ -437,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     model = args.model
-    if model is None and any(b in args.only for b in ("rollout", "learner", "nf4", "step")):
+    if model is None and any(b in args.only for b in ("rollout", "learner", "nf4", "step", "offpolicy")):
         # build (or find) the tiny model once, before anything is timed
         model = bench_rollout.default_model()
     mach = machine()
@@ -448,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             if name not in args.only:
                 continue
             # trl and sync build their own (larger) model
-            extra = [] if name in ("window", "trl", "sync", "demo") else ["--model", str(model)]
+            extra = [] if name in ("window", "trl", "sync", "control", "demo") else ["--model", str(model)]
             timeout = args.timeout * (2 if name == "trl" else 1)
             results[name] = run_script(name, quick + extra, Path(tmp) / f"{name}.json", timeout)
     args.out.parent.mkdir(parents=True, exist_ok=True)

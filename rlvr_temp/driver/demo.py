@@ -1,5 +1,6 @@
-"""`rlvr-temp demo` / `make demo`: build the tiny model if missing, train the five demo arms (fixed, token,
-mixture, token+mixture, learned) on the synthetic arithmetic task, then plot and tabulate them side by side.
+"""`rlvr-temp demo` / `make demo`: build the tiny model if missing, train the six demo arms (fixed, token,
+mixture, token+mixture, learned, controlled: a fixed temperature moved by a controller that holds the rollout
+entropy) on the synthetic arithmetic task, then plot and tabulate them side by side.
 
 Runs in the driver. The arms train one after another on one shared set of rollout workers, as a local sweep's runs
 do (:func:`rlvr_temp.driver.local_runs.train_in_turn`): the engine is built for the arm whose strategy needs the most
@@ -21,7 +22,7 @@ from rlvr_temp.data.tiny_model import ensure_tiny_model
 from rlvr_temp.driver.local_runs import EXIT_INTERRUPTED, SweepRun, train_in_turn
 from rlvr_temp.evaluation.compare import compare_runs
 
-ARMS = ("fixed", "token", "mixture", "token_mixture", "learned")
+ARMS = ("fixed", "token", "mixture", "token_mixture", "learned", "controlled")
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 
 
