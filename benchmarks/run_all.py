@@ -165,10 +165,10 @@ def render(
     lines += _nf4_section(results.get("nf4"))
     lines += _step_section(results.get("step"))
     lines += _sync_section(results.get("sync"))
-    lines += _offpolicy_section(results.get("offpolicy"))
-    lines += _control_section(results.get("control"))
+    lines += _script_section(bench_offpolicy, results.get("offpolicy"))
+    lines += _script_section(bench_control, results.get("control"))
     lines += _trl_section(results.get("trl"), mach, previous)
-    lines += _demo_section(results.get("demo"))
+    lines += _script_section(bench_demo, results.get("demo"))
     lines += _gpu_section(gpu)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -396,28 +396,13 @@ def _trl_section(r: dict[str, Any] | None, mach: dict[str, Any], previous: str) 
     return trl_grpo.markdown_section(r["data"], where, _context(r))
 
 
-def _offpolicy_section(r: dict[str, Any] | None) -> list[str]:
+def _script_section(module: Any, r: dict[str, Any] | None) -> list[str]:
+    """A benchmark script's section (``module``: its ``HEADING`` and ``markdown_section``); its failure if it failed."""
     if r is None:
         return []
     if "data" not in r:
-        return [bench_offpolicy.HEADING, "", *_failed("bench_offpolicy", r)]
-    return bench_offpolicy.markdown_section(r["data"], _context(r))
-
-
-def _control_section(r: dict[str, Any] | None) -> list[str]:
-    if r is None:
-        return []
-    if "data" not in r:
-        return [bench_control.HEADING, "", *_failed("bench_control", r)]
-    return bench_control.markdown_section(r["data"], _context(r))
-
-
-def _demo_section(r: dict[str, Any] | None) -> list[str]:
-    if r is None:
-        return []
-    if "data" not in r:
-        return [bench_demo.HEADING, "", *_failed("bench_demo", r)]
-    return bench_demo.markdown_section(r["data"], _context(r))
+        return [module.HEADING, "", *_failed(module.__name__.rsplit(".", 1)[-1], r)]
+    return module.markdown_section(r["data"], _context(r))
 
 
 def _gpu_section(gpu: dict[str, Any]) -> list[str]:

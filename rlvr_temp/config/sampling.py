@@ -7,7 +7,7 @@ rollout engines get ``rollout.engine`` typed, and the temperature strategy (rlvr
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -25,6 +25,12 @@ __all__ = [
     "TemperatureConfig",
     "TokenRuleConfig",
 ]
+
+
+def _registered(name: str, registry: dict[str, Any], what: str) -> str:
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; registered: {', '.join(sorted(registry))}")
+    return name
 
 
 class RolloutConfig(Section):
@@ -140,9 +146,7 @@ class ControlConfig(Section):
     @field_validator("controller")
     @classmethod
     def _registered(cls, name: str) -> str:
-        if name not in CONTROLLERS:
-            raise ValueError(f"unknown temperature controller {name!r}; registered: {', '.join(sorted(CONTROLLERS))}")
-        return name
+        return _registered(name, CONTROLLERS, "temperature controller")
 
 
 class TemperatureConfig(Section):
@@ -167,9 +171,7 @@ class TemperatureConfig(Section):
     @field_validator("mode")
     @classmethod
     def _registered(cls, mode: str) -> str:
-        if mode not in MODES:
-            raise ValueError(f"unknown temperature mode {mode!r}; registered: {', '.join(sorted(MODES))}")
-        return mode
+        return _registered(mode, MODES, "temperature mode")
 
     @model_validator(mode="after")
     def _control(self) -> TemperatureConfig:

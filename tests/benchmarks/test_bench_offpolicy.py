@@ -62,10 +62,12 @@ def test_report_formats_the_ratio_from_metrics_rows():
     assert "| time per step: median of the steady steps (s) | 2.00 | 1.60 | 0.80× |" in table
     assert "| generated tokens per step (responses × mean length) | 2688 | 2688 | 1.00× |" in table
     assert "| 0.90 | — |" in table  # collect_ahead: the off-policy arm only
-    section = run_all._offpolicy_section({"data": res, "wall_s": 200.0, "load_1min_start": 0.5, "load_1min_end": 1.5})
+    section = run_all._script_section(
+        bench_offpolicy, {"data": res, "wall_s": 200.0, "load_1min_start": 0.5, "load_1min_end": 1.5}
+    )
     text = "\n".join(section)
     assert section[0] == bench_offpolicy.HEADING and "**0.80×** (faster)" in text
     assert "waited 0.30 s a step" in text and "compete for the same 2 CPU cores" in text and "_Ran 200 s" in text
-    assert run_all._offpolicy_section(None) == []
-    failed = run_all._offpolicy_section({"rc": 1, "error": "boom", "wall_s": 1.0})
+    assert run_all._script_section(bench_offpolicy, None) == []
+    failed = run_all._script_section(bench_offpolicy, {"rc": 1, "error": "boom", "wall_s": 1.0})
     assert "**bench_offpolicy failed** (exit code 1):" in failed
