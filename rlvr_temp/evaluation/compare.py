@@ -369,6 +369,8 @@ def compare_runs(
     base = baseline or ("fixed" if "fixed" in arms else next(iter(arms)))
     wanted = list(metrics or DEFAULT_METRICS)
     keys = {k for r in runs for row in r["rows"] for k in row}
+    if not metrics and "control/knob" in keys:  # temperature.control: the knob each step sampled at
+        wanted.append("control/knob")
     if not metrics:  # periodic evaluation curves, when the runs have them
         wanted += sorted(k for k in keys if k.startswith("eval/") and ("/avg@" in k or "/pass@1" in k))
     per_t = sorted(k for k in keys if k.startswith("acc/T="))

@@ -23,6 +23,7 @@ def _fake_run(path: Path, name: str, mode: str, steps: int, slope: float) -> Pat
                 row |= {"acc/T=0.9": 0.3, "acc/T=1.1": 0.1}
             if mode == "token":
                 row["rollout/hot_token_share"] = 0.2
+                row["control/knob"] = 1.0 + 0.05 * s  # a controlled run: its knob gets a panel and a column
             if s % 5 == 4:
                 row["eval/synthetic/avg@4"] = 0.3 + slope * s
             fh.write(json.dumps(row) + "\n")
@@ -30,10 +31,16 @@ def _fake_run(path: Path, name: str, mode: str, steps: int, slope: float) -> Pat
     return path
 
 
-def test_compare_two_runs_of_different_lengths(tmp_path):
+def test_compare_two_runs_of_different_lengths(tmp_path, monkeypatch):
+    from rlvr_temp.evaluation import compare
+
     a = _fake_run(tmp_path / "a", "a", "token", 12, 0.01)
     b = _fake_run(tmp_path / "b", "b", "mixture", 7, 0.02)
+    titles: list[str] = []
+    draw = compare.plot_panels
+    monkeypatch.setattr(compare, "plot_panels", lambda panels, png, **kw: titles.extend(panels) or draw(panels, png))
     paths = compare_runs([a, b], tmp_path / "out", smooth=3)
+    assert "control/knob" in titles and "rollout/hot_token_share" in titles  # panels of metrics some run has
     assert paths["plot"].stat().st_size > 10_000
     table = paths["table"].read_text()
     rows = [line for line in table.splitlines() if line.startswith("| mode=")]
