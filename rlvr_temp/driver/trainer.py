@@ -144,20 +144,15 @@ class Trainer:
         truncate_metrics(self.run_dir, self.step)
 
     def loop_state(self) -> dict[str, Any]:
-        """The driver's own loop state besides step, stream and RNG: the controller's state, the policy version and
-        the rollouts collected ahead (off-policy), copied."""
-        return copy.deepcopy(
-            {
-                "control": self.controller.state_dict() if self.controller else None,
-                "version": self.version,
-                "pending": self.pending,
-            }
-        )
+        """The driver's own loop state besides step, stream and RNG: the controller's state (copied), the policy
+        version and the rollouts collected ahead (off-policy; shared, not copied: a :class:`Collected` is never
+        changed once made, and copying a large step's rollouts at every step boundary would cost seconds)."""
+        control = copy.deepcopy(self.controller.state_dict()) if self.controller else None
+        return {"control": control, "version": self.version, "pending": self.pending}
 
     def set_loop_state(self, state: dict[str, Any]) -> None:
-        state = copy.deepcopy(state)
         if self.controller is not None and state["control"] is not None:
-            self.controller.load_state_dict(state["control"])
+            self.controller.load_state_dict(copy.deepcopy(state["control"]))
         self.version, self.pending = int(state["version"]), state["pending"]
 
     def rewind(self) -> None:

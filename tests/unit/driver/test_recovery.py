@@ -236,7 +236,8 @@ class FakeTrainer(trainer_mod.Trainer):
         self.learner = group_mod.LearnerGroup([Actor(FakeLearner, k, ranks) for k in range(ranks)])
         self.engine_sync = FakeSync(self)
         self.step, self.retries = 0, 0
-        self._start = {"stream": self.stream.state_dict(), "rng": trainer_mod.rng_state()}
+        self.controller, self.version, self.pending = None, 0, None  # no temperature controller, synchronous
+        self._start = {"stream": self.stream.state_dict(), "rng": trainer_mod.rng_state(), "loop": self.loop_state()}
         self.worker_ids = ray.get([w.incarnation.remote() for w in self.workers])
         self.learner_id = ray.get(self.learner.identity.remote())[0]
         self.faults: dict[tuple[int, str], Any] = {}
