@@ -38,9 +38,9 @@ class KillingTrainer(Trainer):
             self.kill = self.kill - {(what, self.step)}
             ray.kill(actor, no_restart=False)
 
-    def generate(self, rows, base_t, seed):
+    def generate(self, rows, base_t, seed, strategy=None):
         self._maybe_kill("worker", self.workers[0])
-        return super().generate(rows, base_t, seed)
+        return super().generate(rows, base_t, seed, strategy)
 
     def learn(self, groups, base_t):
         self._maybe_kill("learner", self.learner.ranks[0])  # the learner group's one rank
